@@ -1,6 +1,6 @@
 """Model registry and the (z, logits) seam."""
 
-from otrobust.models import cnn  # noqa: F401  (registers the models)
+from otrobust.models import cnn, resnet, wideresnet  # noqa: F401  (registers the models)
 from otrobust.models.latent import (
     LATENT_CHOICES,
     LatentHook,
@@ -10,6 +10,8 @@ from otrobust.models.latent import (
     unwrap,
 )
 from otrobust.models.registry import MODELS, create_model, register_model
+from otrobust.models.resnet import ResNet, preact_resnet18, resnet18
+from otrobust.models.wideresnet import WideResNet
 
 __all__ = [
     "LATENT_CHOICES",
@@ -17,8 +19,12 @@ __all__ = [
     "LatentHook",
     "LatentModel",
     "Normalize",
+    "ResNet",
+    "WideResNet",
     "create_model",
     "latent_forward",
+    "preact_resnet18",
     "register_model",
+    "resnet18",
     "unwrap",
 ]

@@ -1,0 +1,41 @@
+"""otrobust: adversarial training with an optimal-transport regulariser (GOT), evaluated honestly."""
+
+__version__ = "0.1.0"
+
+from otrobust.attacks import bn_mode, fgsm, pgd, project, trades_adversary  # noqa: E402
+from otrobust.config import TrainConfig  # noqa: E402
+from otrobust.data import DATASETS, ImageData, load_dataset  # noqa: E402
+from otrobust.errors import OtrobustError  # noqa: E402
+from otrobust.evaluate import EvalResult, evaluate_model  # noqa: E402
+from otrobust.methods import METHODS  # noqa: E402
+from otrobust.models import MODELS, LatentHook, LatentModel, create_model, latent_forward  # noqa: E402
+from otrobust.ot import GOTRegularizer, ground_cost, label_mask, semidual_ot, sinkhorn_ot  # noqa: E402
+from otrobust.runs import load_model  # noqa: E402
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "MODELS",
+    "EvalResult",
+    "GOTRegularizer",
+    "ImageData",
+    "LatentHook",
+    "LatentModel",
+    "OtrobustError",
+    "TrainConfig",
+    "__version__",
+    "bn_mode",
+    "create_model",
+    "evaluate_model",
+    "fgsm",
+    "ground_cost",
+    "label_mask",
+    "latent_forward",
+    "load_dataset",
+    "load_model",
+    "pgd",
+    "project",
+    "semidual_ot",
+    "sinkhorn_ot",
+    "trades_adversary",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from otrobust.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""Training objectives: one function per method, same signature ``(model, x, y, ctx) -> (loss, logs)``.
+
+GOT methods are their base objective (PGD-AT or TRADES) plus ``ot_weight · W_θ`` (SPEC §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from otrobust.attacks import bn_mode, pgd, trades_adversary
+from otrobust.errors import OtrobustError
+from otrobust.models.latent import latent_forward
+from otrobust.ot import GOTRegularizer
+
+DEFAULT_ADV_WEIGHT = {"pgd-at": 1.0, "trades": 6.0, "mart": 6.0}
+
+
+@dataclass
+class StepContext:
+    """What an objective needs besides the batch. ``ot_weight`` is β at this step (after warm-up)."""
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "linf"
+    attack_bn: str = "eval"
+    adv_weight: float | None = None
+    clean_weight: float = 0.0
+    ot_weight: float = 10.0
+    regularizer: GOTRegularizer | None = None
+    reuse_clean: bool = False  # the model has no BN/dropout, so eval- and train-mode passes agree
+
+
+def has_mode_dependent_layers(model: nn.Module) -> bool:
+    """True if train/eval mode changes the output (batch norm, dropout)."""
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules())
+
+
+def _adv_weight(ctx: StepContext, base: str) -> float:
+    return DEFAULT_ADV_WEIGHT[base] if ctx.adv_weight is None else ctx.adv_weight
+
+
+def _pgd_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
+    with bn_mode(model, ctx.attack_bn):
+        return pgd(model, x, y, ctx.eps, ctx.step_size, ctx.steps, norm=ctx.norm, track_best=False)
+
+
+def _trades_examples(model, x, ctx: StepContext, clean_logits: torch.Tensor | None) -> torch.Tensor:
+    p_clean = clean_logits.detach().float().softmax(1) if clean_logits is not None and ctx.reuse_clean else None
+    with bn_mode(model, ctx.attack_bn):
+        return trades_adversary(model, x, ctx.eps, ctx.step_size, ctx.steps, p_clean=p_clean, norm=ctx.norm)
+
+
+def _kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """Batch-mean ``KL(f(x) ‖ f(x_adv))``."""
+    return F.kl_div(logits_adv.float().log_softmax(1), logits.float().softmax(1), reduction="batchmean")
+
+
+def standard(model, x, y, ctx: StepContext):
+    logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    return loss, {"logits": logits.detach(), "ce": loss.detach()}
+
+
+def _pgd_at(model, x, y, ctx: StepContext, with_latent: bool):
+    x_adv = _pgd_examples(model, x, y, ctx)
+    fwd = latent_forward if with_latent else (lambda m, v: (None, m(v)))
+    need_clean = with_latent or ctx.clean_weight > 0
+    if need_clean:
+        # One forward of the concatenated batch gives both (BN statistics then mix clean and adversarial,
+        # so models with BN take two passes to keep the paper's per-batch statistics).
+        if has_mode_dependent_layers(model):
+            z, logits = fwd(model, x)
+            z_adv, logits_adv = fwd(model, x_adv)
+        else:
+            z_all, logits_all = fwd(model, torch.cat([x, x_adv]))
+            logits, logits_adv = logits_all.split(len(x))
+            z, z_adv = z_all.split(len(x)) if z_all is not None else (None, None)
+    else:
+        z = logits = None
+        z_adv, logits_adv = fwd(model, x_adv)
+    adv_ce = F.cross_entropy(logits_adv.float(), y)
+    loss = _adv_weight(ctx, "pgd-at") * adv_ce
+    logs = {"adv_ce": adv_ce.detach(), "logits": (logits if logits is not None else logits_adv).detach()}
+    if ctx.clean_weight > 0:
+        clean_ce = F.cross_entropy(logits.float(), y)
+        loss = loss + ctx.clean_weight * clean_ce
+        logs["ce"] = clean_ce.detach()
+    return loss, logs, (z, z_adv, logits, logits_adv)
+
+
+def pgd_at(model, x, y, ctx: StepContext):
+    loss, logs, _ = _pgd_at(model, x, y, ctx, with_latent=False)
+    return loss, logs
+
+
+def _trades(model, x, y, ctx: StepContext, with_latent: bool):
+    fwd = latent_forward if with_latent else (lambda m, v: (None, m(v)))
+    z, logits = fwd(model, x) if ctx.reuse_clean else (None, None)
+    x_adv = _trades_examples(model, x, ctx, logits)
+    if not ctx.reuse_clean:
+        z, logits = fwd(model, x)
+    z_adv, logits_adv = fwd(model, x_adv)
+    ce = F.cross_entropy(logits.float(), y)
+    kl = _kl(logits, logits_adv)
+    loss = ce + _adv_weight(ctx, "trades") * kl
+    return loss, {"ce": ce.detach(), "kl": kl.detach(), "logits": logits.detach()}, (z, z_adv, logits, logits_adv)
+
+
+def trades(model, x, y, ctx: StepContext):
+    loss, logs, _ = _trades(model, x, y, ctx, with_latent=False)
+    return loss, logs
+
+
+def mart(model, x, y, ctx: StepContext):
+    """MART (Wang et al. 2020): boosted CE on adversarial examples + KL weighted by clean misclassification."""
+    x_adv = _pgd_examples(model, x, y, ctx)
+    logits, logits_adv = model(x).float(), model(x_adv).float()
+    p_adv = logits_adv.softmax(1)
+    true_mask = F.one_hot(y, logits.shape[1]).bool()
+    runner_up = p_adv.masked_fill(true_mask, 0.0).amax(1)
+    bce = F.cross_entropy(logits_adv, y) - torch.log1p(-runner_up.clamp(max=1 - 1e-6)).mean()
+    p_clean = logits.softmax(1)
+    kl = F.kl_div(logits_adv.log_softmax(1), p_clean, reduction="none").sum(1)
+    weight = 1.0 - p_clean.gather(1, y[:, None]).squeeze(1)
+    robust = (kl * weight).mean()
+    loss = bce + _adv_weight(ctx, "mart") * robust
+    return loss, {"bce": bce.detach(), "kl": robust.detach(), "logits": logits.detach()}
+
+
+def _with_ot(base):
+    def method(model, x, y, ctx: StepContext):
+        if ctx.regularizer is None:
+            raise OtrobustError("GOT methods need a GOTRegularizer in the step context")
+        loss, logs, (z, z_adv, logits, logits_adv) = base(model, x, y, ctx, with_latent=True)
+        w = ctx.regularizer(z, z_adv, logits, logits_adv, y)
+        logs["ot"] = w.detach()
+        return loss + ctx.ot_weight * w, logs
+
+    return method
+
+
+METHODS: dict[str, Callable] = {
+    "standard": standard,
+    "pgd-at": pgd_at,
+    "trades": trades,
+    "mart": mart,
+    "got-pgd-s": _with_ot(_pgd_at),
+    "got-pgd-lm": _with_ot(_pgd_at),
+    "got-trades-s": _with_ot(_trades),
+    "got-trades-lm": _with_ot(_trades),
+}
+
+
+def ot_variant(method: str) -> str | None:
+    """``"s"`` / ``"lm"`` for GOT methods, None otherwise."""
+    return method.rsplit("-", 1)[1] if method.startswith("got-") else None
+
+
+def base_method(method: str) -> str:
+    """The objective a method adds the OT term to (``got-trades-lm`` -> ``trades``)."""
+    return {"got-pgd": "pgd-at", "got-trades": "trades"}.get(method.rsplit("-", 1)[0], method)
+
+
+def get_method(name: str) -> Callable:
+    if name not in METHODS:
+        raise OtrobustError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,286 @@
+"""The training loop: epochs, β warm-up, the φ update, validation, checkpoints, resume. No maths here.
+
+Every step is a deterministic function of (seed, epoch, step) and the model state: the data order is
+drawn per epoch and the attack's randomness is re-seeded per step. That is what lets a run killed at
+any point resume to exactly the weights and metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from otrobust import runs
+from otrobust.attacks import pgd
+from otrobust.config import TrainConfig, validate
+from otrobust.data import ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
+from otrobust.errors import OtrobustError
+from otrobust.evaluate import evaluate_model
+from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
+from otrobust.models import create_model, unwrap
+from otrobust.ot import GOTRegularizer
+
+
+class Interrupted(Exception):
+    """Raised after SIGINT/SIGTERM once the last checkpoint is safely on disk."""
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill dataset-dependent defaults (model, ε, step size) and validate."""
+    spec = get_dataset_spec(cfg.dataset)
+    eps = spec.default_eps if cfg.eps is None else cfg.eps
+    step_size = cfg.step_size if cfg.step_size is not None else 2.5 * eps / max(cfg.steps, 1)
+    return validate(dataclasses.replace(cfg, model=cfg.model or spec.default_model, eps=eps, step_size=step_size))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OtrobustError(f"--device {name} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def split_train_val(data: ImageData, train_size: int | None, val_size: int) -> tuple[ImageData, ImageData]:
+    """Validation = the last ``val_size`` training images; training = the first ``train_size`` of the rest."""
+    if val_size >= len(data):
+        raise OtrobustError(f"--val-size {val_size} leaves no training images (the split has {len(data)})")
+    rest = len(data) - val_size
+    n_train = rest if train_size is None else min(train_size, rest)
+    return data.take(slice(0, n_train)), data.take(slice(rest, len(data)))
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**63 - 1)
+
+
+def ot_weight_at(cfg: TrainConfig, epoch_progress: float) -> float:
+    """β after the linear warm-up: the OT term pulls every latent to one point (SPEC §5) unless
+    cross-entropy has first separated the classes, so it is phased in."""
+    if cfg.ot_warmup_epochs <= 0:
+        return cfg.ot_weight
+    return cfg.ot_weight * min(1.0, epoch_progress / cfg.ot_warmup_epochs)
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, GOTRegularizer | None]:
+    spec = get_dataset_spec(cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         image_size=spec.image_size, latent=cfg.latent).to(device)
+    variant = ot_variant(cfg.method)
+    reg = None
+    if variant:
+        reg = GOTRegularizer(model.latent_dim, variant=variant, solver=cfg.ot_solver, theta=cfg.theta,
+                             lam=cfg.lam, dx=cfg.dx, dy=cfg.dy, phi_grad=cfg.phi_grad).to(device)
+    return model, reg
+
+
+def build_optimizers(cfg: TrainConfig, model: nn.Module, reg: GOTRegularizer | None, steps_per_epoch: int):
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # φ ascends W: same backward pass, its own optimiser stepping uphill.
+    phi_opt = (torch.optim.Adam(reg.potential_parameters(), lr=cfg.phi_lr, maximize=True)
+               if reg is not None and reg.potential_parameters() else None)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    elif cfg.schedule == "step":  # ×0.1 at 50 % and 75 % of training (Madry / TRADES style)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2, (3 * cfg.epochs) // 4], 0.1)
+    else:
+        sched = None
+    return opt, phi_opt, sched
+
+
+def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, seed: int) -> dict[str, float]:
+    """Clean and PGD-``val_steps`` accuracy (true labels) on the held-out training images."""
+    torch.manual_seed(seed)
+    step = 2.5 * cfg.eps / max(cfg.val_steps, 1)
+    attacks = {"pgd": lambda m, x, y: pgd(m, x, y, cfg.eps, step, cfg.val_steps, norm=cfg.norm)}
+    res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=512, device=device)
+    return {"val_clean": res.accuracy("clean"), "val_pgd": res.accuracy("worst")}
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the checkpoint written is consistent."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self.saved:
+            try:
+                signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.saved.items():
+            try:
+                signal.signal(s, h)
+            except ValueError:
+                pass
+
+
+def _arch(cfg: TrainConfig) -> dict[str, Any]:
+    spec = get_dataset_spec(cfg.dataset)
+    return {"model": cfg.model, "num_classes": spec.num_classes, "in_channels": spec.in_channels,
+            "image_size": spec.image_size, "latent": cfg.latent, "dataset": cfg.dataset}
+
+
+def _save(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state: dict[str, Any]) -> None:
+    extra = {"optim": opt.state_dict(), "phi": reg.state_dict() if reg is not None else None,
+             "phi_optim": phi_opt.state_dict() if phi_opt is not None else None,
+             "sched": sched.state_dict() if sched is not None else None}
+    meta = {"architecture": _arch(cfg), "config": cfg.to_dict(), **state}
+    runs.save_checkpoint(runs.checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    run_dir = Path(cfg.out)
+    has_run = runs.checkpoint_path(run_dir, "last").exists()
+    if has_run and not cfg.resume:
+        raise OtrobustError(f"{str(run_dir)!r} already holds a run; add --resume to continue it "
+                            f"or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    record = runs.provenance()
+    record["seed"] = cfg.seed
+    runs.append_jsonl(run_dir / "provenance.jsonl", record)
+    return run_dir
+
+
+def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> dict[str, Any]:
+    """Run (or resume) one training job; returns the last epoch's metrics."""
+    cfg = resolve(cfg)
+    device = pick_device(cfg.device)
+    spec = get_dataset_spec(cfg.dataset)
+    full_train = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    train_data, val_data = split_train_val(full_train, cfg.train_size, cfg.val_size)
+    run_dir = prepare_run_dir(cfg)
+    model, reg = build_model(cfg, device)
+    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    opt, phi_opt, sched = build_optimizers(cfg, model, reg, steps_per_epoch)
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_score": None, "accum": None}
+    last = runs.checkpoint_path(run_dir, "last")
+    if cfg.resume and last.exists():
+        weights, meta, extra = runs.load_checkpoint(last)
+        runs.load_weights(unwrap(model), weights, meta, str(last))
+        opt.load_state_dict(extra["optim"])
+        if reg is not None and extra.get("phi") is not None:
+            reg.load_state_dict(extra["phi"])
+        if phi_opt is not None and extra.get("phi_optim") is not None:
+            phi_opt.load_state_dict(extra["phi_optim"])
+        if sched is not None and extra.get("sched") is not None:
+            sched.load_state_dict(extra["sched"])
+        state.update({k: meta[k] for k in state if k in meta})
+        log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
+    elif cfg.init:
+        weights, meta, _ = runs.load_checkpoint(runs.resolve_checkpoint(cfg.init))
+        runs.load_weights(unwrap(model), weights, meta, cfg.init)
+        log(f"initialised from {cfg.init}")
+    # The log is rebuilt from the checkpoint so that a crash between the two writes cannot duplicate lines.
+    runs.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+
+    method = get_method(cfg.method)
+    ctx = StepContext(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
+                      attack_bn=cfg.attack_bn, adv_weight=cfg.adv_weight, clean_weight=cfg.clean_weight,
+                      regularizer=reg, reuse_clean=not has_mode_dependent_layers(model))
+    bar_cls = None
+    if show_progress is not False:
+        from tqdm.auto import tqdm as bar_cls
+
+    with _StopFlag() as stop:
+        for epoch in range(state["epoch"], cfg.epochs):
+            t0 = time.perf_counter()
+            order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(
+                step_seed(cfg.seed, epoch, -1)))
+            acc = state["accum"] or {"loss": 0.0, "correct": 0, "seen": 0, "ot": 0.0, "skipped": 0, "seconds": 0.0}
+            first = state["step"]
+            batches = iterate_batches(train_data.take(order), cfg.batch_size, device=device)
+            bar = (bar_cls(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           leave=False, disable=None if show_progress is None else not show_progress)
+                   if bar_cls else None)
+            model.train()
+            for step, (x, y) in enumerate(batches):
+                if step < first:
+                    continue
+                seed = step_seed(cfg.seed, epoch, step)
+                torch.manual_seed(seed)
+                if spec.augment == "crop-flip":
+                    x = random_crop_flip(x, torch.Generator().manual_seed(seed))
+                ctx.ot_weight = ot_weight_at(cfg, epoch + step / steps_per_epoch)
+                loss, logs = method(model, x, y, ctx)
+                if not bool(torch.isfinite(loss)):
+                    bad = [k for k, v in logs.items() if k != "logits" and not bool(torch.isfinite(v).all())]
+                    where = f"epoch {epoch + 1}, step {step + 1}"
+                    terms = ", ".join(bad) or "loss"
+                    if cfg.nan_policy == "skip":
+                        acc["skipped"] += 1
+                        log(f"warning: non-finite {terms} at {where}; batch skipped")
+                        continue
+                    raise OtrobustError(f"non-finite {terms} at {where}; the last good checkpoint is "
+                                        f"{str(last)!r} (try a lower --lr or --ot-weight, or --nan-policy skip)")
+                opt.zero_grad(set_to_none=True)
+                if phi_opt is not None:
+                    phi_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if phi_opt is not None:
+                    phi_opt.step()
+                acc["loss"] += float(loss.detach()) * len(y)
+                acc["correct"] += int((logs["logits"].argmax(1) == y).sum())
+                acc["seen"] += len(y)
+                acc["ot"] += float(logs.get("ot", 0.0)) * len(y)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{acc['loss'] / acc['seen']:.3f}", acc=f"{acc['correct'] / acc['seen']:.3f}")
+                done = step + 1
+                if stop.signum is not None or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                                               and done < steps_per_epoch):
+                    acc_now = dict(acc, seconds=acc["seconds"] + time.perf_counter() - t0)
+                    _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched,
+                          {**state, "epoch": epoch, "step": done, "accum": acc_now})
+                    if stop.signum is not None:
+                        if bar:
+                            bar.close()
+                        raise Interrupted(f"stopped by signal {stop.signum} at epoch {epoch + 1}, step {done}; "
+                                          f"checkpoint saved, continue with: otrobust train --resume --out {run_dir}")
+            if bar:
+                bar.close()
+            if sched is not None:
+                sched.step()
+            seen = max(acc["seen"], 1)
+            record = {"epoch": epoch + 1, "train_loss": acc["loss"] / seen, "train_acc": acc["correct"] / seen,
+                      "ot": acc["ot"] / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
+                      "lr": opt.param_groups[0]["lr"], "skipped_batches": acc["skipped"]}
+            record.update(validate_epoch(model, val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
+            record["seconds"] = round(acc["seconds"] + time.perf_counter() - t0, 3)
+            score = [record["val_pgd"], record["val_clean"]]
+            history = state["history"] + [record]
+            improved = state["best_score"] is None or score > state["best_score"]
+            new_state = {"epoch": epoch + 1, "step": 0, "history": history, "accum": None,
+                         "best_score": score if improved else state["best_score"]}
+            if improved:
+                _save(run_dir, "best", cfg, model, reg, opt, phi_opt, sched, new_state)
+            _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched, new_state)
+            runs.append_jsonl(run_dir / "metrics.jsonl", record)
+            state = new_state
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  train acc {record['train_acc']:.3f}"
+                f"  val clean {record['val_clean']:.3f}  val PGD-{cfg.val_steps} {record['val_pgd']:.3f}"
+                f"  ({record['seconds']:.1f}s)")
+    return state["history"][-1] if state["history"] else {}
