@@ -22,6 +22,11 @@ SOLVERS = ("semidual", "sinkhorn")
 _MASKED_COST = 1e4  # added to cross-label costs for the Sinkhorn LM variant: exp(-1e4/θ) is exactly 0
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32; keep float64 (tests use it for finite differences)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def latent_distance(z: torch.Tensor, z_adv: torch.Tensor, dx: str = "cos") -> torch.Tensor:
     r"""Pairwise latent distance ``d_x(z_i, z^a_j)``: ``cos`` = ``1 − cos(z_i, z^a_j)``, ``l2`` = ``‖z_i − z^a_j‖₂``.
 
@@ -58,7 +63,7 @@ def ground_cost(z: torch.Tensor, z_adv: torch.Tensor, p: torch.Tensor, p_adv: to
     >>> ground_cost(z, z, p, p).diagonal().abs().max() < 1e-6
     tensor(True)
     """
-    z, z_adv, p, p_adv = (t.float() for t in (z, z_adv, p, p_adv))
+    z, z_adv, p, p_adv = (_at_least_float32(t) for t in (z, z_adv, p, p_adv))
     return lam * latent_distance(z, z_adv, dx) + label_distance(p, p_adv, dy)
 
 
@@ -77,7 +82,7 @@ def semidual_ot(phi: torch.Tensor, cost: torch.Tensor, theta: float = 0.1,
     ``m_ij`` (LM variant), every column must hold a True. Maximised over ``phi`` it equals the
     regularised primal ``min_P <P, C> + θ·KL(P ‖ a⊗b)`` with uniform marginals. Returns a scalar.
     """
-    phi, cost = phi.float(), cost.float()
+    phi, cost = _at_least_float32(phi), _at_least_float32(cost)
     n_benign = cost.shape[0]
     scores = (phi[:, None] - cost) / theta
     if mask is not None:
@@ -96,9 +101,9 @@ def sinkhorn_ot(cost: torch.Tensor, theta: float = 0.1, mask: torch.Tensor | Non
     """
     import ot  # POT; imported here so that the semi-dual path does not pay for it
 
-    cost = cost.float()
+    cost = _at_least_float32(cost)
     if mask is not None:
-        cost = cost + _MASKED_COST * (~mask).float()
+        cost = cost + _MASKED_COST * (~mask).to(cost.dtype)
     a = torch.full((cost.shape[0],), 1.0 / cost.shape[0], dtype=cost.dtype, device=cost.device)
     b = torch.full((cost.shape[1],), 1.0 / cost.shape[1], dtype=cost.dtype, device=cost.device)
     res = ot.solve(cost, a, b, reg=theta, reg_type="KL", method="sinkhorn_log", max_iter=max_iter,

@@ -2,22 +2,27 @@
 
 A checkpoint is ONE safetensors file: the model's weights, optimiser/scheduler tensors under
 prefixed keys, and everything else (config, epoch, step, non-tensor optimiser state) as JSON in the
-file's metadata. Nothing is ever unpickled, and one atomic rename makes the whole state visible.
+file's metadata, plus a CRC-32 of all of it. Nothing is ever unpickled, one atomic rename makes the
+whole state visible, and a file damaged after it was written is refused instead of half-trusted.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -26,27 +31,84 @@ from otrobust.errors import OtrobustError
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "otrobust-checkpoint-1"
+TEMP_SUFFIX = ".tmp"
+
+# ---------------------------------------------------------------- fault injection (test hook)
+FAULT_ENV = "OTROBUST_TEST_KILL_AT"
+FAULT_PHASES = ("step", "validation", "checkpoint", "write", "metrics")
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(phase: str) -> None:
+    """Test hook for the crash-safety tests; does nothing unless ``OTROBUST_TEST_KILL_AT`` is set.
+
+    ``OTROBUST_TEST_KILL_AT=PHASE:N[:SIGNAL]`` makes the process send itself SIGNAL (default SIGKILL)
+    the N-th time it reaches PHASE: ``step`` (after the backward pass, before the optimiser step),
+    ``validation`` (inside the per-epoch validation), ``checkpoint`` (half-way through writing a
+    ``.safetensors`` file), ``write`` (half-way through any other atomic write) or ``metrics``
+    (half-way through appending a metrics line). Counts start at 1 in each process.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in FAULT_PHASES or not parts[1].isdigit():
+        raise OtrobustError(f"{FAULT_ENV}={spec!r} is not PHASE:N[:SIGNAL] with PHASE one of "
+                            f"{', '.join(FAULT_PHASES)}")
+    if parts[0] != phase:
+        return
+    _fault_counts[phase] = _fault_counts.get(phase, 0) + 1
+    if _fault_counts[phase] == int(parts[1]):
+        os.kill(os.getpid(), getattr(signal, parts[2]) if len(parts) == 3 else signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- atomic files
+def _write_error(path: Path, exc: OSError) -> OtrobustError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the disk is full; free some space (the previous file is intact)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "no permission to write there; choose another --out"
+    else:
+        hint = exc.strerror or str(exc)
+    return OtrobustError(f"could not write {str(path)!r}: {hint}")
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a reader sees old or new, never half."""
+    """Write to a temp file in the same folder, fsync, then rename: a reader sees old or new, never half.
+
+    Any OSError (a full disk, no permission) leaves the old file untouched, removes the temp file and
+    becomes one OtrobustError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            view, half = memoryview(data), len(data) // 2
+            _write_all(fd, view[:half])
+            fault_point("checkpoint" if path.suffix == ".safetensors" else "write")
+            _write_all(fd, view[half:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OtrobustError(f"could not write {str(path)!r}: {exc.strerror or exc}") from None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(dir_fd)
-        os.close(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError:
         pass
 
@@ -55,12 +117,37 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temp files that a killed writer left in ``folder`` (``.NAME.*.tmp``); returns them."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(f".*{TEMP_SUFFIX}")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line and fsync it; on a write error the file is cut back to its old length."""
+    line = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _write_error(Path(path), exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, memoryview(line)[:len(line) // 2])
+            fault_point("metrics")
+            _write_all(fd, memoryview(line)[len(line) // 2:])
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # read_jsonl ignores a torn last line, and training rewrites the log on start
+            raise _write_error(Path(path), exc) from None
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -68,7 +155,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not Path(path).exists():
         return []
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:
@@ -107,6 +194,16 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """CRC-32 over the metadata and every tensor's name, dtype, shape and bytes, in a fixed order."""
+    crc = zlib.crc32(json.dumps(metadata, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{key}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any],
                     extra_state: dict[str, Any] | None = None) -> None:
@@ -114,7 +211,27 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], meta: dict
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
     structure = _flatten(extra_state or {}, "state", tensors)
     metadata = {"format": FORMAT, "meta": json.dumps(meta), "state": json.dumps(structure)}
+    metadata["crc32"] = _checksum(tensors, metadata)
     atomic_write_bytes(Path(path), st_save(tensors, metadata=metadata))
+
+
+def _parse_checkpoint(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file; any parse failure becomes OtrobustError."""
+    try:
+        if len(data) < 8:
+            raise ValueError("file too short")
+        header_len = int.from_bytes(data[:8], "little")
+        if header_len > len(data) - 8:
+            raise ValueError("header longer than the file")
+        header = json.loads(data[8:8 + header_len])
+        metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
+        if not isinstance(metadata, dict):
+            raise ValueError("bad header")
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises several types; whatever fails to parse is "not ours"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OtrobustError(f"{str(path)!r} is not a valid otrobust checkpoint (safetensors): {reason}") from None
+    return tensors, metadata
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
@@ -122,22 +239,22 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise OtrobustError(f"checkpoint {str(path)!r} does not exist")
-    data = path.read_bytes()
     try:
-        tensors = st_load(data)
-        from safetensors import safe_open  # metadata lives in the header
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, ValueError, OSError, Exception) as exc:  # any parse failure is "not ours"
-        raise OtrobustError(f"{str(path)!r} is not a valid otrobust checkpoint (safetensors): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OtrobustError(f"cannot read checkpoint {str(path)!r}: {exc.strerror or exc}") from None
+    tensors, metadata = _parse_checkpoint(path, data)
     if metadata.get("format") != FORMAT:
         raise OtrobustError(f"{str(path)!r} is a safetensors file but not an otrobust checkpoint")
+    stored = metadata.pop("crc32", None)
+    if stored is not None and stored != _checksum(tensors, metadata):
+        raise OtrobustError(f"checkpoint {str(path)!r} is corrupt (checksum mismatch); use another copy")
     try:
         meta = json.loads(metadata["meta"])
         extra = _unflatten(json.loads(metadata["state"]), tensors)
-    except (KeyError, ValueError) as exc:
+        if not isinstance(meta, dict) or not isinstance(extra, dict):
+            raise ValueError("meta and state must be JSON objects")
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise OtrobustError(f"checkpoint {str(path)!r} has corrupt metadata: {exc}") from None
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     return model_state, meta, extra
@@ -160,16 +277,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def describe_architecture(meta: dict[str, Any]) -> str:
+    arch = meta.get("architecture") if isinstance(meta.get("architecture"), dict) else {}
+    return (f"a {arch.get('model', '?')} model with {arch.get('num_classes', '?')} classes and "
+            f"{arch.get('in_channels', '?')} input channels (latent {arch.get('latent', '?')})")
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> None:
     """Load ``state`` into ``model`` or raise OtrobustError saying which architecture the file holds."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        arch = meta.get("architecture", {})
-        raise OtrobustError(
-            f"checkpoint {source!r} holds a {arch.get('model', '?')} model with {arch.get('num_classes', '?')} "
-            f"classes and {arch.get('in_channels', '?')} input channels (latent {arch.get('latent', '?')}), "
-            f"which does not match the model being loaded") from None
+        raise OtrobustError(f"checkpoint {source!r} holds {describe_architecture(meta)}, which does not match "
+                            f"the model being loaded") from None
+
+
+ARCH_FIELDS = {"model": str, "num_classes": int, "in_channels": int, "image_size": int, "latent": str,
+               "dataset": str}
+
+
+def checkpoint_architecture(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ``architecture`` record of a checkpoint's meta, checked field by field."""
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict):
+        raise OtrobustError(f"checkpoint {source!r} does not record its architecture")
+    for name, kind in ARCH_FIELDS.items():
+        value = arch.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 < value <= 100_000):
+            raise OtrobustError(f"checkpoint {source!r} has a bad architecture record: {name}={value!r}")
+    return arch
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -179,32 +315,74 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
     ckpt = resolve_checkpoint(path)
     state, meta, _ = load_checkpoint(ckpt)
-    arch = meta.get("architecture")
-    if not arch:
-        raise OtrobustError(f"checkpoint {str(ckpt)!r} does not record its architecture")
-    model = create_model(arch["model"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
-                         image_size=arch["image_size"], latent=arch.get("latent", "penultimate"))
+    arch = checkpoint_architecture(meta, str(ckpt))
+
+    def build() -> nn.Module:
+        try:
+            return create_model(arch["model"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                                image_size=arch["image_size"], latent=arch["latent"])
+        except ValueError as exc:
+            raise OtrobustError(f"checkpoint {str(ckpt)!r} records an impossible architecture: {exc}") from None
+
+    # Check names and shapes on the meta device first: a wrong record must not allocate a huge model.
+    with torch.device("meta"):
+        skeleton = build().state_dict()
+    if {k: tuple(v.shape) for k, v in skeleton.items()} != {k: tuple(v.shape) for k, v in state.items()}:
+        raise OtrobustError(f"checkpoint {str(ckpt)!r} claims to hold {describe_architecture(meta)}, "
+                            f"but its weights do not fit that architecture")
+    model = build()
     load_weights(model, state, meta, str(ckpt))
     return model.to(device).eval()
 
 
 # ---------------------------------------------------------------- provenance
-def provenance(argv: list[str] | None = None) -> dict[str, Any]:
-    """Versions, git commit (if any) and the command line, for the run record."""
+@functools.lru_cache(maxsize=1)
+def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, has uncommitted changes) of the git checkout holding this package, if it is one."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+
+    try:
+        # The package must be tracked by that repository: a venv inside someone's project is not us.
+        if git("ls-files", "--error-unmatch", Path(__file__).name).returncode != 0:
+            return None, None
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".").stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def versions() -> dict[str, Any]:
+    """Versions of everything that changes a run's numbers, and the git commit of otrobust if any."""
+    import numpy
+    import safetensors
+
     from otrobust import __version__
 
-    commit = None
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit, dirty = _git_state()
     return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "otrobust": __version__,
         "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "platform": platform.platform(),
+    }
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """Versions, git commit (if any), the command line, working folder, time and CPU thread count."""
+    return {
+        **versions(),
         "argv": list(sys.argv if argv is None else argv),
+        "cwd": os.getcwd(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch_threads": torch.get_num_threads(),
     }
