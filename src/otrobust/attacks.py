@@ -6,7 +6,9 @@ labels the caller passes: the true labels by default everywhere in otrobust.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +45,31 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf"
     return (x + delta).clamp(0.0, 1.0)
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def _whole_batch(x: torch.Tensor, shard: tuple[int, int] | None) -> tuple[torch.Tensor, slice]:
+    """An uninitialised tensor shaped like the whole batch ``x`` is a shard of, and the rows of ``x`` in it.
+
+    shard = (first row, rows in the whole batch), or None when ``x`` is the whole batch. Random starts are drawn
+    for the whole batch and sliced, so every process of a data-parallel run draws exactly the numbers a single
+    process would have drawn for its rows.
+    """
+    if shard is None:
+        return torch.empty_like(x), slice(None)
+    start, total = shard
+    if not 0 <= start <= total - len(x):
+        raise OtrobustError(f"shard {shard} does not hold the {len(x)} rows of this batch")
+    fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+    whole = torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+    return whole, slice(start, start + len(x))
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, shard: tuple[int, int] | None = None) -> torch.Tensor:
+    whole, rows = _whole_batch(x, shard)
     if norm == "linf":
-        return x + torch.empty_like(x).uniform_(-eps, eps)
-    noise = torch.randn_like(x)
+        return x + whole.uniform_(-eps, eps)[rows]
+    noise = whole.normal_()[rows]
     noise = noise / noise.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1))
-    radius = torch.rand(len(x), device=x.device).view(-1, *[1] * (x.ndim - 1))
+    radius = torch.rand(len(whole), device=x.device)[rows].view(-1, *[1] * (x.ndim - 1))
     return x + eps * radius * noise
 
 
@@ -57,6 +78,28 @@ def _ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm
         return x_adv + step_size * grad.sign()
     g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
     return x_adv + step_size * grad / g_norm
+
+
+def _step_and_project_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, step_size: float, eps: float,
+                       norm: str) -> torch.Tensor:
+    """``project(_ascent_step(x_adv, grad, step_size, norm), x, eps, norm)`` computed in place in ``x_adv`` (and
+    ``grad``), with the same arithmetic in the same order: the result is bit-identical, but an attack step
+    allocates no image-sized buffers and launches fewer kernels. Both tensors must be the caller's to overwrite.
+    """
+    if any(stride == 0 and size > 1 for stride, size in zip(grad.stride(), grad.shape, strict=True)):
+        grad = grad.clone()  # autograd may hand back a broadcast (stride-0) view, which cannot be written in place
+    if norm == "linf":
+        x_adv.add_(grad.sign_(), alpha=step_size)
+    else:
+        g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+        x_adv.add_(grad.mul_(step_size).div_(g_norm))
+    delta = x_adv.sub_(x)
+    if norm == "linf":
+        delta.clamp_(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
+        delta.mul_((eps / norms).clamp(max=1.0))
+    return delta.add_(x).clamp_(0.0, 1.0)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
@@ -70,6 +113,8 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torc
     if kind == "cw":
         return other - true
     if kind == "dlr":
+        if logits.shape[1] < 3:
+            raise OtrobustError(f"the dlr loss needs at least 3 classes, the model has {logits.shape[1]}; use cw")
         top = logits.sort(dim=1, descending=True).values
         return (other - true) / (top[:, 0] - top[:, 2] + 1e-12)
     raise OtrobustError(f"unknown attack loss {kind!r}; choose one of: {', '.join(LOSSES)}")
@@ -83,58 +128,119 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
     return project(_ascent_step(x.detach(), grad, eps, norm), x, eps, norm).detach()
 
 
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list[float]:
+    """The step size of each of ``steps`` iterations: ``constant``; ``cosine`` (η·½(1 + cos πt/T), floored at
+    η/10 so the last steps still move); ``step`` (η, then η/10 after half the steps, η/100 after three quarters)."""
+    if schedule not in SCHEDULES:
+        raise OtrobustError(f"unknown step-size schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if schedule == "constant":
+        return [step_size] * steps
+    if schedule == "cosine":
+        return [max(0.1, 0.5 * (1 + math.cos(math.pi * t / steps))) * step_size for t in range(steps)]
+    return [step_size * (1.0 if t < steps / 2 else 0.1 if t < 3 * steps / 4 else 0.01) for t in range(steps)]
+
+
+class PGDResult(NamedTuple):
+    """What a PGD run leaves behind: the returned points and the attack loss along the way.
+
+    x_adv: like x; loss: (restarts, steps + 1, B) float32, the per-example attack loss at every iterate
+    (the random start first, the final iterate last), non-finite values kept as they came.
+    """
+
+    x_adv: torch.Tensor
+    loss: torch.Tensor
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
         restarts: int = 1, random_start: bool = True, loss: str = "ce", norm: str = "linf",
-        track_best: bool = True) -> torch.Tensor:
-    """Projected gradient ascent (Madry et al. 2018) on ``loss`` within the ε-ball.
+        track_best: bool = True, schedule: str = "constant", shard: tuple[int, int] | None = None) -> torch.Tensor:
+    """Projected gradient ascent (Madry et al. 2018) on ``loss`` (``ce``, ``cw`` or ``dlr``) within the ε-ball.
 
     With ``track_best`` (evaluation), an example counts as broken if *any* iterate of *any* restart
     misclassified it, and that iterate is returned; without it (training), the last iterate.
+    ``schedule`` shapes the step size over the iterations (see :func:`step_sizes`). ``shard = (first row,
+    whole batch size)`` marks ``x`` as rows of a larger batch split across processes: the random start is
+    drawn for the whole batch and sliced, so the result matches a single process attacking the whole batch.
     x: (B, C, H, W) in [0, 1]; y: (B,) labels to move away from -> x_adv like x.
     """
+    if not track_best:
+        return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, False, schedule,
+                    trace=False, shard=shard).x_adv
+    if shard is not None:
+        raise OtrobustError("pgd(shard=...) is for training (track_best=False)")
+    return pgd_trace(model, x, y, eps, step_size, steps, restarts=restarts, random_start=random_start,
+                     loss=loss, norm=norm, schedule=schedule).x_adv
+
+
+def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+              restarts: int = 1, random_start: bool = True, loss: str = "ce", norm: str = "linf",
+              schedule: str = "constant") -> PGDResult:
+    """:func:`pgd` with best-so-far tracking that also returns the attack loss at every iterate (for audits)."""
+    return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, True, schedule, trace=True)
+
+
+def _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, track_best, schedule,
+         trace: bool, shard: tuple[int, int] | None = None) -> PGDResult:
+    # Everything below stays on the device: no .item(), no Python branching on tensor values, so the
+    # step loop never waits for the accelerator.
     if norm not in NORMS:
         raise OtrobustError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+    sizes = step_sizes(step_size, steps, schedule)
     x = x.detach()
+    shape = (-1, *[1] * (x.ndim - 1))
     best = x.clone()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    history: list[torch.Tensor] = []
     for _ in range(max(1, restarts)):
-        x_adv = project(_random_start(x, eps, norm), x, eps, norm) if random_start else x.clone()
-        for _ in range(steps):
+        x_adv = project(_random_start(x, eps, norm, shard), x, eps, norm) if random_start else x.clone()
+        for size in sizes:
             x_adv.requires_grad_(True)
             logits = model(x_adv)
             if track_best:
                 fooled = logits.detach().argmax(1) != y
-                best = torch.where((fooled & ~broken).view(-1, *[1] * (x.ndim - 1)), x_adv.detach(), best)
+                best = torch.where((fooled & ~broken).view(shape), x_adv.detach(), best)
                 broken |= fooled
-            (grad,) = torch.autograd.grad(margin_loss(logits, y, loss).sum(), x_adv)
-            x_adv = project(_ascent_step(x_adv.detach(), grad, step_size, norm), x, eps, norm)
+            value = margin_loss(logits, y, loss)
+            if trace:
+                history.append(value.detach())
+            (grad,) = torch.autograd.grad(value.sum(), x_adv)
+            x_adv = _step_and_project_(x_adv.detach(), grad, x, size, eps, norm)
         if not track_best:
-            return x_adv.detach()
+            return PGDResult(x_adv.detach(), torch.empty(0))
         with torch.no_grad():
-            fooled = model(x_adv).argmax(1) != y
-        best = torch.where((fooled & ~broken).view(-1, *[1] * (x.ndim - 1)), x_adv, best)
+            logits = model(x_adv)
+            fooled = logits.argmax(1) != y
+            if trace:
+                history.append(margin_loss(logits, y, loss))
+        best = torch.where((fooled & ~broken).view(shape), x_adv, best)
         # Unbroken examples keep the last iterate (a valid point in the ball), not the clean input.
-        best = torch.where((~broken & ~fooled).view(-1, *[1] * (x.ndim - 1)), x_adv, best)
+        best = torch.where((~broken & ~fooled).view(shape), x_adv, best)
         broken |= fooled
-    return best.detach()
+    losses = torch.stack(history).view(max(1, restarts), steps + 1, len(x)) if trace else torch.empty(0)
+    return PGDResult(best.detach(), losses)
 
 
 def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int,
-                     p_clean: torch.Tensor | None = None, norm: str = "linf") -> torch.Tensor:
+                     p_clean: torch.Tensor | None = None, norm: str = "linf",
+                     shard: tuple[int, int] | None = None) -> torch.Tensor:
     """TRADES inner maximisation (Zhang et al. 2019): maximise ``KL(f(x) ‖ f(x'))`` from ``x + 0.001·N(0, I)``.
 
-    p_clean: (B, M) clean probabilities if already computed (saves a forward pass).
+    p_clean: (B, M) clean probabilities if already computed (saves a forward pass); shard: as in :func:`pgd`.
     """
     x = x.detach()
     if p_clean is None:
         with torch.no_grad():
             p_clean = model(x).float().softmax(1)
     p_clean = p_clean.detach()
-    x_adv = project(x + 0.001 * torch.randn_like(x), x, eps, norm)
+    whole, rows = _whole_batch(x, shard)
+    x_adv = project(x + 0.001 * whole.normal_()[rows], x, eps, norm)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         log_p_adv = model(x_adv).float().log_softmax(1)
         kl = F.kl_div(log_p_adv, p_clean, reduction="sum")
         (grad,) = torch.autograd.grad(kl, x_adv)
-        x_adv = project(_ascent_step(x_adv.detach(), grad, step_size, norm), x, eps, norm)
+        x_adv = _step_and_project_(x_adv.detach(), grad, x, step_size, eps, norm)
     return x_adv.detach()

@@ -17,10 +17,78 @@ from otrobust.report import eval_table, markdown_table
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """``otrobust eval``: clean + attacked accuracy of a saved model on the first --n test images."""
+    """``otrobust eval``: clean, per-attack and worst-case accuracy of a saved model on the first --n test
+    images, each with a 95 % interval, under a threat model stated in every output."""
+    from otrobust.evaluate import eval_record, robustbench_summary
     from otrobust.train import pick_device
 
+    for flag, value in (("--aa-iter", args.aa_iter), ("--aa-queries", args.aa_queries)):
+        if value is not None and value < 1:
+            raise OtrobustError(f"{flag} must be at least 1, got {value}")
+    if args.robustbench and "autoattack" not in args.attack:
+        raise OtrobustError("--robustbench reports AutoAttack accuracy: add autoattack to --attack")
     device = pick_device(args.device)
+    ckpt, meta, model, dataset, test = _load_for_evaluation(args, device)
+    eps = get_dataset_spec(dataset).default_eps if args.eps is None else args.eps
+    attacks = build_attacks(args.attack, eps=eps, steps=args.steps, step_size=args.step_size,
+                            restarts=args.restarts, norm=args.norm, schedule=args.schedule, seed=args.seed,
+                            aa_iter=args.aa_iter, aa_queries=args.aa_queries)
+    torch.manual_seed(args.seed)
+    bar = None
+    if args.progress is not False:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(test) * max(len(attacks), 1), desc="attacking", leave=False,
+                   disable=None if args.progress is None else not args.progress)
+    t0 = time.perf_counter()
+    result = evaluate_model(model, test, attacks, labels=args.labels, batch_size=args.batch_size,
+                            device=device, progress=bar.update if bar else None)
+    seconds = time.perf_counter() - t0
+    if bar:
+        bar.close()
+    aa_standard = args.aa_iter is None and args.aa_queries is None
+    threat = {"norm": args.norm, "eps": eps, "n": len(test), "labels": args.labels, "seed": args.seed,
+              "dataset": dataset, "steps": args.steps, "restarts": args.restarts, "schedule": args.schedule,
+              "step_size": args.step_size if args.step_size is not None else 2.5 * eps / max(args.steps, 1),
+              "autoattack_standard": aa_standard}
+    print(eval_table(result.summary(), threat))
+    label_text = ("PREDICTED labels: the paper's protocol, not robustness against the true labels"
+                  if args.labels == "predicted" else "true labels")
+    if attacks:
+        lo, hi = result.interval("worst")
+        print(f"\nrobust accuracy, worst case over {', '.join(attacks)} ({label_text}): "
+              f"{100 * result.accuracy('worst'):.2f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
+    if not aa_standard and any(n.startswith(("autoattack", "apgd", "fab", "square")) for n in attacks):
+        print("note: --aa-iter/--aa-queries make this a cheaper run, NOT standard AutoAttack")
+    for name, texts in result.warnings.items():
+        for text in texts:
+            print(f"warning from {name}: {text}")
+    print(f"time: {seconds:.1f} s")
+    if args.json_path:
+        record = {"checkpoint": str(ckpt), "dataset": dataset,
+                  "architecture": meta.get("architecture", {}).get("model"), **eval_record(result, threat),
+                  "seconds": round(seconds, 3)}
+        runs.atomic_write_text(Path(args.json_path), json.dumps(record, indent=2))
+        print(f"wrote {args.json_path}")
+    if args.robustbench:
+        arch = meta.get("architecture", {})
+        summary = robustbench_summary(result, dataset=dataset, eps=eps, norm=args.norm,
+                                      architecture=arch.get("model", "unknown"), name=_run_name(ckpt))
+        if not aa_standard:
+            summary["unreliable"] = True
+            summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
+        runs.atomic_write_text(Path(args.robustbench), json.dumps(summary, indent=2))
+        print(f"wrote {args.robustbench}")
+    return 0
+
+
+def _run_name(ckpt: Path) -> str:
+    """The run directory's name for ``RUN/checkpoints/best.safetensors``, else the file's stem."""
+    return ckpt.parent.parent.name if ckpt.parent.name == runs.CHECKPOINT_DIR else ckpt.stem
+
+
+def _load_for_evaluation(args: argparse.Namespace, device):
+    """(checkpoint path, its metadata, model, dataset name, first --n test images) for eval and audit."""
     ckpt = runs.resolve_checkpoint(args.path)
     _, meta, _ = runs.load_checkpoint(ckpt)
     model = runs.load_model(ckpt, device)
@@ -33,35 +101,60 @@ def run_eval(args: argparse.Namespace) -> int:
                             f"do not fit dataset {dataset!r}")
     data_dir = args.data_dir or (trained.get("data_dir") if dataset == trained.get("dataset") else None)
     test = load_dataset(dataset, "test", data_dir, size=args.n)
-    eps = spec.default_eps if args.eps is None else args.eps
-    attacks = build_attacks(args.attack, eps=eps, steps=args.steps, step_size=args.step_size,
-                            restarts=args.restarts, norm=args.norm)
-    torch.manual_seed(args.seed)
-    bar = None
-    if args.progress is not False:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(test) * max(len(attacks), 1), desc="attacking", leave=False,
-                   disable=None if args.progress is None else not args.progress)
-    t0 = time.perf_counter()
-    result = evaluate_model(model, test, attacks, labels=args.labels, batch_size=args.batch_size,
-                            device=device, progress=bar.update if bar else None)
-    if bar:
-        bar.close()
-    threat = {"norm": args.norm, "eps": eps, "n": len(test), "labels": args.labels, "seed": args.seed,
-              "dataset": dataset, "steps": args.steps, "restarts": args.restarts}
-    summary = result.summary()
-    print(eval_table(summary, threat))
-    if args.json_path:
-        out = {"checkpoint": str(ckpt), "threat_model": threat, "clean_accuracy": result.accuracy("clean"),
-               "robust_accuracy": result.accuracy("worst") if attacks else None, "attacks": summary,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        runs.atomic_write_text(Path(args.json_path), json.dumps(out, indent=2))
-        print(f"\nwrote {args.json_path}")
-    return 0
+    return ckpt, meta, model, dataset, test
 
 
-DEMO_EPOCHS = 20
+def run_audit(args: argparse.Namespace) -> int:
+    """``otrobust audit``: the evaluation sanity checks; writes the report and returns 1 if any check fails."""
+    import sys
+
+    from otrobust.audit import AuditSettings, audit_model, to_markdown, train_surrogate, write_report
+    from otrobust.models import create_model
+    from otrobust.train import pick_device
+
+    if args.n < 1:
+        raise OtrobustError(f"--n must be at least 1, got {args.n}")
+    device = pick_device(args.device)
+    ckpt, meta, model, dataset, test = _load_for_evaluation(args, device)
+    eps = get_dataset_spec(dataset).default_eps if args.eps is None else args.eps
+    settings = AuditSettings.make(eps, args.norm, args.quick, steps=args.steps, restarts=args.restarts,
+                                  seed=args.seed, batch_size=args.batch_size)
+    arch = meta["architecture"]
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    surrogate = None
+    if args.surrogate:
+        surrogate = runs.load_model(args.surrogate, device)
+    else:
+        trained = meta.get("config", {})
+        data_dir = args.data_dir or (trained.get("data_dir") if dataset == trained.get("dataset") else None)
+        try:
+            train_set = load_dataset(dataset, "train", data_dir, size=2000 if args.quick else 5000)
+        except OtrobustError as exc:
+            log(f"no transfer surrogate: {exc}")
+        else:
+            log(f"training a standard {arch['model']} surrogate on {len(train_set)} {dataset} training images")
+            fresh = create_model(arch["model"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                                 image_size=arch["image_size"], latent=arch.get("latent", "penultimate"))
+            surrogate = train_surrogate(fresh, train_set, settings.surrogate_epochs, seed=args.seed, device=device)
+    report = audit_model(model, test, settings, surrogate=surrogate, device=device, log=log,
+                         threat_extra={"dataset": dataset, "model": f"{arch['model']} from {ckpt}"})
+    if args.out:
+        out = Path(args.out)
+    elif Path(args.path).is_dir():
+        out = Path(args.path) / "audit"
+    else:
+        out = ckpt.parent / f"audit-{ckpt.stem}"
+    write_report(report, out)
+    print(to_markdown(report).split("\n## ")[0].rstrip())
+    print(f"\nreport written to {out}/audit.md")
+    return 1 if report.failed else 0
+
+
+DEMO_EPOCHS = 15
+DEMO_BATCH = 32  # 1,237 training digits: small batches give enough steps in a few epochs
 
 
 def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -> int:
@@ -76,7 +169,7 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
     for method in ("standard", "got-trades-lm"):
         run_dir = Path(out) / method
         cfg = TrainConfig(dataset="digits", method=method, epochs=epochs, out=str(run_dir), seed=seed,
-                          val_size=200, ot_warmup_epochs=epochs / 4)
+                          val_size=200, batch_size=DEMO_BATCH)
         resume = runs.checkpoint_path(run_dir, "last").exists()
         print(f"== training {method} on digits ({epochs} epochs)" + (" — resuming" if resume else ""))
         train(TrainConfig(**{**cfg.to_dict(), "resume": resume}), log=lambda s: None)
@@ -88,4 +181,93 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
     print(f"\ndigits test set ({len(test)} images), PGD-20, linf eps = {spec.default_eps}, true labels\n")
     print(markdown_table(["method", "clean %", "PGD-20 %"], rows))
     print(f"\nruns saved under {out}/")
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """``otrobust reproduce``: list the presets, or run one (see otrobust.reproduce)."""
+    from otrobust.presets import PRESETS
+    from otrobust.reproduce import parse_overrides, reproduce
+
+    if args.preset is None:
+        print(markdown_table(["preset", "paper", "runs", "what"],
+                             [[p.name, p.reference, len(p.runs), p.description] for p in PRESETS.values()]))
+        print("\nrun one with: otrobust reproduce PRESET [--scale smoke|full] [--data-dir DIR] [--dry-run]")
+        return 0
+    reproduce(args.preset, scale=args.scale, out=args.out, data_dir=args.data_dir, dry_run=args.dry_run,
+              device=args.device, overrides=parse_overrides(args.overrides))
+    return 0
+
+
+REPORT_FIELDS = ("run", "dataset", "model", "method", "norm", "eps", "epochs", "best_epoch", "val_clean", "val_pgd",
+                 "train_hours", "path")
+
+
+def _run_summary(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
+    """(summary row, metrics history, cached evaluation rows) of one run directory."""
+    from otrobust.config import load_config_file
+
+    if not (run_dir / "config.json").is_file():
+        raise OtrobustError(f"{str(run_dir)!r} is not a run directory (no config.json); pass folders made by "
+                            "otrobust train or reproduce")
+    cfg = load_config_file(run_dir / "config.json")
+    history = runs.read_jsonl(run_dir / "metrics.jsonl")
+    best = max(history, key=lambda r: (r.get("val_pgd", 0), r.get("val_clean", 0))) if history else {}
+    row = {"run": run_dir.name, "dataset": cfg.get("dataset"), "model": cfg.get("model"),
+           "method": cfg.get("method"), "norm": cfg.get("norm"), "eps": cfg.get("eps"),
+           "epochs": f"{len(history)}/{cfg.get('epochs')}", "best_epoch": best.get("epoch"),
+           "val_clean": 100 * best["val_clean"] if "val_clean" in best else None,
+           "val_pgd": 100 * best["val_pgd"] if "val_pgd" in best else None,
+           "train_hours": round(sum(r.get("seconds", 0.0) for r in history) / 3600, 4), "path": str(run_dir)}
+    evals = []
+    for path in sorted((run_dir / "evals").glob("*.json")):
+        evals += [{"run": run_dir.name, **r} for r in json.loads(path.read_text())]
+    return row, history, evals
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``otrobust report``: one table (Markdown + CSV) and learning curves for any set of run directories."""
+    from otrobust.reproduce import write_csv
+
+    out = Path(args.out)
+    rows, histories, evals = [], {}, []
+    for d in dict.fromkeys(Path(p) for p in args.runs):
+        row, history, ev = _run_summary(d)
+        name = row["run"] if row["run"] not in histories else str(d)
+        row["run"] = name
+        rows.append(row)
+        histories[name] = history
+        evals += [{**r, "run": name} for r in ev]
+    header = ["run", "dataset", "model", "method", "norm", "eps", "epochs", "best epoch", "val clean %",
+              "val PGD %", "train hours"]
+    text = ["# Run report", "", "Validation accuracies at the best epoch (highest validation PGD accuracy).", "",
+            markdown_table(header, [[r[k] for k in REPORT_FIELDS[:-1]] for r in rows])]
+    write_csv(out / "report.csv", rows, REPORT_FIELDS)
+    if evals:
+        eval_fields = ("run", "evaluation", "metric", "eps", "steps", "n", "accuracy", "ci_low", "ci_high", "note")
+        write_csv(out / "evaluations.csv", evals, eval_fields)
+        text += ["", "## Cached evaluations (from otrobust reproduce)", "",
+                 markdown_table(["run", "evaluation", "metric", "eps", "steps", "n", "accuracy %"],
+                                [[r.get(k) for k in eval_fields[:7]] for r in evals])]
+    try:
+        from otrobust.plots import plot_learning_curves
+
+        figures = plot_learning_curves(histories, out / "learning_curves")
+        text += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
+    except OtrobustError as exc:
+        figures = []
+        print(f"warning: no learning curves: {exc}")
+    runs.atomic_write_text(out / "report.md", "\n".join(text) + "\n")
+    print("\n".join(text[4:5]))
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.csv'}" + (f" and {len(figures)} figure files" if figures
+                                                                    else ""))
+    return 0
+
+
+def run_data_download(args: argparse.Namespace) -> int:
+    """``otrobust data download NAME --root DIR``: fetch, verify and unpack a dataset."""
+    from otrobust.data import download_dataset
+
+    folder = download_dataset(args.name, Path(args.root), source=args.source)
+    print(f"{args.name} is in {folder}; use --data-dir {args.root}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
@@ -36,8 +37,8 @@ class TrainConfig:
     method: str = _f("got-trades-lm", "training objective", METHOD_NAMES)
     adv_weight: float | None = _f(None, "alpha: weight of the adversarial term (default: pgd-at 1, trades 6, mart 6)")
     clean_weight: float = _f(0.0, "weight of the clean cross-entropy in pgd-at / got-pgd-*")
-    ot_weight: float = _f(10.0, "beta: weight of the OT term in got-* methods")
-    ot_warmup_epochs: float = _f(2.0, "ramp beta linearly from 0 over this many epochs (0: off)")
+    ot_weight: float = _f(1.0, "beta: weight of the OT term in got-* methods (the paper: 10; see README)")
+    ot_warmup_epochs: float = _f(0.0, "ramp beta linearly from 0 over this many epochs (0: off)")
     ot_solver: str = _f("semidual", "OT solver: the paper's learned potential or exact Sinkhorn",
                         ("semidual", "sinkhorn"))
     theta: float = _f(0.1, "entropic regularisation of the OT term")
@@ -46,6 +47,9 @@ class TrainConfig:
     dy: str = _f("kl", "prediction distance in the ground cost", ("kl", "l1"))
     phi_grad: bool = _f(False, "let the model's gradient flow through the potential phi(z)")
     phi_lr: float = _f(1e-3, "learning rate of the potential phi (Adam, maximising)")
+    awp_gamma: float = _f(0.0, "adversarial weight perturbation: layer-wise relative size gamma (0: off; 5e-3 "
+                          "typical); composes with any method")
+    awp_warmup_epochs: float = _f(0.0, "start the weight perturbation after this many epochs")
     # training adversary
     eps: float | None = _f(None, "attack radius (default: the dataset's; '8/255' is accepted)")
     step_size: float | None = _f(None, "attack step (default: 2.5 * eps / steps)")
@@ -70,6 +74,14 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     nan_policy: str = _f("stop", "on a non-finite loss: stop, or skip the batch and count it", ("stop", "skip"))
+    # speed and scale (benchmarks/README.md has the measurements behind the defaults)
+    amp: str = _f("auto", "mixed-precision autocast: auto (bf16 on a CUDA GPU that supports it, off on CPU), "
+                  "off, bf16, or fp16 (with loss scaling)", ("auto", "off", "bf16", "fp16"))
+    channels_last: str = _f("auto", "channels-last memory format for the model and batches: auto (on for CUDA, "
+                            "off on CPU), on, off", ("auto", "on", "off"))
+    compile: bool = _f(False, "torch.compile the model (the first steps are slow while it compiles)")
+    ot_scope: str = _f("global", "under torchrun: the OT term over the batch gathered from all processes "
+                       "(global) or over each process's shard (local)", ("global", "local"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,24 +97,84 @@ def parse_number(text: str | float | int) -> float:
         raise OtrobustError(f"cannot read {text!r} as a number (examples: 0.3, 8/255, 1e-3)") from None
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_kind(f: dataclasses.Field) -> tuple[str, bool]:
+    """(``"bool"`` | ``"int"`` | ``"float"`` | ``"str"``, whether None is allowed) from the annotation."""
+    text = str(f.type)
+    kind = next(k for k in ("bool", "int", "float", "str") if k in text)
+    return kind, "None" in text
+
+
+def _check_type(name: str, value: Any, kind: str, optional: bool) -> None:
+    if value is None and optional:
+        return
+    ok = {"bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "str": isinstance(value, str)}[kind]
+    if not ok:
+        expected = {"bool": "true or false", "int": "a whole number", "float": "a number",
+                    "str": "a string"}[kind] + (" or null" if optional else "")
+        raise OtrobustError(f"{_flag(name)} must be {expected}, got {value!r:.60}")
+    if kind == "float" and not math.isfinite(value):
+        raise OtrobustError(f"{_flag(name)} must be a finite number, got {value}")
+
+
+def coerce_value(f: dataclasses.Field, value: Any) -> Any:
+    """A config-file value as the field's type: ``"8/255"`` -> 0.0314, ``"3"`` or ``3.0`` -> 3 for ints."""
+    kind, _ = field_kind(f)
+    if kind == "float" and isinstance(value, str):
+        return parse_number(value)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "int" and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value  # validate() names the field and the expected type
+    return value
+
+
+def check_eps(eps: float, norm: str, input_dim: int | None = None) -> None:
+    """An attack radius must fit the threat model: ℓ∞ within [0, 1]; ℓ2 within [0, sqrt(input_dim)]
+    (the largest ℓ2 distance between two images in [0, 1]^d), so it may exceed 1."""
+    if eps < 0:
+        raise OtrobustError(f"--eps must be >= 0, got {eps}")
+    if norm == "linf" and eps > 1:
+        raise OtrobustError(f"--eps {eps} is outside [0, 1] (images are in [0, 1]; try 0.3 or 8/255, "
+                            "or --norm l2 for an l2 radius)")
+    if norm == "l2" and input_dim and eps > math.sqrt(input_dim):
+        raise OtrobustError(f"--eps {eps} is larger than sqrt({input_dim}) = {math.sqrt(input_dim):.1f}, the l2 "
+                            "distance between any two images of this size; common l2 radii: 0.5 (CIFAR), 2.0 (MNIST)")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check every field; return cfg or raise one OtrobustError naming the field and the fix."""
     for f in fields(cfg):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
+        _check_type(f.name, value, *field_kind(f))
         if choices and value not in choices:
             raise OtrobustError(f"--{f.name.replace('_', '-')} {value!r} is not one of: {', '.join(choices)}")
-    if cfg.eps is not None and not 0 <= cfg.eps <= 1 and cfg.norm == "linf":
-        raise OtrobustError(f"--eps {cfg.eps} is outside [0, 1] (images are in [0, 1]; try 0.3 or 8/255)")
+    if cfg.eps is not None:
+        check_eps(cfg.eps, cfg.norm)
+    if not 0 <= cfg.seed < 2**63:
+        raise OtrobustError(f"--seed must be between 0 and 2**63 - 1, got {cfg.seed}")
+    if not cfg.out:
+        raise OtrobustError("--out must name a run directory")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "theta": cfg.theta,
-                "phi_lr": cfg.phi_lr}
+                "phi_lr": cfg.phi_lr, "val_size": cfg.val_size}  # the best checkpoint is picked on validation
     for name, value in positive.items():
         if not value > 0:
             raise OtrobustError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    non_negative = {"steps": cfg.steps, "val_size": cfg.val_size, "ot_weight": cfg.ot_weight,
+    non_negative = {"steps": cfg.steps, "ot_weight": cfg.ot_weight,
                     "ot_warmup_epochs": cfg.ot_warmup_epochs, "clean_weight": cfg.clean_weight,
                     "checkpoint_every": cfg.checkpoint_every, "weight_decay": cfg.weight_decay,
-                    "val_steps": cfg.val_steps, "lam": cfg.lam}
+                    "val_steps": cfg.val_steps, "lam": cfg.lam, "momentum": cfg.momentum,
+                    "awp_gamma": cfg.awp_gamma, "awp_warmup_epochs": cfg.awp_warmup_epochs}
     for name, value in non_negative.items():
         if value < 0:
             raise OtrobustError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -121,12 +193,16 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise OtrobustError(f"unknown config field(s): {', '.join(unknown)}")
-    return validate(TrainConfig(**values))
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    return validate(TrainConfig(**{k: coerce_value(by_name[k], v) for k, v in values.items()}))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file (a run's config.json or a hand-written one) safely."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
         raise OtrobustError(f"cannot read config file {str(path)!r}: {exc}") from None
+    if not isinstance(values, dict):
+        raise OtrobustError(f"config file {str(path)!r} must hold a JSON object of settings")
+    return values

@@ -36,6 +36,7 @@ class EvalResult:
     per_attack: dict[str, torch.Tensor] = field(default_factory=dict)
     labels: str = "true"
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # what an attack reported (AutoAttack's checks)
 
     @property
     def n(self) -> int:
@@ -49,9 +50,22 @@ class EvalResult:
             out &= correct
         return out
 
+    def correct(self, name: str = "worst") -> torch.Tensor:
+        """Per-example outcome (N,) bool of ``clean``, ``worst`` or one attack."""
+        if name in ("clean", "worst"):
+            return self.clean if name == "clean" else self.worst
+        if name not in self.per_attack:
+            raise OtrobustError(f"no attack named {name!r} was run; ran: {', '.join(self.per_attack) or 'none'}")
+        return self.per_attack[name]
+
     def accuracy(self, name: str = "worst") -> float:
-        t = {"clean": self.clean, "worst": self.worst}.get(name, self.per_attack.get(name))
-        return float(t.float().mean()) if len(t) else float("nan")
+        t = self.correct(name)
+        return int(t.sum()) / len(t) if len(t) else float("nan")
+
+    def interval(self, name: str = "worst") -> tuple[float, float]:
+        """95 % Wilson interval of :meth:`accuracy`."""
+        t = self.correct(name)
+        return binomial_interval(int(t.sum()), len(t))
 
     def summary(self) -> dict:
         rows = {"clean": self.clean, **self.per_attack}
@@ -89,6 +103,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     model.eval()
     clean, per_attack = [], {name: [] for name in attacks}
     seconds = dict.fromkeys(attacks, 0.0)
+    seen = {name: len(getattr(attack, "warnings", ())) for name, attack in attacks.items()}
     try:
         for start in range(0, len(data), batch_size):
             x = data.x[start:start + batch_size].to(device)
@@ -110,22 +125,94 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                     progress(len(y))
     finally:
         model.train(was_training)
+    reported = {name: list(getattr(attack, "warnings", ()))[seen[name]:] for name, attack in attacks.items()}
     return EvalResult(torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
-                      {k: torch.cat(v) for k, v in per_attack.items()}, labels, seconds)
+                      {k: torch.cat(v) for k, v in per_attack.items()}, labels, seconds,
+                      {k: v for k, v in reported.items() if v})
+
+
+ATTACKS = ("fgsm", "pgd", "pgd-cw", "pgd-dlr", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "square",
+           "autoattack", "autoattack-fast", "autoattack-rand")
+ATTACK_HELP = {
+    "fgsm": "single step of size eps (Goodfellow et al. 2015)",
+    "pgd": "PGD on cross-entropy, random start, best iterate kept",
+    "pgd-cw": "PGD on the CW margin (max other logit - true logit)",
+    "pgd-dlr": "PGD on the scale-invariant DLR loss (Croce & Hein 2020)",
+    "apgd-ce": "AutoAttack's APGD on cross-entropy (reference code)",
+    "apgd-dlr": "AutoAttack's APGD on DLR",
+    "apgd-t": "AutoAttack's targeted APGD-DLR over 9 target classes",
+    "fab": "AutoAttack's targeted FAB (FAB-T)",
+    "square": "AutoAttack's Square, black box, 5000 queries",
+    "autoattack": "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square",
+    "autoattack-fast": "APGD-CE then APGD-T",
+    "autoattack-rand": "APGD-CE and APGD-DLR with 20-draw EOT, for randomised models",
+}
 
 
 def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: float | None = None,
-                  restarts: int = 1, norm: str = "linf") -> dict[str, Attack]:
-    """Attacks by name with one threat model: ``fgsm``, ``pgd`` (CE), ``pgd-cw`` (CW margin loss)."""
-    from otrobust.attacks import fgsm, pgd
+                  restarts: int = 1, norm: str = "linf", schedule: str = "constant", seed: int = 0,
+                  aa_iter: int | None = None, aa_queries: int | None = None,
+                  aa_targets: int | None = None) -> dict[str, Attack]:
+    """Attacks by name (see ``ATTACK_HELP``) sharing one threat model (``norm``, ``eps``).
 
-    step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
-    factories: dict[str, Attack] = {
-        "fgsm": lambda m, x, y: fgsm(m, x, y, eps, norm=norm),
-        "pgd": lambda m, x, y: pgd(m, x, y, eps, step, steps, restarts=restarts, norm=norm),
-        "pgd-cw": lambda m, x, y: pgd(m, x, y, eps, step, steps, restarts=restarts, loss="cw", norm=norm),
-    }
-    unknown = [n for n in names if n not in factories]
+    ``steps`` / ``step_size`` (default 2.5·eps/steps) / ``restarts`` / ``schedule`` set the PGD attacks;
+    ``seed`` and the ``aa_*`` overrides (cheaper, non-standard runs) set the AutoAttack ones.
+    """
+    from otrobust import autoattack as aa
+    from otrobust.attacks import NORMS, fgsm, pgd, step_sizes
+
+    if norm not in NORMS:
+        raise OtrobustError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+    if not eps >= 0:
+        raise OtrobustError(f"eps must be >= 0, got {eps}")
+    step_sizes(1.0, 1, schedule)  # validates the schedule name here, before any attack runs
+    unknown = [n for n in names if n not in ATTACKS]
     if unknown:
-        raise OtrobustError(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(factories)}")
-    return {n: factories[n] for n in names}
+        raise OtrobustError(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
+    step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    overrides = dict(seed=seed, n_iter=aa_iter, n_queries=aa_queries, n_targets=aa_targets)
+
+    def make(name: str) -> Attack:
+        if name == "fgsm":
+            return lambda m, x, y: fgsm(m, x, y, eps, norm=norm)
+        if name.startswith("pgd"):
+            loss = {"pgd": "ce", "pgd-cw": "cw", "pgd-dlr": "dlr"}[name]
+            return lambda m, x, y: pgd(m, x, y, eps, step, steps, restarts=restarts, loss=loss, norm=norm,
+                                       schedule=schedule)
+        if name.startswith("autoattack"):
+            version = {"autoattack": "standard", "autoattack-fast": "fast", "autoattack-rand": "rand"}[name]
+            return aa.autoattack(eps, norm, version, **overrides)
+        return aa.single_attack(name, eps, norm, **overrides)
+
+    return {n: make(n) for n in dict.fromkeys(names)}
+
+
+def eval_record(result: EvalResult, threat: dict) -> dict:
+    """The JSON record of an evaluation: threat model, clean and worst-case accuracy with 95 % intervals,
+    the per-attack breakdown and what the attacks reported. ``robust_accuracy`` is in [0, 1]."""
+    record = {"threat_model": threat, "labels": result.labels, "n": result.n,
+              "clean_accuracy": result.accuracy("clean"), "clean_accuracy_ci95": list(result.interval("clean")),
+              "robust_accuracy": result.accuracy("worst") if result.per_attack else None,
+              "robust_accuracy_ci95": list(result.interval("worst")) if result.per_attack else None,
+              "worst_case_over": list(result.per_attack), "attacks": result.summary(),
+              "attack_warnings": result.warnings}
+    if result.labels == "predicted":
+        record["labels_note"] = ("PREDICTED labels (the paper's protocol): attacks moved away from the model's own "
+                                 "prediction; this is not robust accuracy against the true labels")
+    return record
+
+
+def robustbench_summary(result: EvalResult, *, dataset: str, eps: float, norm: str, architecture: str,
+                        name: str, attack: str = "autoattack") -> dict:
+    """A RobustBench-style model-info record (percent strings, as in RobustBench's ``model_info`` files)."""
+    if attack not in result.per_attack:
+        raise OtrobustError(f"a RobustBench summary needs the {attack!r} attack; add it to --attack")
+    eps_text, k = f"{eps:g}", round(eps * 255)
+    if len(eps_text) > 5 and abs(eps * 255 - k) < 1e-6:  # 8/255 rather than 0.0313725
+        eps_text = f"{k}/255"
+    return {"name": name, "dataset": dataset, "threat_model": {"linf": "Linf", "l2": "L2"}[norm], "eps": eps_text,
+            "architecture": architecture, "additional_data": False, "number_forward_passes": 1,
+            "clean_acc": f"{100 * result.accuracy('clean'):.2f}",
+            "autoattack_acc": f"{100 * result.accuracy(attack):.2f}", "n_examples": result.n,
+            "labels": result.labels, "unreliable": result.labels != "true",
+            "footnote": f"first {result.n} test images; evaluated with otrobust (AutoAttack reference code)"}

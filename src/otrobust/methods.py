@@ -34,6 +34,15 @@ class StepContext:
     ot_weight: float = 10.0
     regularizer: GOTRegularizer | None = None
     reuse_clean: bool = False  # the model has no BN/dropout, so eval- and train-mode passes agree
+    awp_gamma: float = 0.0  # relative size of the adversarial weight perturbation at this step (awp.py)
+    x_adv: torch.Tensor | None = None  # adversarial examples already crafted for this batch (reused, not redone)
+    # Data-parallel training (distributed.py): the attack runs on the module inside the DDP wrapper (its
+    # passes need no gradient synchronisation); ``shard`` = (first row, global batch size) of this process's
+    # rows, so random starts match a single-process run; ``gather`` all-gathers a tensor from every process
+    # (gradients flowing back to this process's rows) for an OT term over the global batch.
+    attack_model: nn.Module | None = None
+    shard: tuple[int, int] | None = None
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def has_mode_dependent_layers(model: nn.Module) -> bool:
@@ -46,14 +55,20 @@ def _adv_weight(ctx: StepContext, base: str) -> float:
 
 
 def _pgd_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
+    if ctx.x_adv is not None:
+        return ctx.x_adv
     with bn_mode(model, ctx.attack_bn):
-        return pgd(model, x, y, ctx.eps, ctx.step_size, ctx.steps, norm=ctx.norm, track_best=False)
+        return pgd(ctx.attack_model or model, x, y, ctx.eps, ctx.step_size, ctx.steps, norm=ctx.norm,
+                   track_best=False, shard=ctx.shard)
 
 
 def _trades_examples(model, x, ctx: StepContext, clean_logits: torch.Tensor | None) -> torch.Tensor:
+    if ctx.x_adv is not None:
+        return ctx.x_adv
     p_clean = clean_logits.detach().float().softmax(1) if clean_logits is not None and ctx.reuse_clean else None
     with bn_mode(model, ctx.attack_bn):
-        return trades_adversary(model, x, ctx.eps, ctx.step_size, ctx.steps, p_clean=p_clean, norm=ctx.norm)
+        return trades_adversary(ctx.attack_model or model, x, ctx.eps, ctx.step_size, ctx.steps, p_clean=p_clean,
+                                norm=ctx.norm, shard=ctx.shard)
 
 
 def _kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -138,6 +153,8 @@ def _with_ot(base):
         if ctx.regularizer is None:
             raise OtrobustError("GOT methods need a GOTRegularizer in the step context")
         loss, logs, (z, z_adv, logits, logits_adv) = base(model, x, y, ctx, with_latent=True)
+        if ctx.gather is not None:  # the OT term over the batch gathered from every process
+            z, z_adv, logits, logits_adv, y = (ctx.gather(t) for t in (z, z_adv, logits, logits_adv, y))
         w = ctx.regularizer(z, z_adv, logits, logits_adv, y)
         logs["ot"] = w.detach()
         return loss + ctx.ot_weight * w, logs
@@ -171,3 +188,16 @@ def get_method(name: str) -> Callable:
     if name not in METHODS:
         raise OtrobustError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def adversarial_examples(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         ctx: StepContext) -> torch.Tensor | None:
+    """The training examples ``method``'s adversary crafts for this batch (None for ``standard``)."""
+    base = base_method(method)
+    if base in ("pgd-at", "mart"):
+        return _pgd_examples(model, x, y, ctx)
+    if base == "trades":
+        return _trades_examples(model, x, ctx, None)
+    if base == "standard":
+        return None
+    raise OtrobustError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")

@@ -46,7 +46,9 @@ def label_distance(p: torch.Tensor, p_adv: torch.Tensor, dy: str = "kl") -> torc
     p: (B, M), p_adv: (B_adv, M), probability vectors -> (B, B_adv).
     """
     if dy == "kl":
-        neg_entropy = torch.xlogy(p, p).sum(1, keepdim=True)
+        # p·log(max(p, 1e-30)), not xlogy(p, p): same value, but xlogy's gradient log(p) + 1 is -inf where a
+        # softmax underflows to 0 (a logit gap over ~100 in float32), and times the softmax Jacobian it is NaN.
+        neg_entropy = (p * p.clamp_min(1e-30).log()).sum(1, keepdim=True)
         return neg_entropy - p @ p_adv.clamp_min(1e-30).log().T
     if dy == "l1":
         return torch.cdist(p[None], p_adv[None], p=1)[0]

@@ -35,7 +35,7 @@ TEMP_SUFFIX = ".tmp"
 
 # ---------------------------------------------------------------- fault injection (test hook)
 FAULT_ENV = "OTROBUST_TEST_KILL_AT"
-FAULT_PHASES = ("step", "validation", "checkpoint", "write", "metrics")
+FAULT_PHASES = ("step", "validation", "checkpoint", "write", "append")
 _fault_counts: dict[str, int] = {}
 
 
@@ -45,8 +45,9 @@ def fault_point(phase: str) -> None:
     ``OTROBUST_TEST_KILL_AT=PHASE:N[:SIGNAL]`` makes the process send itself SIGNAL (default SIGKILL)
     the N-th time it reaches PHASE: ``step`` (after the backward pass, before the optimiser step),
     ``validation`` (inside the per-epoch validation), ``checkpoint`` (half-way through writing a
-    ``.safetensors`` file), ``write`` (half-way through any other atomic write) or ``metrics``
-    (half-way through appending a metrics line). Counts start at 1 in each process.
+    ``.safetensors`` file), ``write`` (half-way through any other atomic write) or ``append``
+    (half-way through appending a line to provenance.jsonl or metrics.jsonl). Counts start at 1 in
+    each process.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -73,6 +74,13 @@ def _write_error(path: Path, exc: OSError) -> OtrobustError:
     return OtrobustError(f"could not write {str(path)!r}: {hint}")
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
         written = os.write(fd, view)
@@ -91,6 +99,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         try:
+            # mkstemp makes the file private (0600); give it the usual mode so that shared runs stay readable
+            os.chmod(tmp, 0o666 & ~_umask())
             view, half = memoryview(data), len(data) // 2
             _write_all(fd, view[:half])
             fault_point("checkpoint" if path.suffix == ".safetensors" else "write")
@@ -117,10 +127,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete temp files that a killed writer left in ``folder`` (``.NAME.*.tmp``); returns them."""
-    folder = Path(folder)
-    stale = sorted(folder.glob(f".*{TEMP_SUFFIX}")) if folder.is_dir() else []
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files (``.NAME.*.tmp``) that a writer killed mid-write left in a run directory
+    or its checkpoint folder; returns them."""
+    stale = [p for folder in (Path(run_dir), Path(run_dir) / CHECKPOINT_DIR) if folder.is_dir()
+             for p in sorted(folder.glob(f".*{TEMP_SUFFIX}"))]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -130,14 +141,14 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line and fsync it; on a write error the file is cut back to its old length."""
     line = (json.dumps(record) + "\n").encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:
         raise _write_error(Path(path), exc) from None
     try:
         size = os.fstat(fd).st_size
         try:
             _write_all(fd, memoryview(line)[:len(line) // 2])
-            fault_point("metrics")
+            fault_point("append")
             _write_all(fd, memoryview(line)[len(line) // 2:])
             os.fsync(fd)
         except OSError as exc:
@@ -386,3 +397,18 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+# ---------------------------------------------------------------- resume
+# Settings that fix what a step index means or which state the checkpoint holds: changing one on
+# --resume would silently give a different run, so it is refused.
+RESUME_FIXED = ("dataset", "model", "latent", "method", "ot_solver", "optimizer", "schedule", "seed",
+                "batch_size", "train_size", "val_size")
+
+
+def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
+    """Raise OtrobustError if ``current`` changes a setting in RESUME_FIXED from the checkpoint's config."""
+    for name in RESUME_FIXED:
+        if name in saved and saved[name] != current.get(name):
+            raise OtrobustError(f"cannot resume {source!r} with --{name.replace('_', '-')} {current.get(name)!r}: "
+                                f"the run was started with {saved[name]!r} (start a new --out instead)")

@@ -12,16 +12,18 @@ import json
 import math
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from otrobust import runs
+from otrobust import distributed, runs
 from otrobust.attacks import pgd
-from otrobust.config import TrainConfig, validate
-from otrobust.data import ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
+from otrobust.awp import awp_gamma_at, with_awp
+from otrobust.config import TrainConfig, check_eps, validate
+from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
 from otrobust.errors import OtrobustError
 from otrobust.evaluate import evaluate_model
 from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
@@ -36,6 +38,9 @@ class Interrupted(Exception):
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill dataset-dependent defaults (model, ε, step size) and validate."""
     spec = get_dataset_spec(cfg.dataset)
+    if cfg.norm == "l2" and cfg.eps is None:
+        raise OtrobustError(f"--norm l2 needs an --eps: the {cfg.dataset} default radius is an l-inf one "
+                            "(common l2 radii: 0.5 on CIFAR, 2.0 on MNIST)")
     eps = spec.default_eps if cfg.eps is None else cfg.eps
     step_size = cfg.step_size if cfg.step_size is not None else 2.5 * eps / max(cfg.steps, 1)
     return validate(dataclasses.replace(cfg, model=cfg.model or spec.default_model, eps=eps, step_size=step_size))
@@ -46,7 +51,28 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise OtrobustError(f"--device {name} asked for, but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise OtrobustError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise OtrobustError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` (None: full float32). ``auto`` is bf16 on a CUDA GPU that has it;
+    on CPU it is off: without native bf16 units (AVX-512-BF16/AMX) autocast there is slower, not faster."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """``--channels-last``: ``auto`` turns it on for CUDA (tensor-core convolutions want NHWC)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def split_train_val(data: ImageData, train_size: int | None, val_size: int) -> tuple[ImageData, ImageData]:
@@ -70,11 +96,23 @@ def ot_weight_at(cfg: TrainConfig, epoch_progress: float) -> float:
     return cfg.ot_weight * min(1.0, epoch_progress / cfg.ot_warmup_epochs)
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, GOTRegularizer | None]:
-    spec = get_dataset_spec(cfg.dataset)
+def with_data_geometry(spec: DatasetSpec, data: ImageData) -> DatasetSpec:
+    """``spec`` with the classes, channels and image size that it leaves 0 (``folder``) read from ``data``."""
+    return dataclasses.replace(spec, num_classes=spec.num_classes or data.num_classes,
+                               in_channels=spec.in_channels or data.x.shape[1],
+                               image_size=spec.image_size or data.x.shape[-1])
+
+
+def build_model(cfg: TrainConfig, device: torch.device,
+                spec: DatasetSpec | None = None) -> tuple[nn.Module, GOTRegularizer | None]:
+    """The model and (GOT methods) its OT regulariser; ``spec`` defaults to the registered dataset's."""
+    spec = spec or get_dataset_spec(cfg.dataset)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                         image_size=spec.image_size, latent=cfg.latent).to(device)
+    try:
+        model = create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                             image_size=spec.image_size, latent=cfg.latent).to(device)
+    except ValueError as exc:  # e.g. an architecture too deep for the dataset's image size
+        raise OtrobustError(f"--model {cfg.model} cannot be used with --dataset {cfg.dataset}: {exc}") from None
     variant = ot_variant(cfg.method)
     reg = None
     if variant:
@@ -105,7 +143,18 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
     torch.manual_seed(seed)
     step = 2.5 * cfg.eps / max(cfg.val_steps, 1)
     attacks = {"pgd": lambda m, x, y: pgd(m, x, y, cfg.eps, step, cfg.val_steps, norm=cfg.norm)}
-    res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=512, device=device)
+    batch = 512 if torch.device(device).type != "cuda" else max(len(val), 1)  # GPU: the largest batch that fits
+    while True:
+        try:
+            res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=batch, device=device)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if batch <= 16:
+                raise
+            batch //= 2
+            torch.cuda.empty_cache()
+            torch.manual_seed(seed)
+    runs.fault_point("validation")
     return {"val_clean": res.accuracy("clean"), "val_pgd": res.accuracy("worst")}
 
 
@@ -135,51 +184,46 @@ class _StopFlag:
                 pass
 
 
-def _arch(cfg: TrainConfig) -> dict[str, Any]:
-    spec = get_dataset_spec(cfg.dataset)
+def _arch(cfg: TrainConfig, spec: DatasetSpec | None = None) -> dict[str, Any]:
+    spec = spec or get_dataset_spec(cfg.dataset)
     return {"model": cfg.model, "num_classes": spec.num_classes, "in_channels": spec.in_channels,
             "image_size": spec.image_size, "latent": cfg.latent, "dataset": cfg.dataset}
 
 
-def _save(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state: dict[str, Any]) -> None:
+def _save(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state: dict[str, Any],
+          spec: DatasetSpec | None = None) -> None:
     extra = {"optim": opt.state_dict(), "phi": reg.state_dict() if reg is not None else None,
              "phi_optim": phi_opt.state_dict() if phi_opt is not None else None,
              "sched": sched.state_dict() if sched is not None else None}
-    meta = {"architecture": _arch(cfg), "config": cfg.to_dict(), **state}
+    meta = {"architecture": _arch(cfg, spec), "config": cfg.to_dict(), "versions": runs.versions(), **state}
     runs.save_checkpoint(runs.checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
 
 
-def prepare_run_dir(cfg: TrainConfig) -> Path:
+def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None) -> Path:
+    """Create (or re-open with --resume) the run directory; record the resolved config and provenance."""
     run_dir = Path(cfg.out)
     has_run = runs.checkpoint_path(run_dir, "last").exists()
     if has_run and not cfg.resume:
         raise OtrobustError(f"{str(run_dir)!r} already holds a run; add --resume to continue it "
                             f"or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OtrobustError(f"cannot create run directory {str(run_dir)!r}: {exc.strerror or exc}") from None
+    runs.remove_stale_temp_files(run_dir)  # left by a run killed mid-write
     runs.atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    record = runs.provenance()
-    record["seed"] = cfg.seed
+    record = runs.provenance(argv)
+    record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, config=cfg.to_dict())
     runs.append_jsonl(run_dir / "provenance.jsonl", record)
     return run_dir
 
 
-def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> dict[str, Any]:
-    """Run (or resume) one training job; returns the last epoch's metrics."""
-    cfg = resolve(cfg)
-    device = pick_device(cfg.device)
-    spec = get_dataset_spec(cfg.dataset)
-    full_train = load_dataset(cfg.dataset, "train", cfg.data_dir)
-    train_data, val_data = split_train_val(full_train, cfg.train_size, cfg.val_size)
-    run_dir = prepare_run_dir(cfg)
-    model, reg = build_model(cfg, device)
-    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    opt, phi_opt, sched = build_optimizers(cfg, model, reg, steps_per_epoch)
-
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_score": None, "accum": None}
-    last = runs.checkpoint_path(run_dir, "last")
-    if cfg.resume and last.exists():
-        weights, meta, extra = runs.load_checkpoint(last)
-        runs.load_weights(unwrap(model), weights, meta, str(last))
+def _restore(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt, sched, state: dict[str, Any]) -> None:
+    """Load weights, optimiser/φ/scheduler state and the loop counters from ``last`` (for --resume)."""
+    weights, meta, extra = runs.load_checkpoint(last)
+    runs.check_resume_compatible(meta.get("config") or {}, cfg.to_dict(), str(last))
+    runs.load_weights(unwrap(model), weights, meta, str(last))
+    try:
         opt.load_state_dict(extra["optim"])
         if reg is not None and extra.get("phi") is not None:
             reg.load_state_dict(extra["phi"])
@@ -187,19 +231,77 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> 
             phi_opt.load_state_dict(extra["phi_optim"])
         if sched is not None and extra.get("sched") is not None:
             sched.load_state_dict(extra["sched"])
-        state.update({k: meta[k] for k in state if k in meta})
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise OtrobustError(f"cannot resume from {str(last)!r}: its optimiser state does not fit this run "
+                            f"({type(exc).__name__})") from None
+    state.update({k: meta[k] for k in state if k in meta})
+
+
+def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
+          argv: list[str] | None = None) -> dict[str, Any]:
+    """Run (or resume) one training job; returns the last epoch's metrics.
+
+    Under ``torchrun`` (RANK/WORLD_SIZE set) every process runs this with the same settings: data-parallel
+    training on shards of each global batch of ``--batch-size``; rank 0 alone writes the run directory.
+    """
+    cfg = resolve(cfg)
+    info = distributed.env_info()
+    device, joined = distributed.setup(info, pick_device(cfg.device))
+    try:
+        return _train(cfg, info, device, show_progress=show_progress if info.is_main else False,
+                      log=log if info.is_main else (lambda text: None), argv=argv)
+    finally:
+        distributed.teardown(joined)
+
+
+def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *, show_progress: bool | None,
+           log, argv: list[str] | None) -> dict[str, Any]:
+    spec = get_dataset_spec(cfg.dataset)
+    full_train = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    spec = with_data_geometry(spec, full_train)
+    if cfg.norm == "l2":
+        check_eps(cfg.eps, cfg.norm, spec.in_channels * spec.image_size ** 2)
+    if tuple(full_train.x.shape[1:]) != (spec.in_channels, spec.image_size, spec.image_size):
+        raise OtrobustError(f"the {cfg.dataset} images found have shape {tuple(full_train.x.shape[1:])}, expected "
+                            f"{(spec.in_channels, spec.image_size, spec.image_size)}; check --data-dir")
+    train_data, val_data = split_train_val(full_train, cfg.train_size, cfg.val_size)
+    if info.enabled:
+        distributed.check_batches(len(train_data), cfg.batch_size, info.world_size)
+    if device.type == "cuda":  # data on the device once; batches are sliced there (no host copies per step)
+        train_data = ImageData(train_data.x.to(device), train_data.y.to(device), train_data.num_classes)
+    run_dir = Path(cfg.out)  # written only once the model and any checkpoint have loaded
+    model, reg = build_model(cfg, device, spec)
+    channels_last = use_channels_last(cfg.channels_last, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    opt, phi_opt, sched = build_optimizers(cfg, model, reg, steps_per_epoch)
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_score": None, "accum": None}
+    last = runs.checkpoint_path(run_dir, "last")
+    if cfg.resume and last.exists():
+        _restore(last, cfg, model, reg, opt, phi_opt, sched, state)
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
     elif cfg.init:
         weights, meta, _ = runs.load_checkpoint(runs.resolve_checkpoint(cfg.init))
         runs.load_weights(unwrap(model), weights, meta, cfg.init)
         log(f"initialised from {cfg.init}")
-    # The log is rebuilt from the checkpoint so that a crash between the two writes cannot duplicate lines.
-    runs.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    if info.is_main:  # rank 0 alone writes the run directory
+        run_dir = prepare_run_dir(cfg, argv, str(device))
+        # The log is rebuilt from the checkpoint so that a crash between the two writes cannot duplicate lines.
+        runs.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+    model, eval_model = distributed.wrap_model(model, info, device, compile=cfg.compile)
+    autocast_dtype = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    global_ot = info.enabled and reg is not None and cfg.ot_scope == "global"
 
     method = get_method(cfg.method)
+    if cfg.awp_gamma > 0:
+        method = with_awp(method, cfg.method)  # adversarial weight perturbation on top of any objective
     ctx = StepContext(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
                       attack_bn=cfg.attack_bn, adv_weight=cfg.adv_weight, clean_weight=cfg.clean_weight,
-                      regularizer=reg, reuse_clean=not has_mode_dependent_layers(model))
+                      regularizer=reg, reuse_clean=not has_mode_dependent_layers(model),
+                      attack_model=eval_model if eval_model is not model else None)
     bar_cls = None
     if show_progress is not False:
         from tqdm.auto import tqdm as bar_cls
@@ -209,9 +311,11 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> 
             t0 = time.perf_counter()
             order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(
                 step_seed(cfg.seed, epoch, -1)))
-            acc = state["accum"] or {"loss": 0.0, "correct": 0, "seen": 0, "ot": 0.0, "skipped": 0, "seconds": 0.0}
+            zeros = {"loss": 0.0, "correct": 0, "seen": 0, "ot": 0.0, "skipped": 0, "seconds": 0.0}
+            # Each process sums its own shard; the saved totals (global) are carried by rank 0 alone.
+            acc = (state["accum"] if info.is_main else None) or dict(zeros)
             first = state["step"]
-            batches = iterate_batches(train_data.take(order), cfg.batch_size, device=device)
+            batches = iterate_batches(train_data.take(order.to(train_data.x.device)), cfg.batch_size, device=device)
             bar = (bar_cls(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            leave=False, disable=None if show_progress is None else not show_progress)
                    if bar_cls else None)
@@ -223,9 +327,21 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> 
                 torch.manual_seed(seed)
                 if spec.augment == "crop-flip":
                     x = random_crop_flip(x, torch.Generator().manual_seed(seed))
+                # Every process walks the same global batches and keeps its rows of each (distributed.py).
+                x, y, ctx.shard = distributed.take_shard(x, y, info)
+                if global_ot:
+                    ctx.gather = partial(distributed.all_gather_with_grad,
+                                         sizes=distributed.shard_sizes(ctx.shard[1], info.world_size))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 ctx.ot_weight = ot_weight_at(cfg, epoch + step / steps_per_epoch)
-                loss, logs = method(model, x, y, ctx)
-                if not bool(torch.isfinite(loss)):
+                ctx.awp_gamma = awp_gamma_at(cfg.awp_gamma, cfg.awp_warmup_epochs, epoch + step / steps_per_epoch)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss, logs = method(model, x, y, ctx)
+                finite = bool(torch.isfinite(loss))
+                if info.enabled:  # every process takes the same branch
+                    finite = not distributed.any_process(not finite, info, device)
+                if not finite:
                     bad = [k for k, v in logs.items() if k != "logits" and not bool(torch.isfinite(v).all())]
                     where = f"epoch {epoch + 1}, step {step + 1}"
                     terms = ", ".join(bad) or "loss"
@@ -233,15 +349,24 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> 
                         acc["skipped"] += 1
                         log(f"warning: non-finite {terms} at {where}; batch skipped")
                         continue
-                    raise OtrobustError(f"non-finite {terms} at {where}; the last good checkpoint is "
-                                        f"{str(last)!r} (try a lower --lr or --ot-weight, or --nan-policy skip)")
+                    kept = f"the last good checkpoint is {str(last)!r}" if last.exists() else "no checkpoint yet"
+                    raise OtrobustError(f"non-finite {terms} at {where}; {kept} (try a lower --lr or --ot-weight, "
+                                        f"or --nan-policy skip)")
                 opt.zero_grad(set_to_none=True)
                 if phi_opt is not None:
                     phi_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if phi_opt is not None:
-                    phi_opt.step()
+                weighted = loss
+                if info.enabled and ctx.shard[1] % info.world_size:  # unequal shards: see distributed.shard_weight
+                    weighted = loss * distributed.shard_weight(ctx.shard[1], info.rank, info.world_size)
+                (scaler.scale(weighted) if scaler else weighted).backward()
+                if reg is not None:
+                    distributed.average_gradients(reg.potential_parameters(), info)
+                runs.fault_point("step")
+                for o in (opt, phi_opt):
+                    if o is not None:
+                        o.step() if scaler is None else scaler.step(o)
+                if scaler is not None:
+                    scaler.update()
                 acc["loss"] += float(loss.detach()) * len(y)
                 acc["correct"] += int((logs["logits"].argmax(1) == y).sum())
                 acc["seen"] += len(y)
@@ -250,11 +375,16 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> 
                     bar.update(1)
                     bar.set_postfix(loss=f"{acc['loss'] / acc['seen']:.3f}", acc=f"{acc['correct'] / acc['seen']:.3f}")
                 done = step + 1
+                stop.signum = distributed.agree_on_signal(stop.signum, info, device)
                 if stop.signum is not None or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0
                                                and done < steps_per_epoch):
-                    acc_now = dict(acc, seconds=acc["seconds"] + time.perf_counter() - t0)
-                    _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched,
-                          {**state, "epoch": epoch, "step": done, "accum": acc_now})
+                    acc_now = dict(distributed.totals(acc, info, device),
+                                   seconds=acc["seconds"] + time.perf_counter() - t0)
+                    if info.enabled:  # the totals are now rank 0's to carry
+                        acc = dict(acc_now, seconds=acc["seconds"]) if info.is_main else dict(zeros)
+                    if info.is_main:
+                        _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched,
+                              {**state, "epoch": epoch, "step": done, "accum": acc_now}, spec)
                     if stop.signum is not None:
                         if bar:
                             bar.close()
@@ -264,23 +394,33 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print) -> 
                 bar.close()
             if sched is not None:
                 sched.step()
+            acc = distributed.totals(acc, info, device)
             seen = max(acc["seen"], 1)
             record = {"epoch": epoch + 1, "train_loss": acc["loss"] / seen, "train_acc": acc["correct"] / seen,
                       "ot": acc["ot"] / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
                       "lr": opt.param_groups[0]["lr"], "skipped_batches": acc["skipped"]}
-            record.update(validate_epoch(model, val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                record.update(validate_epoch(eval_model, val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
             record["seconds"] = round(acc["seconds"] + time.perf_counter() - t0, 3)
-            score = [record["val_pgd"], record["val_clean"]]
+            # Robust methods keep the checkpoint with the best validation PGD accuracy; standard training,
+            # which has none to speak of, the best clean accuracy.
+            score = ([record["val_clean"]] if cfg.method == "standard"
+                     else [record["val_pgd"], record["val_clean"]])
             history = state["history"] + [record]
             improved = state["best_score"] is None or score > state["best_score"]
             new_state = {"epoch": epoch + 1, "step": 0, "history": history, "accum": None,
                          "best_score": score if improved else state["best_score"]}
-            if improved:
-                _save(run_dir, "best", cfg, model, reg, opt, phi_opt, sched, new_state)
-            _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched, new_state)
-            runs.append_jsonl(run_dir / "metrics.jsonl", record)
+            if info.is_main:
+                if improved:
+                    _save(run_dir, "best", cfg, model, reg, opt, phi_opt, sched, new_state, spec)
+                _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched, new_state, spec)
+                runs.append_jsonl(run_dir / "metrics.jsonl", record)
             state = new_state
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  train acc {record['train_acc']:.3f}"
                 f"  val clean {record['val_clean']:.3f}  val PGD-{cfg.val_steps} {record['val_pgd']:.3f}"
                 f"  ({record['seconds']:.1f}s)")
+            stop.signum = distributed.agree_on_signal(stop.signum, info, device)
+            if stop.signum is not None and epoch + 1 < cfg.epochs:  # the signal came during validation
+                raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint saved, "
+                                  f"continue with: otrobust train --resume --out {run_dir}")
     return state["history"][-1] if state["history"] else {}

@@ -1,0 +1,89 @@
+"""PGD-20 evaluation throughput: otrobust's evaluation against torchattacks' PGD on the same model and images.
+
+    pip install --no-deps torchattacks            # benchmark-only peer, never an otrobust dependency
+    python benchmarks/eval_vs_peers.py            # CW CNN, 1×28×28, 512 images, batch 256, CPU
+    python benchmarks/eval_vs_peers.py --batch-sizes 128 256 512
+
+Both produce the robust accuracy of the same images: otrobust through ``evaluate_model`` with its ``pgd``
+(clean pass, PGD-20 with a random start that keeps the best iterate per example, final check), torchattacks
+through ``PGD(steps=20, random_start=True)`` followed by the same final check. The figure is images per
+second; each repetition evaluates all ``--n`` images at each batch size.
+"""
+
+from __future__ import annotations
+
+import time
+
+import _timing as T
+import torch
+
+from otrobust.attacks import pgd
+from otrobust.data import ImageData
+from otrobust.evaluate import evaluate_model
+
+
+def otrobust_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device):
+    step = 2.5 * eps / steps
+    attacks = {"pgd": lambda m, x, y: pgd(m, x, y, eps, step, steps)}
+    return lambda: evaluate_model(model, data, attacks, batch_size=batch_size, device=device).accuracy("worst")
+
+
+def torchattacks_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device):
+    import torchattacks
+
+    atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+
+    def run():
+        model.eval()
+        correct = 0
+        for i in range(0, len(data), batch_size):
+            x, y = data.x[i:i + batch_size].to(device), data.y[i:i + batch_size].to(device)
+            x_adv = atk(x, y)
+            with torch.no_grad():
+                correct += int((model(x_adv).argmax(1) == y).sum())
+        return correct / len(data)
+
+    return run
+
+
+def main() -> None:
+    ap = T.parser("eval_vs_peers", __doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=512, help="images evaluated per repetition")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[256])
+    ap.add_argument("--attack-steps", type=int, default=20)
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--channels-last", action="store_true", help="also time otrobust on a channels-last model")
+    args = ap.parse_args()
+    device = T.setup(args)
+    model = T.cw_cnn(device, args.seed).eval()
+    x, y = T.mnist_like(args.n, device, args.seed)
+    data = ImageData(x, y, 10)
+    fns = {}
+    for b in args.batch_sizes:
+        fns[f"otrobust, batch {b}"] = otrobust_eval(model, data, args.eps, args.attack_steps, b, device)
+        fns[f"torchattacks PGD, batch {b}"] = torchattacks_eval(model, data, args.eps, args.attack_steps, b, device)
+        if args.channels_last:
+            cl = T.cw_cnn(device, args.seed).eval().to(memory_format=torch.channels_last)
+            fns[f"otrobust channels-last, batch {b}"] = otrobust_eval(cl, data, args.eps, args.attack_steps, b,
+                                                                      device)
+    print(f"timing {len(fns)} contenders x {args.reps} reps ({args.n} images, PGD-{args.attack_steps}, {device}, "
+          f"{torch.get_num_threads()} threads)")
+    t0 = time.perf_counter()
+    times = T.interleaved(fns, args.reps, args.warmup, device)
+    rows, results = [], {}
+    for b in args.batch_sizes:
+        ours = times[f"otrobust, batch {b}"]
+        for name in [k for k in fns if k.endswith(f"batch {b}")]:
+            ips = T.stats([args.n / s for s in times[name]])
+            vs = T.paired_ratio(times[name], ours) if not name.startswith("otrobust,") else None
+            results[name] = {"images_per_s": ips, "otrobust_speedup_vs_this": vs}
+            rows.append([b, name.split(",")[0], T.fmt(ips, 1), T.fmt(vs, 2) if vs else "1 (reference)"])
+    text = T.table(["batch", "contender", "images/s (median, min–max)", "otrobust speed-up vs this"], rows)
+    print(f"\nPGD-{args.attack_steps} evaluation throughput, CW CNN 1x28x28, {args.n} images, {device}, "
+          f"{args.reps} reps ({time.perf_counter() - t0:.0f}s)\n")
+    print(text)
+    T.save(args.out, "eval_vs_peers", args, device, results, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Before/after of each speed change in the library, measured as a ratio in one process.
+
+    python benchmarks/speed_options.py                   # CW CNN, 1×28×28, batch 128, PGD-10, CPU
+    python benchmarks/speed_options.py --only channels-last amp --reps 7
+    python benchmarks/speed_options.py --compile         # adds torch.compile (slow to compile on CPU)
+
+Each row times the same work with the change off ("before") and on ("after"), interleaved; the figure is
+the paired speed-up before/after (> 1: the change helps). Changes:
+
+- ``in-place attack``: the attack update done in place (``attacks._step_and_project_``) against the
+  previous out-of-place formula ``project(_ascent_step(...))`` (kept below as the reference), PGD-10 only;
+- ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step;
+- ``amp``: ``--amp bf16`` vs ``off``, PGD-AT training step;
+- ``trades clean pass``: TRADES reusing the clean forward pass for the adversary's target (models without
+  BN/dropout) vs a separate no-grad pass;
+- ``got-pgd one pass``: GOT-PGD's clean and adversarial images in one concatenated forward (models without
+  BN) vs two forwards;
+- ``eval batch``: PGD-20 evaluation of ``--eval-n`` images in one batch vs batches of 128;
+- ``compile`` (with ``--compile``): ``torch.compile`` vs eager, PGD-AT training step, after compiling;
+- ``data on device`` (CUDA only): batches sliced from a device-resident set vs copied from the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import _timing as T
+import torch
+import torch.nn.functional as F
+
+from otrobust import methods
+from otrobust.attacks import _ascent_step, _random_start, bn_mode, margin_loss, pgd, project
+from otrobust.data import ImageData
+from otrobust.evaluate import evaluate_model
+
+
+def pgd_out_of_place(model, x, y, eps, step_size, steps):
+    """The training PGD as it was before the in-place update: the reference for ``in-place attack``."""
+    x = x.detach()
+    x_adv = project(_random_start(x, eps, "linf"), x, eps, "linf")
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(margin_loss(model(x_adv), y).sum(), x_adv)
+        x_adv = project(_ascent_step(x_adv.detach(), grad, step_size, "linf"), x, eps, "linf")
+    return x_adv.detach()
+
+
+@contextlib.contextmanager
+def two_pass_got_pgd():
+    """Make GOT-PGD take separate clean and adversarial forwards, as it must for models with BN."""
+    saved = methods.has_mode_dependent_layers
+    methods.has_mode_dependent_layers = lambda model: True
+    try:
+        yield
+    finally:
+        methods.has_mode_dependent_layers = saved
+
+
+def pairs(args, device):
+    """{change: (before fn, after fn)}."""
+    base = T.cw_cnn(device, args.seed)
+    x, y = T.mnist_like(max(args.batch_size, args.eval_n), device, args.seed)
+    xb, yb = x[:args.batch_size], y[:args.batch_size]
+    eps, k = args.eps, args.attack_steps
+    step = 2.5 * eps / k
+    out = {}
+
+    def train_step(method, **kw):
+        s = T.otrobust_step(method, copy.deepcopy(base), eps=eps, steps=k, **kw)
+        return lambda: s(xb, yb)
+
+    if "in-place attack" in args.only:
+        model = copy.deepcopy(base).eval()
+        out["in-place attack"] = (lambda: pgd_out_of_place(model, xb, yb, eps, step, k),
+                                  lambda: pgd(model, xb, yb, eps, step, k, track_best=False))
+    if "channels-last" in args.only:
+        out["channels-last"] = (train_step("pgd-at"), train_step("pgd-at", channels_last=True))
+    if "amp" in args.only:
+        out["amp bf16"] = (train_step("pgd-at"), train_step("pgd-at", amp=torch.bfloat16))
+    if "trades clean pass" in args.only:
+        out["trades clean pass"] = (train_step("trades", reuse_clean=False), train_step("trades", reuse_clean=True))
+    if "got-pgd one pass" in args.only:
+        before = train_step("got-pgd-lm")
+        out["got-pgd one pass"] = (lambda: _under(two_pass_got_pgd, before), train_step("got-pgd-lm"))
+    if "eval batch" in args.only:
+        n = args.eval_n
+        model, data = copy.deepcopy(base).eval(), ImageData(x[:n], y[:n], 10)
+        attacks = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20)}
+        out[f"eval batch {n} vs 128"] = (lambda: evaluate_model(model, data, attacks, batch_size=128, device=device),
+                                         lambda: evaluate_model(model, data, attacks, batch_size=n, device=device))
+    if args.compile:
+        compiled = torch.compile(copy.deepcopy(base))
+        s = T.otrobust_step("pgd-at", compiled, eps=eps, steps=k)
+        print("compiling (the first compiled steps are not timed)…", flush=True)
+        for _ in range(3):
+            s(xb, yb)
+        out["compile"] = (train_step("pgd-at"), lambda: s(xb, yb))
+    if device.type == "cuda" and "data on device" in args.only:
+        host_x, host_y = x.cpu().pin_memory(), y.cpu().pin_memory()
+        model = copy.deepcopy(base)
+
+        def consume(xs, ys):
+            with bn_mode(model, "train"):
+                F.cross_entropy(model(xs), ys).backward()
+
+        out["data on device"] = (
+            lambda: [consume(host_x[i:i + 128].to(device, non_blocking=True), host_y[i:i + 128].to(device))
+                     for i in range(0, 1024, 128)],
+            lambda: [consume(x[i:i + 128], y[i:i + 128]) for i in range(0, 1024, 128)])
+    return out
+
+
+def _under(context, fn):
+    with context():
+        return fn()
+
+
+CHANGES = ("in-place attack", "channels-last", "amp", "trades clean pass", "got-pgd one pass", "eval batch",
+           "data on device")
+
+
+def main() -> None:
+    ap = T.parser("speed_options", __doc__.split("\n")[0])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--attack-steps", type=int, default=10)
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--eval-n", type=int, default=512, help="images in the eval-batch comparison")
+    ap.add_argument("--only", nargs="+", default=list(CHANGES), choices=CHANGES, help="which changes to time")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    args = ap.parse_args()
+    device = T.setup(args)
+    t0 = time.perf_counter()
+    rows, results = [], {}
+    for change, (before, after) in pairs(args, device).items():
+        print(f"{change}:")
+        times = T.interleaved({"before": before, "after": after}, args.reps, args.warmup, device)
+        speedup = T.paired_ratio(times["before"], times["after"])
+        results[change] = {"before_s": T.stats(times["before"]), "after_s": T.stats(times["after"]),
+                           "speedup": speedup}
+        rows.append([change, T.fmt(T.stats(times["before"])), T.fmt(T.stats(times["after"])), T.fmt(speedup, 2)])
+    text = T.table(["change", "before s", "after s", "speed-up before/after (median, min–max)"], rows)
+    print(f"\nSpeed changes, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}, "
+          f"{torch.get_num_threads()} threads, {args.reps} reps ({time.perf_counter() - t0:.0f}s)\n")
+    print(text)
+    T.save(args.out, "speed_options", args, device, results, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Figures as PNG + SVG. Each function takes plain data, draws one figure and returns the files written.
+
+matplotlib is imported inside each function (it is an optional dependency: ``pip install otrobust[plots]``)
+and used through ``matplotlib.figure.Figure``, never pyplot, so no global backend state is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from otrobust.errors import OtrobustError
+
+# {panel title: {line label: [(x, accuracy %), ...]}}
+Panels = dict[str, dict[str, list[tuple[float, float]]]]
+
+
+def _figure(n_panels: int, width: float = 5.2, height: float = 4.0, extra_width: float = 0.0):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise OtrobustError("plots need matplotlib: pip install 'otrobust[plots]'") from None
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(width * cols + extra_width, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X", "<", ">")
+
+
+def _title(fig, title: str) -> None:
+    """A figure title wrapped to the figure's width (about 9 characters per inch at this size)."""
+    fig.suptitle(textwrap.fill(title, width=max(30, int(fig.get_figwidth() * 9))), fontsize=13)
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    return paths
+
+
+def _line_panels(panels: Panels, stem: Path, *, x_label: str, y_label: str, title: str, log_x: bool = False,
+                 paper: Panels | None = None, x_ticks: Sequence[float] | None = None,
+                 integer_x: bool = False) -> list[Path]:
+    """One panel per entry; ours solid with markers, the paper's (same colour) dashed; one legend outside."""
+    if not panels:
+        raise OtrobustError(f"nothing to plot for {title!r}")
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(len(panels), extra_width=2.6)  # room for the legend on the right
+    legend: dict[str, Any] = {}
+    any_paper = False
+    for ax, (panel, lines) in zip(axes, panels.items(), strict=True):
+        colours = {}
+        for i, (label, points) in enumerate(lines.items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            (line,) = ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], linewidth=1.8, markersize=5, label=label)
+            colours[label] = line.get_color()
+            legend.setdefault(label, line)
+        for label, points in ((paper or {}).get(panel) or {}).items():
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, linestyle="--", linewidth=1.2, marker="x", markersize=4, alpha=0.8,
+                    color=colours.get(label, "0.5"))
+            any_paper = True
+        if log_x:
+            ax.set_xscale("log")
+        if x_ticks is not None:
+            ax.set_xticks(list(x_ticks), [f"{t:g}" for t in x_ticks])
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel, fontsize=12)
+        ax.set_xlabel(x_label, fontsize=11)
+        ax.set_ylabel(y_label, fontsize=11)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=10)
+    if any_paper:
+        legend["ours (solid)"] = Line2D([], [], color="0.3", linewidth=1.8)
+        legend["paper (dashed, same colour)"] = Line2D([], [], color="0.3", linestyle="--", marker="x")
+    fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=9, framealpha=0.9)
+    _title(fig, title)
+    return _save(fig, stem)
+
+
+def plot_accuracy_vs_eps(panels: Panels, stem: Path, *, title: str = "Robust accuracy vs attack radius",
+                         attack: str = "PGD", paper: Panels | None = None) -> list[Path]:
+    """Robust accuracy (%) against eps, one line per method (the paper's values dashed, if given)."""
+    return _line_panels(panels, stem, x_label="attack radius ε", y_label=f"robust accuracy under {attack} (%)",
+                        title=title, paper=paper)
+
+
+def plot_accuracy_vs_steps(panels: Panels, stem: Path, *, title: str = "Robust accuracy vs PGD steps",
+                           paper: Panels | None = None) -> list[Path]:
+    """Robust accuracy (%) against the number of PGD steps, one line per method."""
+    return _line_panels(panels, stem, x_label="PGD steps", y_label="robust accuracy (%)", title=title, paper=paper,
+                        integer_x=True)
+
+
+def plot_accuracy_vs_beta(panels: Panels, stem: Path, *, title: str = "Accuracy vs OT weight β") -> list[Path]:
+    """Accuracy (%) against the OT weight β on a log axis; one line per metric (clean, PGD…)."""
+    betas = sorted({x for lines in panels.values() for pts in lines.values() for x, _ in pts})
+    return _line_panels(panels, stem, x_label="OT weight β (log scale)", y_label="accuracy (%)", title=title,
+                        log_x=True, x_ticks=betas)
+
+
+def plot_tsne(panels: dict[str, dict[str, Any]], stem: Path, *, class_names: Sequence[str] | None = None,
+              title: str = "t-SNE of penultimate features: clean (o) and adversarial (x)",
+              perplexity: float = 30.0, seed: int = 0) -> list[Path]:
+    """Figure 6: per panel, t-SNE of clean features (circles) and adversarial features (crosses), coloured by
+    true class. Each panel dict holds ``z_clean (N, D)``, ``z_adv (N, D)``, ``y (N,)`` as numpy arrays."""
+    import numpy as np
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    if not panels:
+        raise OtrobustError("nothing to plot for the t-SNE figure")
+    fig, axes = _figure(len(panels), width=5.6, height=5.2)
+    from matplotlib import colormaps  # after _figure, which explains a missing matplotlib
+
+    handles = {}
+    for ax, (name, d) in zip(axes, panels.items(), strict=True):
+        z = np.concatenate([d["z_clean"], d["z_adv"]]).astype(np.float64)
+        y = np.asarray(d["y"])
+        n = len(y)
+        # One OpenMP thread: Barnes-Hut t-SNE on a few thousand points gains little from more, and on a
+        # shared machine its spinning threads can make it 30x slower.
+        with threadpool_limits(limits=1):
+            emb = TSNE(n_components=2, perplexity=min(perplexity, max(2.0, (2 * n - 1) / 3)), init="pca",
+                       random_state=seed).fit_transform(z)
+        classes = sorted(set(y.tolist()))
+        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for i, c in enumerate(classes):
+            sel = y == c
+            colour = cmap(i % cmap.N)
+            label = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            h = ax.scatter(emb[:n][sel, 0], emb[:n][sel, 1], s=10, color=colour, marker="o", alpha=0.7,
+                           linewidths=0)
+            ax.scatter(emb[n:][sel, 0], emb[n:][sel, 1], s=14, color=colour, marker="x", alpha=0.7, linewidths=0.8)
+            handles.setdefault(label, h)
+        ax.set_title(name, fontsize=12)
+        ax.set_xlabel("t-SNE 1st dim", fontsize=11)
+        ax.set_ylabel("t-SNE 2nd dim", fontsize=11)
+        ax.tick_params(labelsize=9)
+    from matplotlib.lines import Line2D
+
+    shapes = [Line2D([], [], color="0.3", marker="o", linestyle="", label="clean"),
+              Line2D([], [], color="0.3", marker="x", linestyle="", label="adversarial")]
+    fig.legend([*shapes, *handles.values()], ["clean", "adversarial", *handles], loc="outside right center",
+               fontsize=9, title="marker / class", markerscale=1.5)
+    _title(fig, title)
+    return _save(fig, stem)
+
+
+CURVE_METRICS = (("val_clean", "validation clean accuracy (%)", 100.0),
+                 ("val_pgd", "validation PGD accuracy (%)", 100.0),
+                 ("train_loss", "training loss", 1.0))
+
+
+def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path, *,
+                         title: str = "Learning curves") -> list[Path]:
+    """Per-epoch validation clean / PGD accuracy and training loss of each run (from its metrics.jsonl)."""
+    histories = {k: v for k, v in histories.items() if v}
+    if not histories:
+        raise OtrobustError("no run has a finished epoch to plot")
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(len(CURVE_METRICS), width=4.8, height=3.8)
+    last_epoch = max(r["epoch"] for records in histories.values() for r in records)
+    for ax, (key, label, scale) in zip(axes, CURVE_METRICS, strict=True):
+        for run, records in histories.items():
+            points = [(r["epoch"], scale * r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=run)
+        ax.set_xlabel("epoch", fontsize=11)
+        ax.set_ylabel(label, fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last_epoch + 0.5)
+    axes[0].legend(fontsize=8, loc="best", framealpha=0.85)
+    _title(fig, title)
+    return _save(fig, stem)

@@ -1,0 +1,599 @@
+"""Run a paper preset end to end: train its runs, evaluate them, write results and figures.
+
+Layout under ``out`` (restartable; nothing finished is redone)::
+
+    <out>/<scale>/runs/<dataset>-<model>-<method>-<hash>/   one training run, shared by every preset that
+                                                           needs the same settings; evals/ caches its evaluations
+    <out>/<scale>/<preset>/results.csv, results.md, figures/
+
+Unfinished training runs are resumed from their last checkpoint; finished ones are skipped; an
+evaluation already cached for the same checkpoint is read back.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from otrobust import runs
+from otrobust.config import TrainConfig, coerce_value, config_from_dict
+from otrobust.data import get_dataset_spec, load_dataset
+from otrobust.errors import OtrobustError
+from otrobust.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, Evaluation, Preset, Run
+
+SCALES = ("smoke", "full")
+RESULT_FIELDS = ("preset", "scale", "run", "label", "dataset", "model", "method", "evaluation", "metric", "eps",
+                 "steps", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "note")
+# Settings that do not change what a run learns (where it lives, how it is executed).
+NOT_IN_RUN_ID = ("out", "resume", "device", "data_dir", "checkpoint_every", "compile", "channels_last")
+
+# ---------------------------------------------------------------- cost model (for --dry-run)
+# A forward pass of one image = 1 unit; a full backward = 2 units; an attack step (input gradient only) = 2.
+# GPU seconds = units * forward FLOPs / THROUGHPUT, but at least MIN_SECONDS_PER_UNIT per unit (small models
+# are launch-bound). AutoAttack standard: AA_UNITS per image (APGD-CE on all, the rest on the ~half left).
+THROUGHPUT_FLOPS = 20e12
+MIN_SECONDS_PER_UNIT = 4e-6
+AA_UNITS = 4500
+DATASET_SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000),
+                 "cifar100": (50000, 10000), "svhn": (73257, 26032), "digits": (1437, 360)}
+
+
+@functools.lru_cache(maxsize=64)
+def forward_flops(model_name: str, dataset: str, latent: str = "penultimate") -> float:
+    """FLOPs (2 x multiply-adds of convolutions and linear layers) of one forward pass of one image."""
+    import torch
+    from torch import nn
+
+    from otrobust.models import create_model
+
+    spec = get_dataset_spec(dataset)
+    total = [0.0]
+
+    def count(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total[0] += 2.0 * output[0].numel() * k
+        elif isinstance(module, nn.Linear):
+            total[0] += 2.0 * module.in_features * module.out_features
+
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                             image_size=spec.image_size, latent=latent)
+        for m in model.modules():
+            m.register_forward_hook(count)
+        model(torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size))
+    return total[0]
+
+
+def train_units(cfg: TrainConfig) -> float:
+    """Forward-equivalents per training image per epoch (attack steps + the loss's passes, AWP's extra pass)."""
+    from otrobust.methods import base_method
+
+    base = base_method(cfg.method)
+    passes = 1 if base == "standard" or (base == "pgd-at" and cfg.clean_weight == 0
+                                         and not cfg.method.startswith("got-")) else 2
+    units = (0 if base == "standard" else 2 * cfg.steps) + 3 * passes
+    return units + (3 * passes if cfg.awp_gamma > 0 else 0)
+
+
+def eval_units(ev: Evaluation) -> float:
+    """Forward-equivalents per test image for one evaluation (every attack at every eps x steps pair)."""
+    per_eps = sum(AA_UNITS if a.startswith("autoattack") else 3 if a == "fgsm" else 2 * (s or 20) + 1
+                  for a in ev.attacks for s in ev.steps or (None,))
+    return 1 + max(len(ev.eps), 1) * per_eps + (2 if ev.kind == "features" else 0)
+
+
+def gpu_hours(units: float, flops: float) -> float:
+    return units * max(flops / THROUGHPUT_FLOPS, MIN_SECONDS_PER_UNIT) / 3600
+
+
+# ---------------------------------------------------------------- planning
+@dataclass
+class PlannedRun:
+    """One run of a preset at one scale: its resolved config (``out`` = its run directory)."""
+
+    run: Run
+    config: TrainConfig
+    note: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out)
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise OtrobustError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["lr=1e-4", "ot_warmup_epochs=0"]`` -> TrainConfig overrides, typed by field."""
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in by_name:
+            raise OtrobustError(f"--set {item!r} must be FIELD=VALUE with a training setting as FIELD "
+                                f"(e.g. lr=1e-4, ot_warmup_epochs=0)")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out[key] = coerce_value(by_name[key], value)
+    return out
+
+
+def dataset_dir(dataset: str, data_dir: str | None) -> str | None:
+    """``data_dir/<dataset>`` if it exists (one root for several datasets), else ``data_dir`` itself."""
+    if data_dir is None:
+        return None
+    sub = Path(data_dir).expanduser() / dataset
+    return str(sub) if sub.is_dir() else str(data_dir)
+
+
+def _identity(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in NOT_IN_RUN_ID}
+
+
+def run_id(cfg: TrainConfig) -> str:
+    """``<dataset>-<model>-<method>-<hash of the settings that differ from TrainConfig's defaults>``.
+
+    Hashing only non-default settings keeps existing run directories valid when a new setting is added;
+    :func:`check_same_settings` guards against a default that changed under an existing run.
+    """
+    defaults = TrainConfig().to_dict()
+    identity = {k: v for k, v in _identity(cfg.to_dict()).items() if v != defaults[k]}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.dataset}-{cfg.model}-{cfg.method}-{digest}"
+
+
+def check_same_settings(p: PlannedRun) -> None:
+    """Refuse to reuse a run directory whose recorded settings differ from the planned ones."""
+    saved_path = p.run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    saved, planned = _identity(json.loads(saved_path.read_text())), _identity(p.config.to_dict())
+    for k in sorted(set(saved) & set(planned)):
+        if saved[k] != planned[k] and k != "epochs":
+            raise OtrobustError(f"{str(p.run_dir)!r} holds a run with {k} = {saved[k]!r}, but {p.run.name!r} "
+                                f"needs {planned[k]!r} (a default changed?); move that folder away or use another "
+                                "--out")
+
+
+def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = None,
+         overrides: dict[str, Any] | None = None, device: str = "auto") -> list[PlannedRun]:
+    """The resolved TrainConfig of every run of ``preset`` at ``scale``."""
+    from otrobust.train import resolve
+
+    if scale not in SCALES:
+        raise OtrobustError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
+    planned = []
+    for run in preset.runs:
+        values, note = dict(run.config), ""
+        if scale == "smoke":
+            values.update(SMOKE["train"])
+            if data_dir is None:
+                note = f"{SMOKE['stand_in']} stands in for {values['dataset']}"
+                values.update(dataset=SMOKE["stand_in"], model=None)
+            else:
+                values["model"] = SMOKE["models"].get(values.get("model"), values.get("model"))
+        values.update(overrides or {})
+        values["data_dir"] = dataset_dir(values["dataset"], data_dir) if scale == "full" or note == "" else None
+        cfg = resolve(config_from_dict({**values, "device": device}))
+        cfg = dataclasses.replace(cfg, out=str(Path(out) / scale / "runs" / run_id(cfg)))
+        planned.append(PlannedRun(run, cfg, note))
+    return planned
+
+
+def scaled_evaluations(preset: Preset, scale: str) -> list[Evaluation]:
+    """The preset's evaluations, shrunk for the smoke scale (few images, PGD-k -> PGD-max(1, k // 20))."""
+    if scale == "full":
+        return list(preset.evaluations)
+    out = []
+    for ev in preset.evaluations:
+        n = SMOKE["features_n"] if ev.kind == "features" else SMOKE["eval_n"]
+        steps = tuple(sorted({max(1, s // SMOKE["steps_divisor"]) for s in ev.steps}))  # () stays ()
+        out.append(dataclasses.replace(ev, n=min(n, ev.n or n), steps=steps))
+    return out
+
+
+def run_status(p: PlannedRun) -> str:
+    """``done`` (every epoch logged and a best checkpoint), ``partial`` (a checkpoint to resume) or ``new``."""
+    if len(runs.read_jsonl(p.run_dir / "metrics.jsonl")) >= p.config.epochs and \
+            runs.checkpoint_path(p.run_dir, "best").exists():
+        return "done"
+    return "partial" if runs.checkpoint_path(p.run_dir, "last").exists() else "new"
+
+
+def cost_table(preset: Preset, planned: list[PlannedRun], evaluations: list[Evaluation]) -> list[list[Any]]:
+    """Per run: [name, dataset, model, method, epochs, status, train GPU-h, eval GPU-h]."""
+    rows = []
+    for p in planned:
+        cfg = p.config
+        n_train, n_test = DATASET_SIZES.get(cfg.dataset, (50000, 10000))
+        n_train = min(cfg.train_size or n_train, n_train - cfg.val_size)
+        flops = forward_flops(cfg.model, cfg.dataset, cfg.latent)
+        units = cfg.epochs * (n_train * train_units(cfg) + cfg.val_size * (2 * cfg.val_steps + 1))
+        ev_units = sum(min(ev.n or n_test, n_test) * eval_units(ev) for ev in evaluations
+                       if not ev.runs or p.run.name in ev.runs)
+        rows.append([p.run.name, cfg.dataset, cfg.model, cfg.method, cfg.epochs, run_status(p),
+                     gpu_hours(units, flops), gpu_hours(ev_units, flops)])
+    return rows
+
+
+COST_ASSUMPTION = (f"cost model: 1 unit = one forward pass of one image, backward = 2 units, attack step = 2 units; "
+                   f"AutoAttack = {AA_UNITS} units per image; GPU time = units x forward FLOPs / "
+                   f"{THROUGHPUT_FLOPS / 1e12:.0f} TFLOP/s sustained (a current data-centre GPU with mixed precision),"
+                   f" at least {MIN_SECONDS_PER_UNIT * 1e6:.0f} us per unit; an order-of-magnitude estimate")
+
+
+# ---------------------------------------------------------------- training and evaluation
+def train_planned(p: PlannedRun, log: Callable[[str], None] = print) -> str:
+    """Train (or resume, or skip) one planned run; returns the status it had."""
+    from otrobust.train import train
+
+    status = run_status(p)
+    check_same_settings(p)
+    if status != "done":
+        cfg = dataclasses.replace(p.config, resume=status == "partial")
+        train(cfg, show_progress=False, log=lambda s: log(f"    {s}"))
+    return status
+
+
+def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, Any]) -> str:
+    stat = ckpt.stat()
+    ident = {"ev": dataclasses.asdict(ev), "ckpt": [ckpt.name, stat.st_size, stat.st_mtime_ns],
+             "eps": cfg.eps, "norm": cfg.norm, "options": options}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, device="cpu", seed: int = 0,
+                 attack_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The one place a preset's evaluation runs: every (eps, steps) pair of ``ev`` on the run's best checkpoint.
+
+    Returns rows ``{evaluation, metric, eps, steps, n, accuracy, ci_low, ci_high, note}`` (accuracies in %);
+    for ``kind="features"`` it saves ``evals/<key>.npz`` (clean/adversarial latents, labels) and returns [].
+    Results are cached in ``run_dir/evals`` per checkpoint and settings.
+    """
+    options = dict(attack_options or {})
+    ckpt = runs.resolve_checkpoint(run_dir)
+    cache = Path(run_dir) / "evals" / f"{ev.name}-{_eval_key(ev, ckpt, cfg, options)}"
+    if cache.with_suffix(".json").exists():
+        return json.loads(cache.with_suffix(".json").read_text())
+    model = runs.load_model(ckpt, device)
+    data = test.first(ev.n)
+    if ev.kind == "features":
+        _save_features(model, data, cfg, ev, cache.with_suffix(".npz"), device, seed)
+        rows = []
+    else:
+        rows = _accuracy_rows(model, data, ev, cfg, options, device, seed)
+    runs.atomic_write_text(cache.with_suffix(".json"), json.dumps(rows, indent=1))
+    return rows
+
+
+def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[str, Any], device,
+                   seed: int) -> list[dict[str, Any]]:
+    import torch
+
+    from otrobust.evaluate import binomial_interval, build_attacks, evaluate_model
+
+    rows: list[dict[str, Any]] = []
+    for i, (eps, steps) in enumerate(product(ev.eps or (cfg.eps,), ev.steps or (None,))):
+        attacks, missing = {}, []
+        for name in ev.attacks:  # an attack this build cannot run is reported in the results, not fatal
+            try:
+                attacks.update(build_attacks([name], eps=eps, steps=steps or 20, norm=cfg.norm,
+                                             **(options if name.startswith("autoattack") else {})))
+            except OtrobustError as exc:
+                missing.append((name, str(exc)))
+        torch.manual_seed(seed)
+        res = evaluate_model(model, data, attacks, batch_size=256, device=device)
+        warnings = getattr(res, "warnings", {})
+        for name in ["clean"] * (i == 0) + [*attacks, *(["worst"] if len(attacks) > 1 else [])]:
+            correct = res.clean if name == "clean" else res.worst if name == "worst" else res.per_attack[name]
+            k = int(correct.sum())
+            lo, hi = binomial_interval(k, len(correct))
+            rows.append({"evaluation": ev.name, "metric": "worst-case" if name == "worst" else name,
+                         "eps": None if name == "clean" else eps, "steps": None if name == "clean" else steps,
+                         "n": len(correct), "accuracy": 100 * k / max(len(correct), 1), "ci_low": 100 * lo,
+                         "ci_high": 100 * hi, "note": "; ".join(warnings.get(name, []))})
+        rows += [{"evaluation": ev.name, "metric": name, "eps": eps, "steps": steps, "n": 0, "accuracy": None,
+                  "ci_low": None, "ci_high": None, "note": f"not run: {why}"} for name, why in missing]
+    return rows
+
+
+def features_path(run_dir: Path, ev: Evaluation) -> Path | None:
+    """The newest features file an evaluation saved in ``run_dir`` (None if there is none)."""
+    found = sorted((Path(run_dir) / "evals").glob(f"{ev.name}-*.npz"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, device, seed: int) -> None:
+    """Latents ``z`` of clean and PGD examples (true labels) and the labels, for a t-SNE figure."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from otrobust.evaluate import build_attacks
+
+    attack = build_attacks(["pgd"], eps=cfg.eps, steps=ev.steps[-1], norm=cfg.norm)["pgd"]
+    torch.manual_seed(seed)
+    parts: dict[str, list] = {"z_clean": [], "z_adv": [], "y": [], "pred_adv": []}
+    for start in range(0, len(data), 256):
+        x, y = data.x[start:start + 256].to(device), data.y[start:start + 256].to(device)
+        x_adv = attack(model, x, y)
+        with torch.no_grad():
+            z, _ = model(x, with_latent=True)
+            z_adv, logits_adv = model(x_adv, with_latent=True)
+        for key, t in (("z_clean", z), ("z_adv", z_adv), ("y", y), ("pred_adv", logits_adv.argmax(1))):
+            parts[key].append(t.cpu().numpy())
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.concatenate(v) for k, v in parts.items()})
+    runs.atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- results
+def paper_value(preset: Preset, run: str, metric: str, eps: float | None, steps: int | None,
+                train_eps: float | None) -> float | None:
+    """The paper's number for this row: same run and metric, and the same sweep point if it is one."""
+    for v in preset.paper_results:
+        if v.run != run or v.metric != metric:
+            continue
+        want_eps = v.eps if v.eps is not None else (train_eps if metric != "clean" else None)
+        if want_eps is not None and (eps is None or abs(eps - want_eps) > 1e-6):
+            continue
+        if v.steps is not None and v.steps != steps:
+            continue
+        return v.value
+    return None
+
+
+def display_names(planned: list[PlannedRun]) -> dict[str, str]:
+    """Run name -> the paper's label, qualified by the name's prefix where labels repeat."""
+    labels = [p.run.label for p in planned]
+    return {p.run.name: p.run.label if labels.count(p.run.label) == 1 or "/" not in p.run.name
+            else f"{p.run.label} [{p.run.name.split('/')[0]}]" for p in planned}
+
+
+def result_row(preset: Preset, scale: str, p: PlannedRun, row: dict[str, Any], source_eps: float) -> dict[str, Any]:
+    """A results.csv row: the evaluation row with the run's identity, the paper's number and the difference."""
+    paper = paper_value(preset, p.run.name, row["metric"], row["eps"], row["steps"], source_eps)
+    diff = None if paper is None or row["accuracy"] is None else row["accuracy"] - paper
+    out = {"preset": preset.name, "scale": scale, "run": p.run.name, "label": p.run.label,
+           "dataset": p.config.dataset, "model": p.config.model, "method": p.config.method, **row,
+           "paper": paper, "diff": diff}
+    return {k: out.get(k) for k in RESULT_FIELDS}
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if digits is None else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _fmt_eps(v: float | None) -> str:
+    """8/255 as ``8/255``, other radii as plain numbers."""
+    if v is None:
+        return "–"
+    k = v * 255
+    return f"{round(k)}/255" if 0 < v < 1 and abs(k - round(k)) < 1e-6 else f"{v:g}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
+                     figures: list[Path], out_dir: Path) -> str:
+    names = display_names(planned)
+    parts = [f"# {preset.name}: {preset.reference} ({scale} scale)", "", preset.description, ""]
+    if scale == "smoke":
+        parts += ["> **Smoke scale**: tiny subsets, one epoch, few attack steps, a tiny model where the paper's is "
+                  "large, and a cheap, non-standard AutoAttack. It checks that the pipeline runs; its numbers are "
+                  "**not comparable** with the paper's.", ""]
+    for note in sorted({p.note for p in planned if p.note}):
+        parts += [f"> **Stand-in data**: {note} (no --data-dir was given); only for the smoke scale.", ""]
+    parts += ["Accuracies in %, against the true labels; 95 % Wilson intervals; `paper` as printed in the paper.",
+              ""]
+    for ev in dict.fromkeys(r["evaluation"] for r in rows):
+        body = [[names.get(r["run"], r["run"]), r["metric"], _fmt_eps(r["eps"]), _fmt(r["steps"]), r["n"],
+                 _fmt(r["accuracy"]), "–" if r["ci_low"] is None else f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
+                 _fmt(r["paper"]), "–" if r["diff"] is None else f"{r['diff']:+.2f}", r["note"] or ""]
+                for r in rows if r["evaluation"] == ev]
+        parts += [f"## Evaluation `{ev}`", "", _table(["run", "metric", "ε", "steps", "n", "ours", "95% CI",
+                                                       "paper", "ours − paper", "note"], body), ""]
+    run_names = {p.run.name for p in planned}
+    only = [[PAPER_ONLY_LABELS.get(v.run.split("/")[-1], v.run) + (f" [{v.run.split('/')[0]}]" if "/" in v.run
+                                                                   else ""), v.metric, _fmt_eps(v.eps),
+             _fmt(v.steps), _fmt(v.value)] for v in preset.paper_results if v.run not in run_names]
+    if only:
+        parts += ["## Paper only (no run here)", "", _table(["row", "metric", "ε", "steps", "paper"], only), ""]
+    settings = [[names[p.run.name], p.config.dataset, p.config.model, p.config.method, p.config.epochs,
+                 p.config.train_size or "all", p.config.optimizer, _fmt(p.config.lr, None), _fmt_eps(p.config.eps),
+                 p.config.steps, _fmt(p.config.ot_weight, None), _fmt(p.config.ot_warmup_epochs, None),
+                 f"`{p.run_dir}`"] for p in planned]
+    parts += ["## Our settings", "", _table(["run", "dataset", "model", "method", "epochs", "train images",
+                                             "optimiser", "lr", "ε", "attack steps", "β", "β warm-up (epochs)",
+                                             "run directory"], settings), ""]
+    parts += ["## The paper's settings", "", _table(["setting", "value"],
+                                                     [[k, v] for k, v in preset.paper_settings.items()]), ""]
+    parts += ["## Notes", ""] + [f"- {n}" for n in preset.notes] + [""]
+    if figures:
+        parts += ["## Figures", ""] + [f"![{f.stem}]({f.relative_to(out_dir).as_posix()})" for f in figures
+                                       if f.suffix == ".png"] + [""]
+    return "\n".join(parts)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] | list[str]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- figures
+def _panel(p: PlannedRun) -> str:
+    from otrobust.presets import DATASET_LABELS
+
+    dataset = p.run.config.get("dataset", p.config.dataset)
+    label = DATASET_LABELS.get(dataset, dataset)
+    return f"{label} ({p.config.dataset} stand-in)" if p.note else label
+
+
+def _sweep_panels(planned, rows, evaluation: str, x: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    names, panels = display_names(planned), {}
+    for p in planned:
+        pts = [(r[x], r["accuracy"]) for r in rows if r["run"] == p.run.name and r["evaluation"] == evaluation
+               and r["metric"] == "pgd" and r["accuracy"] is not None]
+        if pts:
+            panels.setdefault(_panel(p), {})[names[p.run.name]] = pts
+    return panels
+
+
+def _paper_panels(preset: Preset, planned, x: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    names, panels = display_names(planned), {}
+    for p in planned:
+        pts = [(getattr(v, x), v.value) for v in preset.paper_results if v.run == p.run.name
+               and getattr(v, x) is not None and (x == "eps" or v.eps is None)]
+        if pts:
+            panels.setdefault(_panel(p), {})[names[p.run.name]] = pts
+    return panels
+
+
+def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
+                 evaluations: list[Evaluation], fig_dir: Path) -> list[Path]:
+    """The preset's figures (``preset.plots``) from its results rows, features files and learning curves."""
+    from otrobust import plots
+
+    names, files = display_names(planned), []
+    title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
+    if "curves" in preset.plots:
+        histories = {names[p.run.name]: runs.read_jsonl(p.run_dir / "metrics.jsonl") for p in planned}
+        files += plots.plot_learning_curves(histories, fig_dir / "learning_curves", title=f"Learning curves, {title}")
+    if "eps" in preset.plots:
+        paper = _paper_panels(preset, planned, "eps") if scale == "full" else None
+        files += plots.plot_accuracy_vs_eps(_sweep_panels(planned, rows, "eps-sweep", "eps"),
+                                            fig_dir / "accuracy_vs_eps", title=f"Robust accuracy vs ε, {title}",
+                                            paper=paper)
+    if "steps" in preset.plots:
+        files += plots.plot_accuracy_vs_steps(_sweep_panels(planned, rows, "steps-sweep", "steps"),
+                                              fig_dir / "accuracy_vs_steps",
+                                              title=f"Robust accuracy vs PGD steps, {title}")
+    if "beta" in preset.plots:
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for p in planned:
+            for r in rows:
+                if r["run"] == p.run.name and r["accuracy"] is not None:
+                    key = "clean" if r["metric"] == "clean" else f"{r['metric'].upper()}-{r['steps']}"
+                    lines.setdefault(key, []).append((p.config.ot_weight, r["accuracy"]))
+        files += plots.plot_accuracy_vs_beta({_panel(planned[0]): lines}, fig_dir / "accuracy_vs_beta",
+                                             title=f"Accuracy vs OT weight β, {title}")
+    if "tsne" in preset.plots:
+        import numpy as np
+
+        ev = next(e for e in evaluations if e.kind == "features")
+        panels = {}
+        for p in planned:
+            path = features_path(p.run_dir, ev)
+            if path is not None:
+                with np.load(path) as f:
+                    panels[names[p.run.name]] = {k: f[k] for k in f.files}
+        spec = get_dataset_spec(planned[0].config.dataset)
+        files += plots.plot_tsne(panels, fig_dir / "tsne", class_names=spec.class_names or None,
+                                 title=f"t-SNE of penultimate features, clean (o) and PGD (x), {title}")
+    return files
+
+
+# ---------------------------------------------------------------- the command
+def check_data(planned: list[PlannedRun]) -> None:
+    for p in planned:
+        if get_dataset_spec(p.config.dataset).needs_root and p.config.data_dir is None:
+            raise OtrobustError(f"run {p.run.name!r} needs the {p.config.dataset} files: give --data-dir "
+                                f"(to fetch them: otrobust data download {p.config.dataset} --root DIR)")
+
+
+def print_plan(preset: Preset, scale: str, planned: list[PlannedRun], evaluations: list[Evaluation],
+               log: Callable[[str], None] = print) -> list[list[Any]]:
+    """The --dry-run listing: every run with its status and estimated GPU hours, and the evaluations."""
+    cost = cost_table(preset, planned, evaluations)
+    log(f"{preset.name}: {preset.reference}, {scale} scale, {len(planned)} runs\n")
+    log(_table(["run", "dataset", "model", "method", "epochs", "status", "train GPU-h", "eval GPU-h"],
+               [[*r[:6], f"{r[6]:.2f}", f"{r[7]:.2f}"] for r in cost]))
+    for ev in evaluations:
+        log(f"\nevaluation {ev.name}: {', '.join(ev.attacks)}" + (f" ({ev.kind})" if ev.kind != "accuracy" else "")
+            + f", eps {list(ev.eps) or 'as trained'}, steps {list(ev.steps) or '-'}, n {ev.n or 'all'}")
+    train_h, eval_h = sum(r[6] for r in cost), sum(r[7] for r in cost)
+    log(f"\nestimated total: {train_h + eval_h:.1f} GPU-hours ({train_h:.1f} training, {eval_h:.1f} evaluation), "
+        "runs already done included\n" + COST_ASSUMPTION)
+    for note in sorted({p.note for p in planned if p.note}):
+        log(f"stand-in data: {note} (smoke only; give --data-dir for the real dataset)")
+    return cost
+
+
+def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reproduce", data_dir: str | None = None,
+              dry_run: bool = False, device: str = "auto", overrides: dict[str, Any] | None = None,
+              log: Callable[[str], None] = print) -> Path | None:
+    """Train and evaluate every run of preset ``name``; write results.csv, results.md and figures.
+
+    Returns the results folder (None for ``dry_run``, which only lists the runs and their estimated cost).
+    """
+    from otrobust.train import pick_device
+
+    preset = get_preset(name)
+    planned = plan(preset, scale, out, data_dir, overrides, device)
+    evaluations = scaled_evaluations(preset, scale)
+    if dry_run:
+        print_plan(preset, scale, planned, evaluations, log)
+        return None
+    check_data(planned)
+    for note in sorted({p.note for p in planned if p.note}):
+        log(f"SMOKE: {note}: no --data-dir was given, so the bundled {SMOKE['stand_in']} dataset stands in "
+            "(pipeline check only, numbers not comparable with the paper)")
+    for i, p in enumerate(planned, 1):
+        status = run_status(p)
+        log(f"[{i}/{len(planned)}] {p.run.name}: {'done, skipped' if status == 'done' else status + ', training'}"
+            f" ({p.config.dataset}, {p.config.model}, {p.config.method}) -> {p.run_dir}")
+        train_planned(p, log)
+    dev = pick_device(device)
+    options = SMOKE["attack_options"] if scale == "smoke" else None
+    rows, tests = [], {}
+    for p in planned:
+        key = (p.config.dataset, p.config.data_dir)
+        if key not in tests:
+            sizes = [ev.n for ev in evaluations]
+            tests[key] = load_dataset(p.config.dataset, "test", p.config.data_dir,
+                                      size=None if None in sizes else max(sizes))
+        for ev in evaluations:
+            if not ev.runs or p.run.name in ev.runs:
+                log(f"evaluating {p.run.name}: {ev.name}")
+                for row in evaluate_run(p.run_dir, ev, p.config, tests[key], device=dev, attack_options=options):
+                    rows.append(result_row(preset, scale, p, row, p.config.eps))
+    result_dir = Path(out) / scale / preset.name
+    write_csv(result_dir / "results.csv", rows, RESULT_FIELDS)
+    try:
+        figures = make_figures(preset, scale, planned, rows, evaluations, result_dir / "figures")
+    except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
+        log(f"warning: figures not drawn: {exc}")
+        figures = []
+    runs.atomic_write_text(result_dir / "results.md",
+                           results_markdown(preset, scale, planned, rows, figures, result_dir))
+    log(f"results: {result_dir / 'results.md'}, {result_dir / 'results.csv'}"
+        + (f", {len(figures) // 2} figures in {result_dir / 'figures'}" if figures else ""))
+    return result_dir

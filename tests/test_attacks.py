@@ -1,0 +1,141 @@
+"""Attacks: threat-model invariants, loss definitions, schedules, best-so-far tracking, strength ordering."""
+
+import pytest
+import torch
+from torch import nn
+
+from otrobust.attacks import fgsm, margin_loss, pgd, pgd_trace, project, step_sizes, trades_adversary
+from otrobust.data import load_dataset
+from otrobust.errors import OtrobustError
+from otrobust.evaluate import evaluate_model
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    d = (a - b).flatten(1)
+    return d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+
+
+ATTACKS = {
+    "fgsm": lambda m, x, y, eps, norm: fgsm(m, x, y, eps, norm=norm),
+    "pgd-ce": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, restarts=2, norm=norm),
+    "pgd-cw-cosine": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, loss="cw", norm=norm,
+                                                    schedule="cosine"),
+    "pgd-dlr-step": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, loss="dlr", norm=norm, schedule="step"),
+    "pgd-last-iterate": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, norm=norm, track_best=False),
+    "trades": lambda m, x, y, eps, norm: trades_adversary(m, x, eps, eps / 4, 5, norm=norm),
+}
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_stay_in_the_ball_and_the_box(name, norm, eps):
+    model = tiny_model()
+    torch.manual_seed(1)
+    x = torch.rand(16, 1, 8, 8)
+    x[:4] = 0.0  # images on the box's faces: the projection must clip
+    x[4:8] = 1.0
+    y = torch.randint(0, 10, (16,))
+    x_adv = ATTACKS[name](model, x, y, eps, norm)
+    assert x_adv.shape == x.shape
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert bool((distance(x_adv, x, norm) <= eps * (1 + 1e-5)).all())
+
+
+def test_project_is_the_identity_inside_the_ball():
+    x = torch.full((2, 1, 4, 4), 0.5)
+    inside = x + 0.01
+    assert torch.equal(project(inside, x, 0.1, "linf"), inside)
+    assert torch.allclose(project(x + 1.0, x, 0.1, "linf"), x + 0.1)
+    far = x + torch.randn_like(x)
+    assert bool((distance(project(far, x, 0.3, "l2"), x, "l2") <= 0.3 + 1e-6).all())
+
+
+def test_margin_losses_on_known_logits():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
+    y = torch.tensor([0, 0])
+    assert torch.allclose(margin_loss(logits, y, "cw"), torch.tensor([1.0 - 3.0, 2.0 - 0.0]))
+    # DLR = (max other - true) / (top1 - top3)
+    assert torch.allclose(margin_loss(logits, y, "dlr"), torch.tensor([-2.0 / 3.0, 2.0 / 1.5]))
+    assert torch.allclose(margin_loss(logits, y, "ce"), nn.functional.cross_entropy(logits, y, reduction="none"))
+    # DLR is scale-invariant, which is why it sees through logit scaling
+    assert torch.allclose(margin_loss(1e3 * logits, y, "dlr"), margin_loss(logits, y, "dlr"), rtol=1e-4)
+    with pytest.raises(OtrobustError, match="3 classes"):
+        margin_loss(logits[:, :2], y, "dlr")
+    with pytest.raises(OtrobustError, match="unknown attack loss"):
+        margin_loss(logits, y, "hinge")
+
+
+def test_step_size_schedules():
+    assert step_sizes(0.1, 4, "constant") == [0.1] * 4
+    assert step_sizes(1.0, 4, "step") == [1.0, 1.0, 0.1, 0.01]
+    cosine = step_sizes(1.0, 10, "cosine")
+    assert cosine[0] == 1.0 and all(a >= b for a, b in zip(cosine, cosine[1:], strict=False))
+    assert min(cosine) == pytest.approx(0.1)
+    with pytest.raises(OtrobustError, match="schedule"):
+        step_sizes(1.0, 4, "linear")
+
+
+def test_pgd_trace_records_the_loss_at_every_iterate(trained_digits_model):
+    data = load_dataset("digits", "test", size=32)
+    torch.manual_seed(0)
+    res = pgd_trace(trained_digits_model, data.x, data.y, 0.1, 0.025, 6, restarts=2)
+    assert res.loss.shape == (2, 7, 32)
+    assert bool(torch.isfinite(res.loss).all())
+    # Ascent: on a trained model the mean loss ends well above where it started.
+    assert float(res.loss[0, -1].mean()) > float(res.loss[0, 0].mean())
+    torch.manual_seed(0)
+    assert torch.equal(res.x_adv, pgd(trained_digits_model, data.x, data.y, 0.1, 0.025, 6, restarts=2))
+
+
+def _accuracy(model, data, attack) -> torch.Tensor:
+    torch.manual_seed(0)
+    return evaluate_model(model, data, {"a": attack}).per_attack["a"]
+
+
+def test_pgd_lowers_a_trained_models_accuracy_below_fgsm(trained_digits_model):
+    data = load_dataset("digits", "test")
+    eps = 0.1
+    fgsm_acc = _accuracy(trained_digits_model, data, lambda m, x, y: fgsm(m, x, y, eps)).float().mean()
+    pgd_acc = _accuracy(trained_digits_model, data, lambda m, x, y: pgd(m, x, y, eps, eps / 8, 20)).float().mean()
+    clean = evaluate_model(trained_digits_model, data).accuracy("clean")
+    assert float(pgd_acc) < float(fgsm_acc) < clean
+
+
+def test_restarts_and_best_iterate_never_raise_accuracy(trained_digits_model):
+    """Same seed: restart 1 of a 4-restart run is the 1-restart run, so every example broken by the
+    latter is broken by the former; and the best iterate is never worse than the last one."""
+    data = load_dataset("digits", "test", size=120)
+    eps = 0.08
+    one = _accuracy(trained_digits_model, data, lambda m, x, y: pgd(m, x, y, eps, eps / 4, 10, restarts=1))
+    four = _accuracy(trained_digits_model, data, lambda m, x, y: pgd(m, x, y, eps, eps / 4, 10, restarts=4))
+    last = _accuracy(trained_digits_model, data,
+                     lambda m, x, y: pgd(m, x, y, eps, eps / 4, 10, restarts=1, track_best=False))
+    assert not bool((four & ~one).any())
+    assert not bool((one & ~last).any())
+    assert float(four.float().mean()) <= float(one.float().mean()) < 1.0
+
+
+def test_pgd_does_not_synchronise_inside_the_step_loop(monkeypatch):
+    """No .item(), bool(), int(), float() or .tolist() on tensors while attacking: no waiting for the device."""
+    model = tiny_model()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the attack")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    out = pgd(model, x, y, 0.1, 0.02, 5, restarts=2, loss="dlr", schedule="cosine")
+    out_l2 = pgd_trace(model, x, y, 0.5, 0.1, 5, norm="l2").x_adv
+    monkeypatch.undo()
+    assert out.shape == x.shape and out_l2.shape == x.shape
+
+
+def test_unknown_norm_is_a_one_line_error():
+    with pytest.raises(OtrobustError, match="unknown norm"):
+        pgd(tiny_model(), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), 0.1, 0.01, 2, norm="l1")

@@ -1,0 +1,317 @@
+"""Bad input through ``otrobust.cli.main``: every mistake is exit status 2 and exactly one stderr line
+``otrobust: error: ...`` (no traceback) — flags, config files, data folders, IDX files, checkpoints of
+another architecture, and a disk that fills up while a checkpoint is written (the old one survives)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from otrobust import runs
+from otrobust.cli import main
+from otrobust.data import DATASETS, ImageData, get_dataset_spec, load_dataset
+
+TINY = ["--train-size", "32", "--val-size", "16", "--batch-size", "16", "--steps", "1", "--val-steps", "1",
+        "--epochs", "1", "--no-progress", "--device", "cpu"]
+
+
+def _fails(capsys, argv: list[str], match: str) -> str:
+    """Run the CLI; assert exit 2 and one ``otrobust: error:`` line containing ``match``."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("otrobust: error: "), err
+    assert match.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    """A finished one-epoch digits run (small-cnn, 10 classes)."""
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", *TINY, "--method", "standard", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def three_class_digits(monkeypatch) -> str:
+    """A registered dataset like digits but with 3 classes (labels 0..2 only)."""
+    full = load_dataset("digits", "train")
+    keep = full.y < 3
+    spec = dataclasses.replace(get_dataset_spec("digits"), name="digits3", num_classes=3,
+                               load=lambda root, split: ImageData(full.x[keep], full.y[keep], 3))
+    monkeypatch.setitem(DATASETS, "digits3", spec)
+    return "digits3"
+
+
+# ---------------------------------------------------------------- flags and config values
+@pytest.mark.parametrize("flags, match", [
+    (["--method", "got-sinkhorn"], "invalid choice"),
+    (["--eps", "1.5"], "outside [0, 1]"),
+    (["--eps", "-0.1"], "--eps"),
+    (["--eps", "8/0"], "cannot read '8/0' as a number"),
+    (["--eps", "abc"], "cannot read 'abc'"),
+    (["--lr", "nan"], "finite"),
+    (["--ot-weight", "inf"], "finite"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--epochs", "two"], "whole number"),
+    (["--batch-size", "-4"], "--batch-size must be positive"),
+    (["--steps", "-1"], "--steps must be >= 0"),
+    (["--momentum", "-0.5"], "--momentum must be >= 0"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**70)], "--seed"),
+    (["--theta", "0"], "--theta must be positive"),
+    (["--train-size", "0"], "--train-size must be positive"),
+    (["--val-size", "100000"], "leaves no training images"),
+    (["--nan-policy", "ignore"], "invalid choice"),
+    (["--norm", "l3"], "invalid choice"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--model", "vit"], "unknown model 'vit'"),
+    (["--model", "cw-cnn"], "cannot be used with --dataset digits"),
+    (["--device", "gpu0"], "--device 'gpu0'"),
+    (["--device", "cuda:3"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    (["--no-such-flag"], "unrecognized arguments"),
+    (["--init", "/nonexistent/ckpt.safetensors"], "no run directory or checkpoint"),
+])
+def test_bad_train_flags(tmp_path, capsys, flags, match):
+    _fails(capsys, ["train", *TINY, *flags, "--out", str(tmp_path / "run")], match)
+    assert not runs.checkpoint_path(tmp_path / "run", "last").exists()
+
+
+def test_eps_as_a_fraction_is_parsed(tmp_path, capsys):
+    assert main(["train", *TINY, "--method", "standard", "--eps", "8/255", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["eps"] == 8 / 255
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"method": "free-at"}', "--method 'free-at' is not one of"),
+    ('{"epochs": "many"}', "--epochs must be a whole number"),
+    ('{"lr": [0.1]}', "--lr must be a number"),
+    ('{"resume": "yes"}', "--resume must be true or false"),
+    ('{"eps": "3/0"}', "cannot read '3/0'"),
+    ('{"learning_rate": 0.1}', "unknown config field(s): learning_rate"),
+    ('[1, 2]', "must hold a JSON object"),
+    ('{"epochs": 2', "cannot read config file"),
+    (b'\xff\xfe{', "cannot read config file"),
+])
+def test_bad_config_files(tmp_path, capsys, content, match):
+    path = tmp_path / "cfg.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    _fails(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "run")], match)
+
+
+def test_config_file_values_are_coerced(tmp_path, capsys):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"eps": "8/255", "epochs": 1.0, "method": "standard"}))
+    assert main(["train", "--config", str(path), *TINY, "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["eps"] == 8 / 255 and saved["epochs"] == 1 and isinstance(saved["epochs"], int)
+
+
+def test_missing_config_and_resume_without_a_run(tmp_path, capsys):
+    _fails(capsys, ["train", "--config", str(tmp_path / "none.json")], "cannot read config file")
+    _fails(capsys, ["train", "--resume", "--out", str(tmp_path / "nothing")], "config.json' not found")
+
+
+def test_training_into_an_existing_run_needs_resume(digits_run, capsys):
+    before = runs.checkpoint_path(digits_run, "last").read_bytes()
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--out", str(digits_run)], "already holds a run")
+    assert runs.checkpoint_path(digits_run, "last").read_bytes() == before
+
+
+# ---------------------------------------------------------------- data folders and IDX files
+def _write_idx(folder: Path, n: int = 48, labels: np.ndarray | None = None, gz: bool = False) -> None:
+    """A tiny MNIST-layout data folder (train and test), images 28x28 of random bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n).astype(np.uint8) if labels is None else labels.astype(np.uint8)
+    images = struct.pack(">iiii", 2051, n, 28, 28) + rng.integers(0, 256, n * 784).astype(np.uint8).tobytes()
+    label_bytes = struct.pack(">ii", 2049, n) + y.tobytes()
+    for split in ("train", "t10k"):
+        for name, raw in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", label_bytes)):
+            (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+
+
+MNIST = ["--dataset", "mnist", "--model", "small-cnn", "--method", "standard"]
+
+
+def test_data_dir_missing_or_without_files(tmp_path, capsys):
+    _fails(capsys, ["train", *TINY, *MNIST, "--out", str(tmp_path / "r")], "needs --data-dir")
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+           "does not exist")
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r")],
+           "missing data file")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_idx_file(tmp_path, capsys, gz):
+    data = tmp_path / "mnist"
+    _write_idx(data, gz=gz)
+    images = data / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    images.write_bytes(images.read_bytes()[:-100])
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")],
+           str(images.name))
+
+
+def test_labels_out_of_range(tmp_path, capsys):
+    data = tmp_path / "mnist"
+    _write_idx(data, labels=np.array([1, 12] * 24))
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")],
+           "labels out of range")
+
+
+def test_a_valid_tiny_idx_folder_trains(tmp_path, capsys):
+    data = tmp_path / "mnist"
+    _write_idx(data, gz=True)
+    assert main(["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")]) == 0
+
+
+def test_images_of_the_wrong_size_for_the_dataset(tmp_path, capsys):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    n = 48
+    (data / "train-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 8, 8) + bytes(n * 64))
+    (data / "train-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + bytes(n))
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")],
+           "expected (1, 28, 28)")
+
+
+# ---------------------------------------------------------------- checkpoints of another architecture
+def test_init_from_another_architecture_or_class_count(digits_run, tmp_path, capsys, three_class_digits):
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--latent", "middle", "--init", str(digits_run),
+                    "--out", str(tmp_path / "a")], "holds a small-cnn model with 10 classes")
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--dataset", three_class_digits, "--init",
+                    str(digits_run), "--out", str(tmp_path / "b")], "10 classes")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--model", "wrn-16-1"], "--model 'wrn-16-1'"),
+    (["--latent", "middle"], "--latent 'middle'"),
+    (["--method", "trades"], "--method 'trades'"),
+    (["--dataset", "digits3"], "--dataset 'digits3'"),
+])
+def test_resume_with_another_architecture_leaves_the_run_intact(digits_run, capsys, three_class_digits, flags,
+                                                                 match):
+    files = {p: p.read_bytes() for p in [*digits_run.rglob("*")] if p.is_file()}
+    line = _fails(capsys, ["train", "--resume", "--out", str(digits_run), "--epochs", "2", *flags], match)
+    assert "cannot resume" in line
+    assert {p: p.read_bytes() for p in files} == files  # config.json, checkpoints and logs untouched
+
+
+def test_resume_with_a_checkpoint_from_another_run(digits_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", *TINY, "--method", "standard", "--latent", "middle", "--out", str(other)]) == 0
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--method", "standard", "--out", str(run)]) == 0
+    # config.json says penultimate, the checkpoint holds a latent=middle model
+    runs.checkpoint_path(run, "last").write_bytes(runs.checkpoint_path(other, "last").read_bytes())
+    _fails(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2"], "cannot resume")
+
+
+def test_eval_of_a_model_on_a_dataset_with_other_classes(tmp_path, capsys, three_class_digits):
+    run = tmp_path / "run3"
+    assert main(["train", *TINY, "--method", "standard", "--dataset", three_class_digits, "--out", str(run)]) == 0
+    _fails(capsys, ["eval", str(run), "--dataset", "digits", "--n", "8", "--steps", "1", "--device", "cpu"],
+           "do not fit dataset 'digits'")
+
+
+def test_eval_of_a_checkpoint_whose_weights_do_not_fit_its_record(digits_run, tmp_path, capsys):
+    weights, meta, extra = runs.load_checkpoint(runs.checkpoint_path(digits_run, "best"))
+    meta["architecture"]["num_classes"] = 3  # the record lies: the weights have 10 outputs
+    bad = tmp_path / "liar.safetensors"
+    runs.save_checkpoint(bad, weights, meta, extra)
+    _fails(capsys, ["eval", str(bad), "--n", "8", "--device", "cpu"], "do not fit that architecture")
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--n", "0"], "--n must be >= 1"),
+    (["--steps", "-2"], "--steps must be >= 0"),
+    (["--restarts", "0"], "--restarts must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--eps", "3"], "outside [0, 1]"),
+    (["--attack", "cw-l0"], "cw-l0"),
+    (["--labels", "guessed"], "invalid choice"),
+    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--device", "gpu0"], "gpu0"),
+])
+def test_bad_eval_flags(digits_run, capsys, flags, match):
+    _fails(capsys, ["eval", str(digits_run), "--n", "8", *flags], match)
+
+
+def test_eval_of_missing_or_empty_paths(tmp_path, capsys):
+    _fails(capsys, ["eval", str(tmp_path / "nope")], "no run directory or checkpoint")
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["eval", str(tmp_path / "empty")], "holds no checkpoint")
+    (tmp_path / "text.safetensors").write_text("not a checkpoint")
+    _fails(capsys, ["eval", str(tmp_path / "text.safetensors")], "not a valid otrobust checkpoint")
+
+
+# ---------------------------------------------------------------- a disk that fills up
+def _disk_full(phase_to_fail: str, nth: int):
+    calls = [0]
+
+    def fault_point(phase: str) -> None:  # called half-way through each write
+        if phase == phase_to_fail:
+            calls[0] += 1
+            if calls[0] == nth:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    return fault_point
+
+
+# The first append of a resumed run goes to provenance.jsonl, the second to metrics.jsonl; its first
+# atomic write is config.json; its first checkpoint write is epoch 2's best or last.
+@pytest.mark.parametrize("phase, nth, file", [("checkpoint", 1, "safetensors"), ("append", 2, "metrics.jsonl"),
+                                              ("write", 1, "config.json")])
+def test_disk_full_during_a_write_keeps_the_previous_files(tmp_path, capsys, monkeypatch, phase, nth, file):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--method", "got-pgd-lm", "--out", str(run)]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "provenance.jsonl"}
+    monkeypatch.setattr(runs, "fault_point", _disk_full(phase, nth))
+    line = _fails(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2"], "the disk is full")
+    assert file in line
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "provenance.jsonl"}
+    assert after[run / "metrics.jsonl"] == before[run / "metrics.jsonl"]  # a failed append is cut back
+    assert not list(run.rglob(f"*{runs.TEMP_SUFFIX}"))
+    if phase != "append":  # no checkpoint of epoch 2 reached the disk
+        assert {p: b for p, b in after.items() if p.suffix == ".safetensors"} == \
+            {p: b for p, b in before.items() if p.suffix == ".safetensors"}
+    for which in ("best", "last"):
+        runs.load_checkpoint(runs.checkpoint_path(run, which))
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 0  # space freed: it carries on
+    assert [r["epoch"] for r in runs.read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_disk_full_in_fsync_and_unwritable_folder(tmp_path, monkeypatch):
+    from otrobust.errors import OtrobustError
+
+    target = tmp_path / "ckpt.safetensors"
+    target.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    with pytest.raises(OtrobustError, match="the disk is full"):
+        runs.atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+    monkeypatch.undo()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OtrobustError, match="could not write"):
+        runs.atomic_write_bytes(blocker / "sub" / "x.json", b"{}")
+    with pytest.raises(OtrobustError, match="could not write"):
+        runs.append_jsonl(blocker / "metrics.jsonl", {"a": 1})

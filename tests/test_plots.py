@@ -1,0 +1,51 @@
+"""Every figure function writes a PNG and an SVG from plain data, and refuses empty data with one message."""
+
+import numpy as np
+import pytest
+
+from otrobust import plots
+from otrobust.errors import OtrobustError
+
+pytest.importorskip("matplotlib")
+
+
+def _written(paths):
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size > 5_000
+    assert b"<svg" in paths[1].read_bytes()[:500]
+    return paths
+
+
+def test_accuracy_against_eps_steps_and_beta(tmp_path):
+    eps = [0.1, 0.2, 0.3]
+    ours = {"MNIST": {"TRADES": list(zip(eps, [90.0, 70.0, 40.0], strict=True)),
+                      "GOT-TRADES-LM": list(zip(eps, [92.0, 75.0, 45.0], strict=True))},
+            "CIFAR-10": {"TRADES": list(zip(eps, [50.0, 20.0, 5.0], strict=True))}}
+    paper = {"MNIST": {"TRADES": list(zip(eps, [98.0, 97.0, 95.0], strict=True))}}
+    _written(plots.plot_accuracy_vs_eps(ours, tmp_path / "eps", paper=paper))
+    _written(plots.plot_accuracy_vs_steps({"MNIST": {"TRADES": [(10, 50.0), (20, 48.0), (40, 47.5)]}},
+                                          tmp_path / "sub" / "steps"))
+    _written(plots.plot_accuracy_vs_beta({"MNIST": {"clean": [(0.01, 98.0), (1.0, 97.0), (100.0, 90.0)],
+                                                    "PGD-40": [(0.01, 60.0), (1.0, 65.0), (100.0, 50.0)]}},
+                                         tmp_path / "beta"))
+    with pytest.raises(OtrobustError, match="nothing to plot"):
+        plots.plot_accuracy_vs_eps({}, tmp_path / "empty")
+
+
+def test_tsne_of_clean_and_adversarial_features(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    z = rng.normal(size=(30, 8)) + 4 * y[:, None]
+    panels = {"TRADES": {"z_clean": z, "z_adv": z + rng.normal(size=z.shape), "y": y},
+              "GOT-TRADES-LM": {"z_clean": z, "z_adv": z + 0.1 * rng.normal(size=z.shape), "y": y}}
+    _written(plots.plot_tsne(panels, tmp_path / "tsne", class_names=("cat", "dog", "ship")))
+    with pytest.raises(OtrobustError):
+        plots.plot_tsne({}, tmp_path / "none")
+
+
+def test_learning_curves(tmp_path):
+    history = [{"epoch": e, "val_clean": 0.5 + 0.1 * e, "val_pgd": 0.2 + 0.05 * e, "train_loss": 2.0 / e}
+               for e in (1, 2, 3)]
+    _written(plots.plot_learning_curves({"a": history, "b": history[:1], "empty": []}, tmp_path / "curves"))
+    with pytest.raises(OtrobustError, match="no run has a finished epoch"):
+        plots.plot_learning_curves({"empty": []}, tmp_path / "none")
