@@ -72,6 +72,19 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int, devic
     return times
 
 
+def restarting(model: torch.nn.Module, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` preceded by resetting ``model`` to the weights it has now, so that every repetition times the
+    same computation: models trained by different objectives drift apart (GOT with a large β collapses,
+    SPEC §5), and the speed of the same kernels depends on the values they see."""
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def run():
+        model.load_state_dict(init)
+        return fn()
+
+    return run
+
+
 def stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
             "values": list(values)}

@@ -95,7 +95,8 @@ def main() -> int:
     print("|---|---|---|---|")
     for name, pct, (lo, hi), secs in rows:
         print(f"| {name} | {pct:.2f} | [{100 * lo:.1f}, {100 * hi:.1f}] | {secs:.0f} |")
-    print(f"\ngap: {gap:.2f} points (tolerance {args.tolerance:g}) -> {'AGREE' if gap <= args.tolerance else 'DISAGREE'}")
+    verdict = "AGREE" if gap <= args.tolerance else "DISAGREE"
+    print(f"\ngap: {gap:.2f} points (tolerance {args.tolerance:g}) -> {verdict}")
     if ours.get("attack_warnings"):
         print(f"AutoAttack warnings: {ours['attack_warnings']}")
     return 0 if gap <= args.tolerance else 1

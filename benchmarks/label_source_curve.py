@@ -59,9 +59,9 @@ def main() -> None:
           f"largest class share {100 * bound:.2f}% ({time.perf_counter() - t0:.0f} s)\n")
     print(markdown_table(["eps", *curves], [[f"{e:g}", *[100 * c[i] for c in curves.values()]]
                                              for i, e in enumerate(eps)]))
+    title = f"{args.dataset}: accuracy vs ε, first {len(data)} test images, PGD-{args.steps} (CE and CW)"
     paths = plot_accuracy_curves({k: (eps, v) for k, v in curves.items()}, Path(args.out).with_suffix(""),
-                                 bound=bound, title=f"{args.dataset}: accuracy vs ε, first {len(data)} test images, "
-                                 f"PGD-{args.steps} (CE and CW)")
+                                 bound=bound, legend="below", title=title)
     print("\nwrote " + ", ".join(str(p) for p in paths))
 
 

@@ -7,7 +7,8 @@ Pairs: got-trades-lm vs trades, and got-pgd-lm vs pgd-at. GOT-PGD needs the beni
 PGD-AT (adversarial CE only, the paper's MNIST/CIFAR setting) never computes, so it is also compared with
 PGD-AT that has the same passes (``--clean-weight`` > 0: clean and adversarial images in one forward): that
 ratio is the OT term's own cost. The last row times the OT term alone (forward + backward of
-GOTRegularizer on this batch's shapes) as a fraction of the base step.
+GOTRegularizer on this batch's shapes) as a fraction of the base step. Every contender starts each
+repetition from the same weights.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def main() -> None:
                   "pgd-at (+clean pass)": ("pgd-at", 1.0), "got-pgd-lm": ("got-pgd-lm", 0.0)}
     fns = {}
     for name, (method, clean_weight) in contenders.items():
-        step = T.otrobust_step(method, copy.deepcopy(base_model), eps=args.eps, steps=args.attack_steps,
-                               clean_weight=clean_weight)
-        fns[name] = (lambda step=step: [step(x, y) for x, y in data])
+        model = copy.deepcopy(base_model)
+        step = T.otrobust_step(method, model, eps=args.eps, steps=args.attack_steps, clean_weight=clean_weight)
+        fns[name] = T.restarting(model, lambda step=step: [step(x, y) for x, y in data])
     fns["OT term alone"] = lambda f=ot_term_alone(args.batch_size, base_model.latent_dim, 10, device): \
         [f() for _ in range(args.steps_per_rep)]
     print(f"timing {len(fns)} contenders x {args.reps} reps, {args.steps_per_rep} steps each "

@@ -7,6 +7,8 @@
 Each row times the same work with the change off ("before") and on ("after"), interleaved; the figure is
 the paired speed-up before/after (> 1: the change helps). Changes:
 
+- ``frozen weights in attack``: attacks with the model's parameters out of autograd
+  (``attacks.frozen_parameters``) against the weights recorded in every step's graph, PGD-10 only;
 - ``in-place attack``: the attack update done in place (``attacks._step_and_project_``) against the
   previous out-of-place formula ``project(_ascent_step(...))`` (kept below as the reference), PGD-10 only;
 - ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step;
@@ -30,8 +32,8 @@ import _timing as T
 import torch
 import torch.nn.functional as F
 
-from otrobust import methods
-from otrobust.attacks import _ascent_step, _random_start, bn_mode, margin_loss, pgd, project
+from otrobust import attacks, methods
+from otrobust.attacks import _ascent_step, _random_start, bn_mode, frozen_parameters, margin_loss, pgd, project
 from otrobust.data import ImageData
 from otrobust.evaluate import evaluate_model
 
@@ -40,11 +42,23 @@ def pgd_out_of_place(model, x, y, eps, step_size, steps):
     """The training PGD as it was before the in-place update: the reference for ``in-place attack``."""
     x = x.detach()
     x_adv = project(_random_start(x, eps, "linf"), x, eps, "linf")
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(margin_loss(model(x_adv), y).sum(), x_adv)
-        x_adv = project(_ascent_step(x_adv.detach(), grad, step_size, "linf"), x, eps, "linf")
+    with frozen_parameters(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(margin_loss(model(x_adv), y).sum(), x_adv)
+            x_adv = project(_ascent_step(x_adv.detach(), grad, step_size, "linf"), x, eps, "linf")
     return x_adv.detach()
+
+
+@contextlib.contextmanager
+def weights_in_attack_graph():
+    """Attacks as they were before ``attacks.frozen_parameters``: the weights recorded in every step's graph."""
+    saved = attacks.frozen_parameters
+    attacks.frozen_parameters = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        attacks.frozen_parameters = saved
 
 
 @contextlib.contextmanager
@@ -68,9 +82,14 @@ def pairs(args, device):
     out = {}
 
     def train_step(method, **kw):
-        s = T.otrobust_step(method, copy.deepcopy(base), eps=eps, steps=k, **kw)
-        return lambda: s(xb, yb)
+        model = copy.deepcopy(base)
+        s = T.otrobust_step(method, model, eps=eps, steps=k, **kw)
+        return T.restarting(model, lambda: s(xb, yb))
 
+    if "frozen weights in attack" in args.only:
+        model = copy.deepcopy(base).eval()
+        attack = lambda: pgd(model, xb, yb, eps, step, k, track_best=False)  # noqa: E731
+        out["frozen weights in attack"] = (lambda: _under(weights_in_attack_graph, attack), attack)
     if "in-place attack" in args.only:
         model = copy.deepcopy(base).eval()
         out["in-place attack"] = (lambda: pgd_out_of_place(model, xb, yb, eps, step, k),
@@ -96,7 +115,7 @@ def pairs(args, device):
         print("compiling (the first compiled steps are not timed)…", flush=True)
         for _ in range(3):
             s(xb, yb)
-        out["compile"] = (train_step("pgd-at"), lambda: s(xb, yb))
+        out["compile"] = (train_step("pgd-at"), T.restarting(compiled, lambda: s(xb, yb)))
     if device.type == "cuda" and "data on device" in args.only:
         host_x, host_y = x.cpu().pin_memory(), y.cpu().pin_memory()
         model = copy.deepcopy(base)
@@ -117,8 +136,8 @@ def _under(context, fn):
         return fn()
 
 
-CHANGES = ("in-place attack", "channels-last", "amp", "trades clean pass", "got-pgd one pass", "eval batch",
-           "data on device")
+CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "amp", "trades clean pass",
+           "got-pgd one pass", "eval batch", "data on device")
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ Contenders, all starting from the same weights and fed the same batches:
 - TRADES: otrobust ``trades`` (KL adversary); a step built on torchattacks' ``TPGD`` (the TRADES KL attack)
   plus the TRADES loss; ART's ``AdversarialTrainerTRADESPyTorch`` (it takes a PGD-CE attack: same pass count).
 
-Every contender takes ``--batches-per-rep`` optimiser steps per repetition; the figure is images per second.
+Every contender takes ``--batches-per-rep`` optimiser steps per repetition, from the same starting weights
+in every repetition; the figure is images per second.
 """
 
 from __future__ import annotations
@@ -112,26 +113,26 @@ def main() -> None:
     x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
 
     def ours(method, **kw):
-        step = T.otrobust_step(method, copy.deepcopy(base), eps=args.eps, steps=args.attack_steps, **kw)
-        return lambda: [step(xb, yb) for xb, yb in data]
+        model = copy.deepcopy(base)
+        step = T.otrobust_step(method, model, eps=args.eps, steps=args.attack_steps, **kw)
+        return T.restarting(model, lambda: [step(xb, yb) for xb, yb in data])
 
-    def loop(step):
-        return lambda: [step(xb, yb) for xb, yb in data]
+    def peer(make):
+        model = copy.deepcopy(base)
+        step = make(model, args.eps, alpha, args.attack_steps)
+        return T.restarting(model, lambda: [step(xb, yb) for xb, yb in data])
 
-    groups = {"PGD-AT": {"otrobust": ours("pgd-at"),
-                         "torchattacks PGD": loop(torchattacks_pgd_step(copy.deepcopy(base), args.eps, alpha,
-                                                                        args.attack_steps))},
-              "TRADES": {"otrobust": ours("trades"),
-                         "torchattacks TPGD": loop(torchattacks_trades_step(copy.deepcopy(base), args.eps, alpha,
-                                                                            args.attack_steps))}}
+    groups = {"PGD-AT": {"otrobust": ours("pgd-at"), "torchattacks PGD": peer(torchattacks_pgd_step)},
+              "TRADES": {"otrobust": ours("trades"), "torchattacks TPGD": peer(torchattacks_trades_step)}}
     if args.channels_last:
         groups["PGD-AT"]["otrobust (channels-last)"] = ours("pgd-at", channels_last=True)
         groups["TRADES"]["otrobust (channels-last)"] = ours("trades", channels_last=True)
     if not args.skip_art:
-        madry = art_madry(copy.deepcopy(base), device, args.eps, alpha, args.attack_steps, args.batch_size)
-        trades = art_trades(copy.deepcopy(base), device, args.eps, alpha, args.attack_steps, args.batch_size)
-        groups["PGD-AT"]["ART AdversarialTrainerMadryPGD"] = lambda: madry(x_np, y_np)
-        groups["TRADES"]["ART AdversarialTrainerTRADESPyTorch"] = lambda: trades(x_np, y_np)
+        m1, m2 = copy.deepcopy(base), copy.deepcopy(base)
+        madry = art_madry(m1, device, args.eps, alpha, args.attack_steps, args.batch_size)
+        trades = art_trades(m2, device, args.eps, alpha, args.attack_steps, args.batch_size)
+        groups["PGD-AT"]["ART AdversarialTrainerMadryPGD"] = T.restarting(m1, lambda: madry(x_np, y_np))
+        groups["TRADES"]["ART AdversarialTrainerTRADESPyTorch"] = T.restarting(m2, lambda: trades(x_np, y_np))
 
     fns = {f"{g}: {name}": fn for g, members in groups.items() for name, fn in members.items()}
     n_images = len(x)

@@ -22,7 +22,7 @@ def trained_digits_run(tmp_path_factory) -> Path:
     from otrobust.train import train
 
     out = tmp_path_factory.mktemp("digits-standard")
-    train(TrainConfig(dataset="digits", method="standard", epochs=8, val_size=100, val_steps=0, seed=0,
+    train(TrainConfig(dataset="digits", method="standard", epochs=6, val_size=100, val_steps=0, seed=0,
                       out=str(out)), show_progress=False, log=lambda text: None)
     return out
 

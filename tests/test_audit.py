@@ -114,7 +114,7 @@ def trades_digits_model(tmp_path_factory):
     from otrobust.train import train
 
     out = tmp_path_factory.mktemp("digits-trades")
-    train(TrainConfig(dataset="digits", method="trades", epochs=4, steps=5, val_size=100, val_steps=0, seed=0,
+    train(TrainConfig(dataset="digits", method="trades", epochs=3, steps=5, val_size=100, val_steps=0, seed=0,
                       out=str(out)), show_progress=False, log=lambda text: None)
     return runs.load_model(out)
 
@@ -168,13 +168,13 @@ def test_honest_models_have_no_failure(which, trained_digits_model, trades_digit
 
 
 def test_report_files_state_the_threat_model(trained_digits_model, digits, tmp_path):
-    report = audit_model(trained_digits_model, digits.first(30), AuditSettings.make(0.3, **SETTINGS))
+    report = audit_model(trained_digits_model, digits.first(20), AuditSettings.make(0.3, **SETTINGS))
     assert {c.name: c.status for c in report.checks}["transfer"] == "skip"  # no surrogate given
     paths = write_report(report, tmp_path)
     assert {p.name for p in paths} == {"audit.md", "audit.json", "accuracy_vs_eps.png", "accuracy_vs_eps.svg"}
     assert all(p.stat().st_size > 0 for p in paths)
     md = (tmp_path / "audit.md").read_text()
-    assert "linf, ε = 0.3, n = 30" in md and "labels = true" in md and "seed = 0" in md
+    assert "linf, ε = 0.3, n = 20" in md and "labels = true" in md and "seed = 0" in md
     data = json.loads((tmp_path / "audit.json").read_text())
     assert data["threat_model"]["labels"] == "true" and len(data["checks"]) == len(report.checks)
     assert to_markdown(report).startswith("# Robustness evaluation audit")
@@ -183,11 +183,11 @@ def test_report_files_state_the_threat_model(trained_digits_model, digits, tmp_p
 # ---------------------------------------------------------------- the CLI
 def test_cli_audit_passes_an_honest_run(trained_digits_run, tmp_path, capsys):
     out = tmp_path / "audit"
-    code = main(["audit", str(trained_digits_run), "--n", "40", "--quick", "--steps", "4", "--restarts", "2",
+    code = main(["audit", str(trained_digits_run), "--n", "30", "--quick", "--steps", "4", "--restarts", "2",
                  "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "n = 40" in text and "labels = true" in text and "FAIL" not in text
+    assert "n = 30" in text and "labels = true" in text and "FAIL" not in text
     assert (out / "audit.md").exists() and (out / "accuracy_vs_eps.png").exists()
 
 
@@ -196,7 +196,7 @@ def test_cli_audit_exits_non_zero_on_a_saturated_checkpoint(trained_digits_run, 
     state = {k: v * 1e4 if k.startswith("head.") else v for k, v in state.items()}
     ckpt = tmp_path / "saturated.safetensors"
     runs.save_checkpoint(ckpt, state, meta)
-    code = main(["audit", str(ckpt), "--n", "30", "--quick", "--steps", "4", "--restarts", "2"])
+    code = main(["audit", str(ckpt), "--n", "24", "--quick", "--steps", "4", "--restarts", "2"])
     text = capsys.readouterr().out
     assert code == 1 and "FAIL" in text and "gradients" in text
     assert (tmp_path / "audit-saturated" / "audit.md").exists()

@@ -3,13 +3,14 @@ autocast, torch.compile, and their flags."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 import torch
 
-from otrobust import runs
-from otrobust.attacks import _ascent_step, _step_and_project_, pgd, project, trades_adversary
+from otrobust import attacks, runs
+from otrobust.attacks import _ascent_step, _step_and_project_, frozen_parameters, pgd, project, trades_adversary
 from otrobust.cli import build_parser, config_from_args
 from otrobust.config import TrainConfig
 from otrobust.errors import OtrobustError
@@ -36,6 +37,27 @@ def test_in_place_attack_update_is_bit_identical_to_the_formula(norm, eps, step)
     expected = project(_ascent_step(x_adv, grad, step, norm), x, eps, norm)
     got = _step_and_project_(x_adv.clone(), grad.clone(), x, step, eps, norm)
     assert torch.equal(got, expected)
+
+
+def test_attacks_freeze_the_weights_only_while_they_run(monkeypatch):
+    model = _model()
+    list(model.parameters())[1].requires_grad_(False)  # a parameter the user froze stays frozen
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(any(p.requires_grad for p in m.parameters())))
+    torch.manual_seed(0)
+    frozen = pgd(model, x, y, 0.3, 0.1, 2)
+    assert seen and not any(seen)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    with pytest.raises(RuntimeError, match="boom"), frozen_parameters(model):
+        raise RuntimeError("boom")
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    # Same kernels, same input gradients: freezing changes no value.
+    monkeypatch.setattr(attacks, "frozen_parameters", contextlib.nullcontext)
+    torch.manual_seed(0)
+    tracked = pgd(model, x, y, 0.3, 0.1, 2)
+    assert torch.equal(frozen, tracked)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 1.0)])

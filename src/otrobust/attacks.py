@@ -34,6 +34,24 @@ def bn_mode(model: nn.Module, mode: str = "eval"):
             m.training = flag
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module):
+    """Take the model's parameters out of autograd for the block (their flags are restored after).
+
+    An attack needs gradients w.r.t. its input only; not recording the weights' side of each graph makes
+    an attack step faster (about 1.08x for the CW CNN on CPU, benchmarks/speed_options.py) and changes no
+    value: the same kernels compute the same input gradients.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """Project ``x_adv`` onto the ε-ball around ``x`` (ℓ∞ or ℓ2, per example) intersected with [0, 1]."""
     delta = x_adv - x
@@ -182,8 +200,13 @@ def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
     return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, True, schedule, trace=True)
 
 
-def _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, track_best, schedule,
-         trace: bool, shard: tuple[int, int] | None = None) -> PGDResult:
+def _pgd(model, *args, **kwargs) -> PGDResult:
+    with frozen_parameters(model):
+        return _pgd_steps(model, *args, **kwargs)
+
+
+def _pgd_steps(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, track_best, schedule,
+               trace: bool, shard: tuple[int, int] | None = None) -> PGDResult:
     # Everything below stays on the device: no .item(), no Python branching on tensor values, so the
     # step loop never waits for the accelerator.
     if norm not in NORMS:
@@ -237,10 +260,11 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: f
     p_clean = p_clean.detach()
     whole, rows = _whole_batch(x, shard)
     x_adv = project(x + 0.001 * whole.normal_()[rows], x, eps, norm)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        log_p_adv = model(x_adv).float().log_softmax(1)
-        kl = F.kl_div(log_p_adv, p_clean, reduction="sum")
-        (grad,) = torch.autograd.grad(kl, x_adv)
-        x_adv = _step_and_project_(x_adv.detach(), grad, x, step_size, eps, norm)
+    with frozen_parameters(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            log_p_adv = model(x_adv).float().log_softmax(1)
+            kl = F.kl_div(log_p_adv, p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = _step_and_project_(x_adv.detach(), grad, x, step_size, eps, norm)
     return x_adv.detach()

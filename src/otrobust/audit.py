@@ -555,8 +555,9 @@ def accuracy_curve(model: nn.Module, data: ImageData, eps_list: list[float], *, 
 
 
 def plot_accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], stem: Path, *, title: str,
-                         bound: float | None = None, norm: str = "linf") -> list[Path]:
-    """Accuracy (%) against ε, one line per entry of ``curves``; writes ``stem``.png and ``stem``.svg."""
+                         bound: float | None = None, norm: str = "linf", legend: str = "best") -> list[Path]:
+    """Accuracy (%) against ε, one line per entry of ``curves``; writes ``stem``.png and ``stem``.svg.
+    ``legend`` is a matplotlib location or ``below`` (under the axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -574,13 +575,16 @@ def plot_accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], ste
     ax.set_ylim(-2, 102)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend == "below":  # outside the axes, where it cannot hide a curve
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
+    else:
+        ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return paths
 

@@ -227,7 +227,7 @@ def _run_summary(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
 
 def run_report(args: argparse.Namespace) -> int:
     """``otrobust report``: one table (Markdown + CSV) and learning curves for any set of run directories."""
-    from otrobust.reproduce import write_csv
+    from otrobust.reproduce import format_eps, write_csv
 
     out = Path(args.out)
     rows, histories, evals = [], {}, []
@@ -241,14 +241,16 @@ def run_report(args: argparse.Namespace) -> int:
     header = ["run", "dataset", "model", "method", "norm", "eps", "epochs", "best epoch", "val clean %",
               "val PGD %", "train hours"]
     text = ["# Run report", "", "Validation accuracies at the best epoch (highest validation PGD accuracy).", "",
-            markdown_table(header, [[r[k] for k in REPORT_FIELDS[:-1]] for r in rows])]
+            markdown_table(header, [[format_eps(r[k]) if k == "eps" else "–" if r[k] is None else r[k]
+                                     for k in REPORT_FIELDS[:-1]] for r in rows])]
     write_csv(out / "report.csv", rows, REPORT_FIELDS)
     if evals:
         eval_fields = ("run", "evaluation", "metric", "eps", "steps", "n", "accuracy", "ci_low", "ci_high", "note")
         write_csv(out / "evaluations.csv", evals, eval_fields)
         text += ["", "## Cached evaluations (from otrobust reproduce)", "",
                  markdown_table(["run", "evaluation", "metric", "eps", "steps", "n", "accuracy %"],
-                                [[r.get(k) for k in eval_fields[:7]] for r in evals])]
+                                [[format_eps(r.get(k)) if k == "eps" else "–" if r.get(k) is None else r.get(k)
+                                  for k in eval_fields[:7]] for r in evals])]
     try:
         from otrobust.plots import plot_learning_curves
 

@@ -175,7 +175,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
         raise OtrobustError("no run has a finished epoch to plot")
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _figure(len(CURVE_METRICS), width=4.8, height=3.8)
+    fig, axes = _figure(len(CURVE_METRICS), width=4.8, height=3.8, extra_width=2.6)
     last_epoch = max(r["epoch"] for records in histories.values() for r in records)
     for ax, (key, label, scale) in zip(axes, CURVE_METRICS, strict=True):
         for run, records in histories.items():
@@ -189,6 +189,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
         ax.tick_params(labelsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.5, last_epoch + 0.5)
-    axes[0].legend(fontsize=8, loc="best", framealpha=0.85)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=9, framealpha=0.9)
     _title(fig, title)
     return _save(fig, stem)

@@ -384,7 +384,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
-def _fmt_eps(v: float | None) -> str:
+def format_eps(v: float | None) -> str:
     """8/255 as ``8/255``, other radii as plain numbers."""
     if v is None:
         return "–"
@@ -410,7 +410,7 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
     parts += ["Accuracies in %, against the true labels; 95 % Wilson intervals; `paper` as printed in the paper.",
               ""]
     for ev in dict.fromkeys(r["evaluation"] for r in rows):
-        body = [[names.get(r["run"], r["run"]), r["metric"], _fmt_eps(r["eps"]), _fmt(r["steps"]), r["n"],
+        body = [[names.get(r["run"], r["run"]), r["metric"], format_eps(r["eps"]), _fmt(r["steps"]), r["n"],
                  _fmt(r["accuracy"]), "–" if r["ci_low"] is None else f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
                  _fmt(r["paper"]), "–" if r["diff"] is None else f"{r['diff']:+.2f}", r["note"] or ""]
                 for r in rows if r["evaluation"] == ev]
@@ -418,12 +418,12 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
                                                        "paper", "ours − paper", "note"], body), ""]
     run_names = {p.run.name for p in planned}
     only = [[PAPER_ONLY_LABELS.get(v.run.split("/")[-1], v.run) + (f" [{v.run.split('/')[0]}]" if "/" in v.run
-                                                                   else ""), v.metric, _fmt_eps(v.eps),
+                                                                   else ""), v.metric, format_eps(v.eps),
              _fmt(v.steps), _fmt(v.value)] for v in preset.paper_results if v.run not in run_names]
     if only:
         parts += ["## Paper only (no run here)", "", _table(["row", "metric", "ε", "steps", "paper"], only), ""]
     settings = [[names[p.run.name], p.config.dataset, p.config.model, p.config.method, p.config.epochs,
-                 p.config.train_size or "all", p.config.optimizer, _fmt(p.config.lr, None), _fmt_eps(p.config.eps),
+                 p.config.train_size or "all", p.config.optimizer, _fmt(p.config.lr, None), format_eps(p.config.eps),
                  p.config.steps, _fmt(p.config.ot_weight, None), _fmt(p.config.ot_warmup_epochs, None),
                  f"`{p.run_dir}`"] for p in planned]
     parts += ["## Our settings", "", _table(["run", "dataset", "model", "method", "epochs", "train images",
