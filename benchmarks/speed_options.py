@@ -1,7 +1,7 @@
 """Before/after of each speed change in the library, measured as a ratio in one process.
 
     python benchmarks/speed_options.py                   # CW CNN, 1×28×28, batch 128, PGD-10, CPU
-    python benchmarks/speed_options.py --only channels-last amp --reps 7
+    python benchmarks/speed_options.py --only channels-last "attack pieces" --reps 7
     python benchmarks/speed_options.py --compile         # adds torch.compile (slow to compile on CPU)
 
 Each row times the same work with the change off ("before") and on ("after"), interleaved; the figure is
@@ -11,13 +11,15 @@ the paired speed-up before/after (> 1: the change helps). Changes:
   (``attacks.frozen_parameters``) against the weights recorded in every step's graph, PGD-10 only;
 - ``in-place attack``: the attack update done in place (``attacks._step_and_project_``) against the
   previous out-of-place formula ``project(_ascent_step(...))`` (kept below as the reference), PGD-10 only;
-- ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step;
+- ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step, attack on the whole batch;
+- ``attack pieces``: the attack in pieces of 64 images vs the whole batch (128), PGD-AT training step;
 - ``amp``: ``--amp bf16`` vs ``off``, PGD-AT training step;
 - ``trades clean pass``: TRADES reusing the clean forward pass for the adversary's target (models without
   BN/dropout) vs a separate no-grad pass;
 - ``got-pgd one pass``: GOT-PGD's clean and adversarial images in one concatenated forward (models without
   BN) vs two forwards;
-- ``eval batch``: PGD-20 evaluation of ``--eval-n`` images in one batch vs batches of 128;
+- ``eval layout``: PGD-20 evaluation of ``--eval-n`` images in batches of 256, with ``evaluate_model``'s
+  defaults (channels-last, attack pieces by device) vs NCHW and the attack on the whole batch;
 - ``compile`` (with ``--compile``): ``torch.compile`` vs eager, PGD-AT training step, after compiling;
 - ``data on device`` (CUDA only): batches sliced from a device-resident set vs copied from the host.
 """
@@ -95,7 +97,10 @@ def pairs(args, device):
         out["in-place attack"] = (lambda: pgd_out_of_place(model, xb, yb, eps, step, k),
                                   lambda: pgd(model, xb, yb, eps, step, k, track_best=False))
     if "channels-last" in args.only:
-        out["channels-last"] = (train_step("pgd-at"), train_step("pgd-at", channels_last=True))
+        out["channels-last"] = (train_step("pgd-at", channels_last=False, attack_chunk=0),
+                                train_step("pgd-at", channels_last=True, attack_chunk=0))
+    if "attack pieces" in args.only:
+        out["attack pieces"] = (train_step("pgd-at", attack_chunk=0), train_step("pgd-at", attack_chunk=64))
     if "amp" in args.only:
         out["amp bf16"] = (train_step("pgd-at"), train_step("pgd-at", amp=torch.bfloat16))
     if "trades clean pass" in args.only:
@@ -103,12 +108,14 @@ def pairs(args, device):
     if "got-pgd one pass" in args.only:
         before = train_step("got-pgd-lm")
         out["got-pgd one pass"] = (lambda: _under(two_pass_got_pgd, before), train_step("got-pgd-lm"))
-    if "eval batch" in args.only:
+    if "eval layout" in args.only:
         n = args.eval_n
         model, data = copy.deepcopy(base).eval(), ImageData(x[:n], y[:n], 10)
-        attacks = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20)}
-        out[f"eval batch {n} vs 128"] = (lambda: evaluate_model(model, data, attacks, batch_size=128, device=device),
-                                         lambda: evaluate_model(model, data, attacks, batch_size=n, device=device))
+        whole = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20, chunk=0)}
+        pieces = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20)}
+        out["eval layout"] = (
+            lambda: evaluate_model(model, data, whole, batch_size=256, device=device, nhwc=False),
+            lambda: evaluate_model(model, data, pieces, batch_size=256, device=device))
     if args.compile:
         compiled = torch.compile(copy.deepcopy(base))
         s = T.otrobust_step("pgd-at", compiled, eps=eps, steps=k)
@@ -136,8 +143,8 @@ def _under(context, fn):
         return fn()
 
 
-CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "amp", "trades clean pass",
-           "got-pgd one pass", "eval batch", "data on device")
+CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "attack pieces", "amp",
+           "trades clean pass", "got-pgd one pass", "eval layout", "data on device")
 
 
 def main() -> None:

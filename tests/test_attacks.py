@@ -139,3 +139,50 @@ def test_pgd_does_not_synchronise_inside_the_step_loop(monkeypatch):
 def test_unknown_norm_is_a_one_line_error():
     with pytest.raises(OtrobustError, match="unknown norm"):
         pgd(tiny_model(), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), 0.1, 0.01, 2, norm="l1")
+
+
+PIECES = {
+    "pgd-restarts": lambda m, x, y, chunk: pgd(m, x, y, 0.1, 0.025, 6, restarts=3, chunk=chunk),
+    "pgd-trace": lambda m, x, y, chunk: pgd_trace(m, x, y, 0.1, 0.025, 6, restarts=2, chunk=chunk),
+    "pgd-training": lambda m, x, y, chunk: pgd(m, x, y, 0.1, 0.025, 6, track_best=False, chunk=chunk),
+    "trades": lambda m, x, y, chunk: trades_adversary(m, x, 0.1, 0.025, 6, chunk=chunk),
+}
+
+
+@pytest.mark.parametrize("name", list(PIECES))
+def test_attacking_in_pieces_gives_the_attack_on_the_whole_batch(trained_digits_model, name):
+    data = load_dataset("digits", "test")
+    x, y = data.x[:50], data.y[:50]
+    results = {}
+    for chunk in (0, 16, 50, 7):
+        torch.manual_seed(3)
+        results[chunk] = PIECES[name](trained_digits_model, x, y, chunk)
+    whole = results.pop(0)
+    for got in results.values():
+        if name == "pgd-trace":
+            assert got.loss.shape == whole.loss.shape == (2, 7, 50)
+            torch.testing.assert_close(got.loss, whole.loss, rtol=1e-4, atol=1e-4)
+            got, want = got.x_adv, whole.x_adv
+        else:
+            want = whole
+        assert got.shape == want.shape
+        # Pieces change only the floating-point summation order inside the kernels.
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_pieces_draw_the_same_random_starts():
+    model, x, y = tiny_model(), torch.rand(21, 1, 8, 8), torch.randint(0, 10, (21,))
+    starts = []
+    for chunk in (0, 4):
+        torch.manual_seed(0)
+        starts.append(pgd(model, x, y, 0.1, 0.02, 0, restarts=2, chunk=chunk))
+    assert torch.equal(*starts)
+
+
+def test_default_pieces_by_device_and_bad_values():
+    from otrobust.attacks import CPU_ATTACK_CHUNK, attack_chunk
+
+    x = torch.zeros(300, 1, 8, 8)
+    assert attack_chunk(None, x) == CPU_ATTACK_CHUNK == 128 and attack_chunk(0, x) == 300 and attack_chunk(5, x) == 5
+    with pytest.raises(OtrobustError, match="attack chunk"):
+        pgd(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long), 0.1, 0.02, 1, chunk=-1)

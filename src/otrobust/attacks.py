@@ -18,6 +18,25 @@ from otrobust.errors import OtrobustError
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "dlr")
+# Images per attack piece on a CPU, where a batch of 512 CW-CNN images ran PGD at half the speed of batches
+# of 128 (activations fall out of cache), while pieces of 64 made a 128-image training step 6 % slower
+# (benchmarks/README.md). GPUs take the whole batch.
+CPU_ATTACK_CHUNK = 128
+
+
+def attack_chunk(chunk: int | None, x: torch.Tensor) -> int:
+    """Images per attack piece: ``chunk`` if given (0: the whole batch), else CPU_ATTACK_CHUNK on a CPU and
+    the whole batch elsewhere. The attack on each example does not depend on the others in its piece (the
+    model is in eval mode), so the pieces change the speed, not the attack."""
+    if chunk is None:
+        chunk = CPU_ATTACK_CHUNK if x.device.type == "cpu" else 0
+    if chunk < 0:
+        raise OtrobustError(f"attack chunk must be >= 0 (0: the whole batch), got {chunk}")
+    return chunk or max(1, len(x))
+
+
+def _pieces(n: int, chunk: int) -> list[slice]:
+    return [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)] or [slice(0, 0)]
 
 
 @contextmanager
@@ -174,7 +193,8 @@ class PGDResult(NamedTuple):
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
         restarts: int = 1, random_start: bool = True, loss: str = "ce", norm: str = "linf",
-        track_best: bool = True, schedule: str = "constant", shard: tuple[int, int] | None = None) -> torch.Tensor:
+        track_best: bool = True, schedule: str = "constant", shard: tuple[int, int] | None = None,
+        chunk: int | None = None) -> torch.Tensor:
     """Projected gradient ascent (Madry et al. 2018) on ``loss`` (``ce``, ``cw`` or ``dlr``) within the ε-ball.
 
     With ``track_best`` (evaluation), an example counts as broken if *any* iterate of *any* restart
@@ -182,43 +202,54 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     ``schedule`` shapes the step size over the iterations (see :func:`step_sizes`). ``shard = (first row,
     whole batch size)`` marks ``x`` as rows of a larger batch split across processes: the random start is
     drawn for the whole batch and sliced, so the result matches a single process attacking the whole batch.
+    ``chunk``: images per piece, see :func:`attack_chunk` (random starts are drawn for the whole batch first).
     x: (B, C, H, W) in [0, 1]; y: (B,) labels to move away from -> x_adv like x.
     """
     if not track_best:
         return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, False, schedule,
-                    trace=False, shard=shard).x_adv
+                    trace=False, shard=shard, chunk=chunk).x_adv
     if shard is not None:
         raise OtrobustError("pgd(shard=...) is for training (track_best=False)")
     return pgd_trace(model, x, y, eps, step_size, steps, restarts=restarts, random_start=random_start,
-                     loss=loss, norm=norm, schedule=schedule).x_adv
+                     loss=loss, norm=norm, schedule=schedule, chunk=chunk).x_adv
 
 
 def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
               restarts: int = 1, random_start: bool = True, loss: str = "ce", norm: str = "linf",
-              schedule: str = "constant") -> PGDResult:
+              schedule: str = "constant", chunk: int | None = None) -> PGDResult:
     """:func:`pgd` with best-so-far tracking that also returns the attack loss at every iterate (for audits)."""
-    return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, True, schedule, trace=True)
+    return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, True, schedule, trace=True,
+                chunk=chunk)
 
 
-def _pgd(model, *args, **kwargs) -> PGDResult:
-    with frozen_parameters(model):
-        return _pgd_steps(model, *args, **kwargs)
-
-
-def _pgd_steps(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, track_best, schedule,
-               trace: bool, shard: tuple[int, int] | None = None) -> PGDResult:
-    # Everything below stays on the device: no .item(), no Python branching on tensor values, so the
-    # step loop never waits for the accelerator.
+def _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, track_best, schedule,
+         trace: bool, shard: tuple[int, int] | None = None, chunk: int | None = None) -> PGDResult:
     if norm not in NORMS:
         raise OtrobustError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
     sizes = step_sizes(step_size, steps, schedule)
     x = x.detach()
+    # Every restart's start is drawn for the whole batch before any piece runs, so the random numbers (and
+    # the attack) do not depend on the pieces.
+    starts = [project(_random_start(x, eps, norm, shard), x, eps, norm) if random_start else x.clone()
+              for _ in range(max(1, restarts))]
+    with frozen_parameters(model):
+        parts = [_pgd_steps(model, x[rows], y[rows], [s[rows] for s in starts], sizes, eps, loss, norm,
+                            track_best, trace) for rows in _pieces(len(x), attack_chunk(chunk, x))]
+    if len(parts) == 1:
+        return parts[0]
+    return PGDResult(torch.cat([p.x_adv for p in parts]),
+                     torch.cat([p.loss for p in parts], dim=2) if trace else torch.empty(0))
+
+
+def _pgd_steps(model, x, y, starts, sizes, eps, loss, norm, track_best, trace: bool) -> PGDResult:
+    # Everything below stays on the device: no .item(), no Python branching on tensor values, so the
+    # step loop never waits for the accelerator.
     shape = (-1, *[1] * (x.ndim - 1))
     best = x.clone()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     history: list[torch.Tensor] = []
-    for _ in range(max(1, restarts)):
-        x_adv = project(_random_start(x, eps, norm, shard), x, eps, norm) if random_start else x.clone()
+    for start in starts:
+        x_adv = start.clone()
         for size in sizes:
             x_adv.requires_grad_(True)
             logits = model(x_adv)
@@ -242,16 +273,17 @@ def _pgd_steps(model, x, y, eps, step_size, steps, restarts, random_start, loss,
         # Unbroken examples keep the last iterate (a valid point in the ball), not the clean input.
         best = torch.where((~broken & ~fooled).view(shape), x_adv, best)
         broken |= fooled
-    losses = torch.stack(history).view(max(1, restarts), steps + 1, len(x)) if trace else torch.empty(0)
+    losses = torch.stack(history).view(len(starts), len(sizes) + 1, len(x)) if trace else torch.empty(0)
     return PGDResult(best.detach(), losses)
 
 
 def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int,
                      p_clean: torch.Tensor | None = None, norm: str = "linf",
-                     shard: tuple[int, int] | None = None) -> torch.Tensor:
+                     shard: tuple[int, int] | None = None, chunk: int | None = None) -> torch.Tensor:
     """TRADES inner maximisation (Zhang et al. 2019): maximise ``KL(f(x) ‖ f(x'))`` from ``x + 0.001·N(0, I)``.
 
-    p_clean: (B, M) clean probabilities if already computed (saves a forward pass); shard: as in :func:`pgd`.
+    p_clean: (B, M) clean probabilities if already computed (saves a forward pass); shard, chunk: as in
+    :func:`pgd`.
     """
     x = x.detach()
     if p_clean is None:
@@ -259,12 +291,16 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: f
             p_clean = model(x).float().softmax(1)
     p_clean = p_clean.detach()
     whole, rows = _whole_batch(x, shard)
-    x_adv = project(x + 0.001 * whole.normal_()[rows], x, eps, norm)
+    start = project(x + 0.001 * whole.normal_()[rows], x, eps, norm)
+    parts = []
     with frozen_parameters(model):
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            log_p_adv = model(x_adv).float().log_softmax(1)
-            kl = F.kl_div(log_p_adv, p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
-            x_adv = _step_and_project_(x_adv.detach(), grad, x, step_size, eps, norm)
-    return x_adv.detach()
+        for piece in _pieces(len(x), attack_chunk(chunk, x)):
+            x_adv, x_piece, p_piece = start[piece].clone(), x[piece], p_clean[piece]
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                log_p_adv = model(x_adv).float().log_softmax(1)
+                kl = F.kl_div(log_p_adv, p_piece, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+                x_adv = _step_and_project_(x_adv.detach(), grad, x_piece, step_size, eps, norm)
+            parts.append(x_adv.detach())
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
