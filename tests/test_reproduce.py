@@ -89,11 +89,52 @@ def test_fig7_smoke_draws_accuracy_against_beta(smoke_out):
     assert (smoke_out / "smoke" / "fig7" / "figures" / "accuracy_vs_beta.png").is_file()
 
 
-def test_a_second_call_retrains_and_reevaluates_nothing(smoke_out):
+def test_every_run_is_audited_and_every_table_carries_the_verdict(smoke_out):
+    folder = smoke_out / "smoke" / "table1"
+    audits = json.loads((folder / "audits.json").read_text())
+    assert [a["run"] for a in audits] == [r.name for r in PRESETS["table1"].runs]
+    for a in audits:
+        assert a["verdict"] in ("pass", "warn", "fail") and a["pass"] + a["warn"] + a["fail"] >= 10
+        report = json.loads((Path(a["report"]).parent / "audit.json").read_text())
+        assert report["threat_model"]["n"] == 32 and report["failed"] == (a["verdict"] == "fail")
+        assert (Path(a["report"]).parent / "accuracy_vs_eps.png").is_file()
+    verdicts = {a["run"]: a["verdict"] for a in audits}
+    assert all(r["audit"] == verdicts[r["run"]] for r in _rows(smoke_out, "table1"))
+    text = (folder / "results.md").read_text()
+    assert "## Audit" in text and "| audit |" in text and text.count("audit.md)") == len(audits)
+
+
+def test_a_failed_audit_is_flagged_in_the_table_and_exits_1(smoke_out, monkeypatch, capsys):
+    import otrobust.reproduce as rp
+
+    real = rp.audit_run
+
+    def fail_trades(p, *args, **kwargs):
+        row = real(p, *args, **kwargs)
+        return {**row, "verdict": "fail", "fail": 1, "failed_checks": ["unbounded"]} if p.run.name == "trades" \
+            else row
+
+    monkeypatch.setattr(rp, "audit_run", fail_trades)
+    assert main(["reproduce", "table1", "--out", str(smoke_out), "--device", "cpu"]) == 1
+    assert "AUDIT FAILED for trades: unbounded" in capsys.readouterr().out
+    text = (smoke_out / "smoke" / "table1" / "results.md").read_text()
+    assert "**FAILED: TRADES**" in text and "| TRADES | clean | – | – | 48 |" in text
+    assert all(r["audit"] == "fail" for r in _rows(smoke_out, "table1") if r["run"] == "trades")
+
+
+def test_no_audit_leaves_the_verdict_out(tmp_path):
+    folder = reproduce("fig6", scale="smoke", out=tmp_path, device="cpu", audit=False, log=lambda s: None)
+    assert {r["audit"] for r in _rows(tmp_path, "fig6")} == {"not audited"}
+    assert json.loads((folder / "audits.json").read_text()) == []
+    assert not list((tmp_path / "smoke" / "runs").glob("*/audit-*"))
+
+
+def test_a_second_call_retrains_reevaluates_and_reaudits_nothing(smoke_out):
     logs = []
     reproduce("table1", scale="smoke", out=smoke_out, device="cpu", log=logs.append)
     assert sum("done, skipped" in line for line in logs) == 7
     assert not any(line.startswith("    epoch") for line in logs)
+    assert not any(line.startswith("auditing") for line in logs)
 
 
 def test_an_unfinished_run_is_resumed(tmp_path):

@@ -2,17 +2,20 @@
 
 __version__ = "0.1.0"
 
-from otrobust.attacks import bn_mode, fgsm, pgd, project, trades_adversary  # noqa: E402
+from otrobust.attacks import bn_mode, fgsm, pgd, pgd_trace, project, trades_adversary  # noqa: E402
+from otrobust.audit import AuditReport, AuditSettings, audit_model  # noqa: E402
 from otrobust.config import TrainConfig  # noqa: E402
 from otrobust.data import DATASETS, ImageData, load_dataset  # noqa: E402
 from otrobust.errors import OtrobustError  # noqa: E402
-from otrobust.evaluate import EvalResult, evaluate_model  # noqa: E402
+from otrobust.evaluate import EvalResult, build_attacks, evaluate_model  # noqa: E402
 from otrobust.methods import METHODS  # noqa: E402
 from otrobust.models import MODELS, LatentHook, LatentModel, create_model, latent_forward  # noqa: E402
 from otrobust.ot import GOTRegularizer, ground_cost, label_mask, semidual_ot, sinkhorn_ot  # noqa: E402
 from otrobust.runs import load_model  # noqa: E402
 
 __all__ = [
+    "AuditReport",
+    "AuditSettings",
     "DATASETS",
     "METHODS",
     "MODELS",
@@ -24,7 +27,9 @@ __all__ = [
     "OtrobustError",
     "TrainConfig",
     "__version__",
+    "audit_model",
     "bn_mode",
+    "build_attacks",
     "create_model",
     "evaluate_model",
     "fgsm",
@@ -34,6 +39,7 @@ __all__ = [
     "load_dataset",
     "load_model",
     "pgd",
+    "pgd_trace",
     "project",
     "semidual_ot",
     "sinkhorn_ot",

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
 
     de = sub.add_parser("demo", help="train standard and got-trades-lm on the bundled digits and compare")
-    de.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 20)")
+    de.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 15)")
     de.add_argument("--out", default="runs/demo", help="where the two runs go (default: runs/demo)")
     de.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_reproduce_parsers(sub)
@@ -167,6 +167,8 @@ def add_reproduce_parsers(sub) -> None:
     rp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a training setting in every run, e.g. --set lr=1e-4 (repeatable)")
+    rp.add_argument("--no-audit", action="store_true", help="skip the evaluation audit of each run (by default "
+                    "every run is audited, its verdict is in every table, and a failed audit exits 1)")
 
     rep = sub.add_parser("report", help="collect training runs into one comparison table and learning curves",
                          description="Summarise any set of run directories: settings, epochs, validation "

@@ -194,9 +194,14 @@ def run_reproduce(args: argparse.Namespace) -> int:
                              [[p.name, p.reference, len(p.runs), p.description] for p in PRESETS.values()]))
         print("\nrun one with: otrobust reproduce PRESET [--scale smoke|full] [--data-dir DIR] [--dry-run]")
         return 0
-    reproduce(args.preset, scale=args.scale, out=args.out, data_dir=args.data_dir, dry_run=args.dry_run,
-              device=args.device, overrides=parse_overrides(args.overrides))
-    return 0
+    result = reproduce(args.preset, scale=args.scale, out=args.out, data_dir=args.data_dir, dry_run=args.dry_run,
+                       device=args.device, overrides=parse_overrides(args.overrides), audit=not args.no_audit)
+    if result is None or args.no_audit:
+        return 0
+    failed = [a for a in json.loads((result / "audits.json").read_text()) if a["verdict"] == "fail"]
+    for a in failed:
+        print(f"AUDIT FAILED for {a['run']}: {', '.join(a['failed_checks'])} (see {a['report']})")
+    return 1 if failed else 0
 
 
 REPORT_FIELDS = ("run", "dataset", "model", "method", "norm", "eps", "epochs", "best_epoch", "val_clean", "val_pgd",

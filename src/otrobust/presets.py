@@ -89,6 +89,8 @@ SMOKE: dict[str, Any] = {
     "features_n": 40,
     "steps_divisor": 20,  # PGD-k becomes PGD-max(1, k // 20): a steps sweep 10..100 becomes 1..5
     "attack_options": {"aa_iter": 2, "aa_queries": 10, "aa_targets": 1},  # a cheap, non-standard AutoAttack
+    "audit_n": 32,  # the audit of every run (otrobust.audit) on this many test images, with this budget:
+    "audit": {"steps": 5, "restarts": 2, "unbounded_steps": 20, "square_queries": 50, "aa_iter": 5},
 }
 
 PAPER_WARMUP_EPOCHS = 2.0

@@ -4,10 +4,12 @@ Layout under ``out`` (restartable; nothing finished is redone)::
 
     <out>/<scale>/runs/<dataset>-<model>-<method>-<hash>/   one training run, shared by every preset that
                                                            needs the same settings; evals/ caches its evaluations
-    <out>/<scale>/<preset>/results.csv, results.md, figures/
+                                                           audit-<key>/ its audit report (otrobust.audit)
+    <out>/<scale>/<preset>/results.csv, results.md, audits.json, figures/
 
 Unfinished training runs are resumed from their last checkpoint; finished ones are skipped; an
-evaluation already cached for the same checkpoint is read back.
+evaluation or audit already cached for the same checkpoint is read back. Every run is audited, and every
+results table carries the audit verdict of each run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
@@ -31,9 +34,11 @@ from otrobust.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, Evaluation, Pres
 
 SCALES = ("smoke", "full")
 RESULT_FIELDS = ("preset", "scale", "run", "label", "dataset", "model", "method", "evaluation", "metric", "eps",
-                 "steps", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "note")
+                 "steps", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "audit", "note")
+FULL_AUDIT_N = 500  # test images per audit at the full scale (the standard AutoAttack runs on them)
 # Settings that do not change what a run learns (where it lives, how it is executed).
-NOT_IN_RUN_ID = ("out", "resume", "device", "data_dir", "checkpoint_every", "compile", "channels_last")
+NOT_IN_RUN_ID = ("out", "resume", "device", "data_dir", "checkpoint_every", "compile", "channels_last",
+                "attack_chunk")
 
 # ---------------------------------------------------------------- cost model (for --dry-run)
 # A forward pass of one image = 1 unit; a full backward = 2 units; an attack step (input gradient only) = 2.
@@ -344,6 +349,44 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
 
 
 # ---------------------------------------------------------------- results
+def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None, device="cpu",
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Audit the run's best checkpoint (otrobust.audit; cached in ``run_dir/audit-<key>`` per checkpoint and
+    budget). Returns ``{run, verdict (pass|warn|fail), pass, warn, fail, failed_checks, report}``."""
+    from otrobust.audit import AuditSettings, audit_model, write_report
+
+    ckpt = runs.resolve_checkpoint(p.run_dir)
+    n = SMOKE["audit_n"] if scale == "smoke" else FULL_AUDIT_N
+    settings = AuditSettings.make(p.config.eps, p.config.norm, quick=scale == "smoke",
+                                  **(SMOKE["audit"] if scale == "smoke" else {}))
+    stat = ckpt.stat()
+    ident = {"ckpt": [ckpt.name, stat.st_size, stat.st_mtime_ns], "n": n, "settings": dataclasses.asdict(settings),
+             "surrogate": str(surrogate)}
+    out = p.run_dir / f"audit-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}"
+    if not (out / "audit.json").exists():
+        log(f"auditing {p.run.name} on {min(n, len(test))} test images")
+        report = audit_model(runs.load_model(ckpt, device), test.first(n), settings, device=device,
+                             surrogate=runs.load_model(surrogate, device) if surrogate else None,
+                             threat_extra={"dataset": p.config.dataset, "model": f"{p.config.model} from {ckpt}"})
+        write_report(report, out)
+    summary = json.loads((out / "audit.json").read_text())
+    counts = summary["counts"]
+    verdict = "fail" if summary["failed"] else "warn" if counts.get("warn") else "pass"
+    return {"run": p.run.name, "verdict": verdict, **{k: counts.get(k, 0) for k in ("pass", "warn", "fail")},
+            "failed_checks": [c["name"] for c in summary["checks"] if c["status"] == "fail"],
+            "report": str(out / "audit.md")}
+
+
+def surrogate_for(planned: list[PlannedRun], p: PlannedRun) -> Path | None:
+    """A finished ``standard`` run of the same data and model (for the audit's transfer check), if the preset
+    has one."""
+    for q in planned:
+        if (q is not p and q.config.method == "standard" and q.config.dataset == p.config.dataset
+                and q.config.model == p.config.model and run_status(q) == "done"):
+            return runs.resolve_checkpoint(q.run_dir)
+    return None
+
+
 def paper_value(preset: Preset, run: str, metric: str, eps: float | None, steps: int | None,
                 train_eps: float | None) -> float | None:
     """The paper's number for this row: same run and metric, and the same sweep point if it is one."""
@@ -366,13 +409,15 @@ def display_names(planned: list[PlannedRun]) -> dict[str, str]:
             else f"{p.run.label} [{p.run.name.split('/')[0]}]" for p in planned}
 
 
-def result_row(preset: Preset, scale: str, p: PlannedRun, row: dict[str, Any], source_eps: float) -> dict[str, Any]:
-    """A results.csv row: the evaluation row with the run's identity, the paper's number and the difference."""
+def result_row(preset: Preset, scale: str, p: PlannedRun, row: dict[str, Any], source_eps: float,
+               audit: str | None = None) -> dict[str, Any]:
+    """A results.csv row: the evaluation row with the run's identity, the paper's number and the difference,
+    and the run's audit verdict."""
     paper = paper_value(preset, p.run.name, row["metric"], row["eps"], row["steps"], source_eps)
     diff = None if paper is None or row["accuracy"] is None else row["accuracy"] - paper
     out = {"preset": preset.name, "scale": scale, "run": p.run.name, "label": p.run.label,
            "dataset": p.config.dataset, "model": p.config.model, "method": p.config.method, **row,
-           "paper": paper, "diff": diff}
+           "paper": paper, "diff": diff, "audit": audit or "not audited"}
     return {k: out.get(k) for k in RESULT_FIELDS}
 
 
@@ -397,10 +442,18 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+AUDIT_MARKS = {"pass": "pass", "warn": "warn", "fail": "**FAIL**", "not audited": "not audited"}
+
+
 def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
-                     figures: list[Path], out_dir: Path) -> str:
+                     figures: list[Path], out_dir: Path, audits: list[dict[str, Any]] | None = None) -> str:
     names = display_names(planned)
     parts = [f"# {preset.name}: {preset.reference} ({scale} scale)", "", preset.description, ""]
+    failed = [a for a in audits or [] if a["verdict"] == "fail"]
+    if audits:
+        parts += [f"**Audit**: {len(audits) - len(failed)} of {len(audits)} runs pass the evaluation audit with no "
+                  "fail" + (f"; **FAILED: {', '.join(names.get(a['run'], a['run']) for a in failed)}** — do not "
+                            "trust their robust accuracy" if failed else "") + " (see *Audit* below).", ""]
     if scale == "smoke":
         parts += ["> **Smoke scale**: tiny subsets, one epoch, few attack steps, a tiny model where the paper's is "
                   "large, and a cheap, non-standard AutoAttack. It checks that the pipeline runs; its numbers are "
@@ -412,10 +465,11 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
     for ev in dict.fromkeys(r["evaluation"] for r in rows):
         body = [[names.get(r["run"], r["run"]), r["metric"], format_eps(r["eps"]), _fmt(r["steps"]), r["n"],
                  _fmt(r["accuracy"]), "–" if r["ci_low"] is None else f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
-                 _fmt(r["paper"]), "–" if r["diff"] is None else f"{r['diff']:+.2f}", r["note"] or ""]
+                 _fmt(r["paper"]), "–" if r["diff"] is None else f"{r['diff']:+.2f}",
+                 AUDIT_MARKS.get(r["audit"], r["audit"]), r["note"] or ""]
                 for r in rows if r["evaluation"] == ev]
         parts += [f"## Evaluation `{ev}`", "", _table(["run", "metric", "ε", "steps", "n", "ours", "95% CI",
-                                                       "paper", "ours − paper", "note"], body), ""]
+                                                       "paper", "ours − paper", "audit", "note"], body), ""]
     run_names = {p.run.name for p in planned}
     only = [[PAPER_ONLY_LABELS.get(v.run.split("/")[-1], v.run) + (f" [{v.run.split('/')[0]}]" if "/" in v.run
                                                                    else ""), v.metric, format_eps(v.eps),
@@ -432,6 +486,15 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
     parts += ["## The paper's settings", "", _table(["setting", "value"],
                                                      [[k, v] for k, v in preset.paper_settings.items()]), ""]
     parts += ["## Notes", ""] + [f"- {n}" for n in preset.notes] + [""]
+    if audits:
+        budget = (f"smoke budget: {SMOKE['audit_n']} test images, {SMOKE['audit']}" if scale == "smoke" else
+                  f"{FULL_AUDIT_N} test images, PGD-20 x 5 restarts, standard AutoAttack")
+        body = [[names.get(a["run"], a["run"]), AUDIT_MARKS[a["verdict"]], a["pass"], a["warn"], a["fail"],
+                 ", ".join(a["failed_checks"]) or "–", f"[audit.md]({Path(os.path.relpath(a['report'], out_dir))})"]
+                for a in audits]
+        parts += ["## Audit", "", f"`otrobust audit` on each run's best checkpoint ({budget}); a fail means an "
+                  "evaluation failure mode (e.g. gradient masking) was found.", "",
+                  _table(["run", "verdict", "pass", "warn", "fail", "failed checks", "report"], body), ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{f.stem}]({f.relative_to(out_dir).as_posix()})" for f in figures
                                        if f.suffix == ".png"] + [""]
@@ -549,8 +612,9 @@ def print_plan(preset: Preset, scale: str, planned: list[PlannedRun], evaluation
 
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reproduce", data_dir: str | None = None,
               dry_run: bool = False, device: str = "auto", overrides: dict[str, Any] | None = None,
-              log: Callable[[str], None] = print) -> Path | None:
-    """Train and evaluate every run of preset ``name``; write results.csv, results.md and figures.
+              audit: bool = True, log: Callable[[str], None] = print) -> Path | None:
+    """Train, evaluate and audit every run of preset ``name``; write results.csv, results.md, audits.json and
+    figures.
 
     Returns the results folder (None for ``dry_run``, which only lists the runs and their estimated cost).
     """
@@ -573,27 +637,34 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
         train_planned(p, log)
     dev = pick_device(device)
     options = SMOKE["attack_options"] if scale == "smoke" else None
-    rows, tests = [], {}
+    rows, tests, audits = [], {}, []
     for p in planned:
         key = (p.config.dataset, p.config.data_dir)
         if key not in tests:
-            sizes = [ev.n for ev in evaluations]
+            sizes = [ev.n for ev in evaluations] + [SMOKE["audit_n"] if scale == "smoke" else FULL_AUDIT_N] * audit
             tests[key] = load_dataset(p.config.dataset, "test", p.config.data_dir,
                                       size=None if None in sizes else max(sizes))
+        verdict = None
+        if audit:
+            audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log))
+            verdict = audits[-1]["verdict"]
+            log(f"audit of {p.run.name}: {verdict}" + (f" ({', '.join(audits[-1]['failed_checks'])})"
+                                                         if verdict == "fail" else ""))
         for ev in evaluations:
             if not ev.runs or p.run.name in ev.runs:
                 log(f"evaluating {p.run.name}: {ev.name}")
                 for row in evaluate_run(p.run_dir, ev, p.config, tests[key], device=dev, attack_options=options):
-                    rows.append(result_row(preset, scale, p, row, p.config.eps))
+                    rows.append(result_row(preset, scale, p, row, p.config.eps, verdict))
     result_dir = Path(out) / scale / preset.name
     write_csv(result_dir / "results.csv", rows, RESULT_FIELDS)
+    runs.atomic_write_text(result_dir / "audits.json", json.dumps(audits, indent=1))
     try:
         figures = make_figures(preset, scale, planned, rows, evaluations, result_dir / "figures")
     except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
         log(f"warning: figures not drawn: {exc}")
         figures = []
     runs.atomic_write_text(result_dir / "results.md",
-                           results_markdown(preset, scale, planned, rows, figures, result_dir))
+                           results_markdown(preset, scale, planned, rows, figures, result_dir, audits))
     log(f"results: {result_dir / 'results.md'}, {result_dir / 'results.csv'}"
         + (f", {len(figures) // 2} figures in {result_dir / 'figures'}" if figures else ""))
     return result_dir
