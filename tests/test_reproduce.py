@@ -20,7 +20,7 @@ from otrobust.presets import PRESETS, Evaluation
 from otrobust.reproduce import evaluate_run, plan, reproduce, run_status, train_planned
 from otrobust.train import train
 
-FAST = ("table1", "table2-cifar10", "fig6", "fig7")  # CI runs these; the others are in the slow test
+FAST = ("table1", "table2-cifar10", "fig6", "fig7")  # built once for the tests below; every other preset has its own
 
 
 @pytest.fixture(scope="session")
@@ -199,7 +199,6 @@ def test_l2_threat_model_trains_and_evaluates_end_to_end(tmp_path):
     assert float((x_adv - test.x).flatten(1).norm(dim=1).max()) <= 1.5 + 1e-4
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in PRESETS if n not in FAST])
 def test_every_other_preset_smoke(smoke_out, name):
     reproduce(name, scale="smoke", out=smoke_out, device="cpu", log=lambda s: None)

@@ -187,7 +187,10 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
         ax.set_ylabel(label, fontsize=11)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last_epoch <= 12:  # MaxNLocator falls back to fractional ticks when the range holds few integers
+            ax.set_xticks(range(1, last_epoch + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.5, last_epoch + 0.5)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=9, framealpha=0.9)

@@ -52,6 +52,35 @@ class LatentModel(nn.Module):
         return (z, logits) if with_latent else logits
 
 
+class TappedResNet(LatentModel):
+    """A residual network whose ``_trunk(x)`` returns (pooled middle-stage features, pooled final features) and
+    whose ``fc`` maps the final features to logits. ``latent = "middle"`` taps the middle stage (SPEC Table 4):
+    a tap, not a cut, so ``forward_head`` only exists for the penultimate latent."""
+
+    latent: str
+    fc: nn.Module
+
+    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        mid, pooled = self._trunk(x)
+        return mid if self.latent == "middle" else pooled
+
+    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latent == "middle":
+            raise NotImplementedError("the 'middle' latent is a tap, not a cut: "
+                                      "use model(x, with_latent=True)")
+        return self.fc(z)
+
+    def forward(self, x: torch.Tensor, with_latent: bool = False):
+        mid, pooled = self._trunk(x)
+        logits = self.fc(pooled)
+        if not with_latent:
+            return logits
+        return (mid if self.latent == "middle" else pooled), logits
+
+
 class LatentHook(nn.Module):
     """Wrap any classifier so that ``forward(x, with_latent=True)`` also returns a named layer's output.
 

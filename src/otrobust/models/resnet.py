@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.models.latent import LatentModel, Normalize
+from otrobust.models.latent import Normalize, TappedResNet
 from otrobust.models.registry import register_model
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -82,7 +82,7 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
-class ResNet(LatentModel):
+class ResNet(TappedResNet):
     """A CIFAR-style ResNet with blocks ``block`` repeated ``num_blocks`` times per stage."""
 
     def __init__(self, block: type[nn.Module], num_blocks: Sequence[int], num_classes: int = 10,
@@ -112,23 +112,6 @@ class ResNet(LatentModel):
         mid = self.layer3(self.layer2(self.layer1(out)))
         out = self.final_bn(self.layer4(mid))
         return F.adaptive_avg_pool2d(mid, 1).flatten(1), F.adaptive_avg_pool2d(out, 1).flatten(1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        mid, pooled = self._trunk(x)
-        return mid if self.latent == "middle" else pooled
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        if self.latent == "middle":
-            raise NotImplementedError("the 'middle' latent is a tap, not a cut: "
-                                      "use model(x, with_latent=True)")
-        return self.fc(z)
-
-    def forward(self, x: torch.Tensor, with_latent: bool = False):
-        mid, pooled = self._trunk(x)
-        logits = self.fc(pooled)
-        if not with_latent:
-            return logits
-        return (mid if self.latent == "middle" else pooled), logits
 
 
 @register_model("resnet18")

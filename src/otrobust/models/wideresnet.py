@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otrobust.errors import OtrobustError
-from otrobust.models.latent import LatentModel
+from otrobust.models.latent import TappedResNet
 from otrobust.models.registry import register_model
 from otrobust.models.resnet import default_normalization
 
@@ -49,7 +49,7 @@ class WideBlock(nn.Module):
         return self.conv2(out) + skip
 
 
-class WideResNet(LatentModel):
+class WideResNet(TappedResNet):
     """WRN-``depth``-``widen_factor``; ``depth`` must be 6n + 4."""
 
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, in_channels: int = 3,
@@ -91,23 +91,6 @@ class WideResNet(LatentModel):
         mid = self.block2(self.block1(self.stem(self.normalize(x))))
         out = self.final_bn(self.block3(mid))
         return F.adaptive_avg_pool2d(mid, 1).flatten(1), F.adaptive_avg_pool2d(out, 1).flatten(1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        mid, pooled = self._trunk(x)
-        return mid if self.latent == "middle" else pooled
-
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        if self.latent == "middle":
-            raise NotImplementedError("the 'middle' latent is a tap, not a cut: "
-                                      "use model(x, with_latent=True)")
-        return self.fc(z)
-
-    def forward(self, x: torch.Tensor, with_latent: bool = False):
-        mid, pooled = self._trunk(x)
-        logits = self.fc(pooled)
-        if not with_latent:
-            return logits
-        return (mid if self.latent == "middle" else pooled), logits
 
 
 def _factory(depth: int, widen_factor: int):
