@@ -112,7 +112,7 @@ def test_linear_potential_gives_no_larger_value_than_free_potential():
         w = reg(z, z_adv, logits, logits_adv)
         w.backward()
         opt.step()
-    assert float(reg(z, z_adv, logits, logits_adv)) <= best_free + 1e-5
+    assert float(reg(z, z_adv, logits, logits_adv).detach()) <= best_free + 1e-5
 
 
 def test_label_matching_differs_from_standard_only_when_labels_differ():
