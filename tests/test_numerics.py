@@ -160,3 +160,42 @@ def test_kl_cost_gradient_is_finite_when_a_softmax_underflows():
     assert bool(cost.isfinite().all()) and bool(logits.grad.isfinite().all()) and bool(logits_adv.grad.isfinite().all())
     p, q = logits.double().softmax(1), logits_adv.double().softmax(1)
     assert torch.allclose(cost[1, 1].double(), (p[1] * (p[1].log() - q[1].log())).sum(), atol=1e-5)
+
+
+def _nan_gradient_at(base, calls: set[int]):
+    """Wrap an objective so that at the given 1-based calls its loss stays finite but a weight's gradient is NaN:
+    0 · sqrt(|w − w|) is 0, while its derivative is 0 · ∞."""
+    count = [0]
+
+    def method(model, x, y, ctx):
+        count[0] += 1
+        loss, logs = base(model, x, y, ctx)
+        if count[0] in calls:
+            w = next(model.parameters())
+            loss = loss + 0.0 * torch.sqrt((w - w.detach()).abs().sum())
+        return loss, logs
+
+    return method
+
+
+def test_a_nan_gradient_under_a_finite_loss_stops_the_run(tmp_path, monkeypatch, capsys):
+    call = STEPS_PER_EPOCH + 2
+    monkeypatch.setitem(methods.METHODS, "pgd-at", _nan_gradient_at(methods.METHODS["pgd-at"], {call}))
+    run = tmp_path / "run"
+    assert main(["train", *FLAGS, "--method", "pgd-at", "--out", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert f"non-finite gradient at {_where(call)} although the loss was finite" in line
+    weights, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "last"))
+    assert (meta["epoch"], meta["step"]) == (1, 0) and all(bool(t.isfinite().all()) for t in weights.values())
+
+
+def test_a_nan_gradient_is_skipped_and_counted_with_nan_policy_skip(tmp_path, monkeypatch, capsys):
+    calls = {1, STEPS_PER_EPOCH + 3}
+    monkeypatch.setitem(methods.METHODS, "got-pgd-lm", _nan_gradient_at(methods.METHODS["got-pgd-lm"], calls))
+    run = tmp_path / "run"
+    assert main(["train", *FLAGS, "--method", "got-pgd-lm", "--nan-policy", "skip", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"non-finite gradient (finite loss) at {_where(c)}; batch skipped" in out for c in calls)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped_batches"] for m in metrics] == [1, 1]
+    assert all(bool(t.isfinite().all()) for t in runs.load_checkpoint(runs.checkpoint_path(run, "last"))[0].values())

@@ -70,6 +70,12 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def gradients_finite(model: nn.Module, reg: nn.Module | None = None) -> bool:
+    """True if every gradient of the model (and of the OT potential) is finite: one host sync for all of them."""
+    grads = [p.grad for m in (model, reg) if m is not None for p in m.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+
+
 def use_channels_last(setting: str, device: torch.device) -> bool:
     """``--channels-last``: ``auto`` turns it on. CUDA tensor cores want NHWC; on CPU oneDNN's NHWC convolutions
     were 1.1-1.3x faster for every model measured (benchmarks/README.md)."""
@@ -363,6 +369,17 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                 (scaler.scale(weighted) if scaler else weighted).backward()
                 if reg is not None:
                     distributed.average_gradients(reg.potential_parameters(), info)
+                # A finite loss can still have a non-finite gradient (e.g. 0 * inf in a backward formula). With
+                # fp16 the scaler already skips such steps. Gradients are all-reduced: every process agrees.
+                if scaler is None and not gradients_finite(model, reg):
+                    where = f"epoch {epoch + 1}, step {step + 1}"
+                    if cfg.nan_policy == "skip":
+                        acc["skipped"] += 1
+                        log(f"warning: non-finite gradient (finite loss) at {where}; batch skipped")
+                        continue
+                    kept = f"the last good checkpoint is {str(last)!r}" if last.exists() else "no checkpoint yet"
+                    raise OtrobustError(f"non-finite gradient at {where} although the loss was finite; {kept} (try a "
+                                        "lower --lr or --ot-weight, or --nan-policy skip)")
                 runs.fault_point("step")
                 for o in (opt, phi_opt):
                     if o is not None:
