@@ -160,10 +160,12 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
                   channels_last: bool = True, attack_chunk: int | None = None,
                   amp: torch.dtype | None = None) -> Callable:
     """``step(x, y)``: one otrobust training step exactly as ``train.py``'s loop runs it (objective,
-    finiteness check, backward, optimiser and φ steps, the per-step loss/accuracy bookkeeping), with
-    train.py's defaults: channels-last on, the attack in pieces by device (``attack_chunk`` None)."""
+    finiteness checks of the loss and the gradients, backward, optimiser and φ steps, the per-step
+    loss/accuracy bookkeeping), with train.py's defaults: channels-last on, the attack in pieces by device
+    (``attack_chunk`` None)."""
     from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
     from otrobust.ot import GOTRegularizer
+    from otrobust.train import gradients_finite
 
     device = next(model.parameters()).device
     if channels_last:
@@ -191,6 +193,8 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
         if phi_opt is not None:
             phi_opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not gradients_finite(model, reg):
+            raise RuntimeError(f"non-finite gradient in the {method_name} benchmark step")
         opt.step()
         if phi_opt is not None:
             phi_opt.step()
