@@ -184,7 +184,7 @@ def test_a_nan_gradient_under_a_finite_loss_stops_the_run(tmp_path, monkeypatch,
     run = tmp_path / "run"
     assert main(["train", *FLAGS, "--method", "pgd-at", "--out", str(run)]) == 2
     line = _one_error_line(capsys)
-    assert f"non-finite gradient at {_where(call)} although the loss was finite" in line
+    assert f"non-finite gradient (the loss was finite) at {_where(call)}; the last good checkpoint" in line
     weights, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "last"))
     assert (meta["epoch"], meta["step"]) == (1, 0) and all(bool(t.isfinite().all()) for t in weights.values())
 
@@ -195,7 +195,7 @@ def test_a_nan_gradient_is_skipped_and_counted_with_nan_policy_skip(tmp_path, mo
     run = tmp_path / "run"
     assert main(["train", *FLAGS, "--method", "got-pgd-lm", "--nan-policy", "skip", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert all(f"non-finite gradient (finite loss) at {_where(c)}; batch skipped" in out for c in calls)
+    assert all(f"non-finite gradient (the loss was finite) at {_where(c)}; batch skipped" in out for c in calls)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["skipped_batches"] for m in metrics] == [1, 1]
     assert all(bool(t.isfinite().all()) for t in runs.load_checkpoint(runs.checkpoint_path(run, "last"))[0].values())

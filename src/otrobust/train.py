@@ -310,6 +310,17 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                       attack_bn=cfg.attack_bn, adv_weight=cfg.adv_weight, clean_weight=cfg.clean_weight,
                       regularizer=reg, reuse_clean=not has_mode_dependent_layers(model),
                       attack_model=eval_model if eval_model is not model else None, attack_chunk=cfg.attack_chunk)
+    def skip_or_stop(what: str, epoch: int, step: int) -> None:
+        """A non-finite ``what`` at this step: count the batch as skipped (``--nan-policy skip``) or stop."""
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        if cfg.nan_policy == "skip":
+            acc["skipped"] += 1
+            log(f"warning: non-finite {what} at {where}; batch skipped")
+            return
+        kept = f"the last good checkpoint is {str(last)!r}" if last.exists() else "no checkpoint yet"
+        raise OtrobustError(f"non-finite {what} at {where}; {kept} (try a lower --lr or --ot-weight, or "
+                            "--nan-policy skip)")
+
     bar_cls = None
     if show_progress is not False:
         from tqdm.auto import tqdm as bar_cls
@@ -351,15 +362,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                     finite = not distributed.any_process(not finite, info, device)
                 if not finite:
                     bad = [k for k, v in logs.items() if k != "logits" and not bool(torch.isfinite(v).all())]
-                    where = f"epoch {epoch + 1}, step {step + 1}"
-                    terms = ", ".join(bad) or "loss"
-                    if cfg.nan_policy == "skip":
-                        acc["skipped"] += 1
-                        log(f"warning: non-finite {terms} at {where}; batch skipped")
-                        continue
-                    kept = f"the last good checkpoint is {str(last)!r}" if last.exists() else "no checkpoint yet"
-                    raise OtrobustError(f"non-finite {terms} at {where}; {kept} (try a lower --lr or --ot-weight, "
-                                        f"or --nan-policy skip)")
+                    skip_or_stop(", ".join(bad) or "loss", epoch, step)
+                    continue
                 opt.zero_grad(set_to_none=True)
                 if phi_opt is not None:
                     phi_opt.zero_grad(set_to_none=True)
@@ -372,14 +376,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                 # A finite loss can still have a non-finite gradient (e.g. 0 * inf in a backward formula). With
                 # fp16 the scaler already skips such steps. Gradients are all-reduced: every process agrees.
                 if scaler is None and not gradients_finite(model, reg):
-                    where = f"epoch {epoch + 1}, step {step + 1}"
-                    if cfg.nan_policy == "skip":
-                        acc["skipped"] += 1
-                        log(f"warning: non-finite gradient (finite loss) at {where}; batch skipped")
-                        continue
-                    kept = f"the last good checkpoint is {str(last)!r}" if last.exists() else "no checkpoint yet"
-                    raise OtrobustError(f"non-finite gradient at {where} although the loss was finite; {kept} (try a "
-                                        "lower --lr or --ot-weight, or --nan-policy skip)")
+                    skip_or_stop("gradient (the loss was finite)", epoch, step)
+                    continue
                 runs.fault_point("step")
                 for o in (opt, phi_opt):
                     if o is not None:
