@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from otrobust.evaluate import evaluate_model
 from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
 from otrobust.models import create_model, unwrap
 from otrobust.ot import GOTRegularizer
+from otrobust.run_lock import run_lock
 
 
 class Interrupted(Exception):
@@ -250,14 +252,16 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
     """Run (or resume) one training job; returns the last epoch's metrics.
 
     Under ``torchrun`` (RANK/WORLD_SIZE set) every process runs this with the same settings: data-parallel
-    training on shards of each global batch of ``--batch-size``; rank 0 alone writes the run directory.
+    training on shards of each global batch of ``--batch-size``; rank 0 alone writes the run directory. A second
+    run on the same ``--out`` while this one is alive is refused (otrobust.run_lock).
     """
     cfg = resolve(cfg)
     info = distributed.env_info()
     device, joined = distributed.setup(info, pick_device(cfg.device))
     try:
-        return _train(cfg, info, device, show_progress=show_progress if info.is_main else False,
-                      log=log if info.is_main else (lambda text: None), argv=argv)
+        with run_lock(cfg.out) if info.is_main else nullcontext():  # rank 0 writes, so rank 0 holds the lock
+            return _train(cfg, info, device, show_progress=show_progress if info.is_main else False,
+                          log=log if info.is_main else (lambda text: None), argv=argv)
     finally:
         distributed.teardown(joined)
 
