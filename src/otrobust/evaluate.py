@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -122,32 +122,30 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     seconds = dict.fromkeys(attacks, 0.0)
     seen = {name: len(getattr(attack, "warnings", ())) for name, attack in attacks.items()}
     nhwc = nhwc and data.x.ndim == 4
-    layout = ExitStack()
-    layout.enter_context(channels_last(model, nhwc))
-    try:
-        for start in range(0, len(data), batch_size):
-            x = data.x[start:start + batch_size].to(device)
-            if nhwc:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = data.y[start:start + batch_size].to(device)
-            with torch.no_grad():
-                pred = model(x).argmax(1)
-            target = y if labels == "true" else pred
-            clean.append((pred == y).cpu())
-            for name, attack in attacks.items():
-                t0 = time.perf_counter()
-                x_adv = attack(model, x, target)
+    with channels_last(model, nhwc):
+        try:
+            for start in range(0, len(data), batch_size):
+                x = data.x[start:start + batch_size].to(device)
+                if nhwc:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = data.y[start:start + batch_size].to(device)
                 with torch.no_grad():
-                    correct = model(x_adv).argmax(1) == y
-                if labels == "true":
-                    correct &= pred == y
-                per_attack[name].append(correct.cpu())
-                seconds[name] += time.perf_counter() - t0
-                if progress:
-                    progress(len(y))
-    finally:
-        model.train(was_training)
-        layout.close()
+                    pred = model(x).argmax(1)
+                target = y if labels == "true" else pred
+                clean.append((pred == y).cpu())
+                for name, attack in attacks.items():
+                    t0 = time.perf_counter()
+                    x_adv = attack(model, x, target)
+                    with torch.no_grad():
+                        correct = model(x_adv).argmax(1) == y
+                    if labels == "true":
+                        correct &= pred == y
+                    per_attack[name].append(correct.cpu())
+                    seconds[name] += time.perf_counter() - t0
+                    if progress:
+                        progress(len(y))
+        finally:
+            model.train(was_training)
     reported = {name: list(getattr(attack, "warnings", ()))[seen[name]:] for name, attack in attacks.items()}
     return EvalResult(torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
                       {k: torch.cat(v) for k, v in per_attack.items()}, labels, seconds,

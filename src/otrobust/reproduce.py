@@ -255,11 +255,16 @@ def train_planned(p: PlannedRun, log: Callable[[str], None] = print) -> str:
     return status
 
 
-def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, Any]) -> str:
+def checkpoint_key(ckpt: Path, **settings: Any) -> str:
+    """A short hash of a checkpoint file (name, size, modification time) and the settings of what was computed
+    from it: the name of its cache entry, which a new checkpoint or other settings make stale."""
     stat = ckpt.stat()
-    ident = {"ev": dataclasses.asdict(ev), "ckpt": [ckpt.name, stat.st_size, stat.st_mtime_ns],
-             "eps": cfg.eps, "norm": cfg.norm, "options": options}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    ident = {"ckpt": [ckpt.name, stat.st_size, stat.st_mtime_ns], **settings}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, Any]) -> str:
+    return checkpoint_key(ckpt, ev=dataclasses.asdict(ev), eps=cfg.eps, norm=cfg.norm, options=options)
 
 
 def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, device="cpu", seed: int = 0,
@@ -359,10 +364,7 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
     n = SMOKE["audit_n"] if scale == "smoke" else FULL_AUDIT_N
     settings = AuditSettings.make(p.config.eps, p.config.norm, quick=scale == "smoke",
                                   **(SMOKE["audit"] if scale == "smoke" else {}))
-    stat = ckpt.stat()
-    ident = {"ckpt": [ckpt.name, stat.st_size, stat.st_mtime_ns], "n": n, "settings": dataclasses.asdict(settings),
-             "surrogate": str(surrogate)}
-    out = p.run_dir / f"audit-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}"
+    out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"
     if not (out / "audit.json").exists():
         log(f"auditing {p.run.name} on {min(n, len(test))} test images")
         report = audit_model(runs.load_model(ckpt, device), test.first(n), settings, device=device,

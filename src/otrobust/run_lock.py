@@ -40,7 +40,7 @@ def _running(pid: int) -> bool:
             text = cmdline.read_bytes().decode(errors="replace").lower()
         except OSError:
             return True
-        return "otrobust" in text or "python" in text or "pytest" in text
+        return "otrobust" in text or "python" in text
     return True
 
 

@@ -152,11 +152,12 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
     torch.manual_seed(seed)
     step = 2.5 * cfg.eps / max(cfg.val_steps, 1)
     attacks = {"pgd": lambda m, x, y: pgd(m, x, y, cfg.eps, step, cfg.val_steps, norm=cfg.norm,
-                                                 chunk=cfg.attack_chunk)}
+                                          chunk=cfg.attack_chunk)}
     batch = 512 if torch.device(device).type != "cuda" else max(len(val), 1)  # GPU: the largest batch that fits
     while True:
         try:
-            res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=batch, device=device)
+            res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=batch, device=device,
+                                 nhwc=use_channels_last(cfg.channels_last, torch.device(device)))
             break
         except torch.cuda.OutOfMemoryError:
             if batch <= 16:
