@@ -153,6 +153,14 @@ def save(path: str | Path, name: str, args: argparse.Namespace, device: torch.de
     print(f"\nwrote {path}")
 
 
+def finish(args: argparse.Namespace, name: str, device: torch.device, results: Any, text: str, title: str,
+           started: float) -> None:
+    """Print the run's title (with its repetitions and wall time) and table, then save both with the results."""
+    print(f"\n{title}, {args.reps} reps ({time.perf_counter() - started:.0f}s)\n")
+    print(text)
+    save(args.out, name, args, device, results, text)
+
+
 # ---------------------------------------------------------------- our training step, as train.py runs it
 def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps: int, step_size: float | None = None,
                   lr: float = 1e-3, ot_weight: float = 10.0, solver: str = "semidual",

@@ -86,10 +86,8 @@ def main() -> None:
             results[name] = {"images_per_s": ips, "otrobust_speedup_vs_this": vs}
             rows.append([b, name.rsplit(", batch", 1)[0], T.fmt(ips, 1), T.fmt(vs, 2) if vs else "1 (reference)"])
     text = T.table(["batch", "contender", "images/s (median, min–max)", "otrobust speed-up vs this"], rows)
-    print(f"\nPGD-{args.attack_steps} evaluation throughput, CW CNN 1x28x28, {args.n} images, {device}, "
-          f"{args.reps} reps ({time.perf_counter() - t0:.0f}s)\n")
-    print(text)
-    T.save(args.out, "eval_vs_peers", args, device, results, text)
+    T.finish(args, "eval_vs_peers", device, results, text,
+             f"PGD-{args.attack_steps} evaluation throughput, CW CNN 1x28x28, {args.n} images, {device}", t0)
 
 
 if __name__ == "__main__":

@@ -102,10 +102,8 @@ def main() -> None:
     text = T.table(["model", "mode", "images/s (median, min–max)", "TFLOP / step", "images/s at peak", "MFU"],
                    rows)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    print(f"\nPGD-{args.attack_steps} training, batch {args.batch_size}, {gpu}, {args.reps} reps "
-          f"({time.perf_counter() - t0:.0f}s)\n")
-    print(text)
-    T.save(args.out, "gpu_throughput", args, device, results, text)
+    T.finish(args, "gpu_throughput", device, results, text,
+             f"PGD-{args.attack_steps} training, batch {args.batch_size}, {gpu}", t0)
 
 
 if __name__ == "__main__":

@@ -76,10 +76,8 @@ def main() -> None:
         rows.append([f"OT term alone vs {base}", T.fmt(T.stats(per_step[base])),
                      T.fmt(T.stats(per_step["OT term alone"]), 4), T.fmt(r, 4)])
     text = T.table(["comparison", "base s/step", "GOT (or OT) s/step", "ratio (median, min–max)"], rows)
-    print(f"\nOT overhead, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}, "
-          f"{args.reps} reps ({time.perf_counter() - t0:.0f}s)\n")
-    print(text)
-    T.save(args.out, "ot_overhead", args, device, results, text)
+    T.finish(args, "ot_overhead", device, results, text,
+             f"OT overhead, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}", t0)
 
 
 if __name__ == "__main__":

@@ -141,10 +141,8 @@ def main() -> None:
                          if frac else "–"])
     text = T.table(["B", "solver", "OT fwd+bwd s", "peak MiB", f"ResNet-18 {args.resnet_step} step s",
                     "OT / ResNet-18 step"], rows)
-    print(f"\nOT term alone (LM, D = {LATENT}, {CLASSES} classes), {device}, {args.reps} reps "
-          f"({time.perf_counter() - t0:.0f}s)\n")
-    print(text)
-    T.save(args.out, "ot_scaling", args, device, results, text)
+    T.finish(args, "ot_scaling", device, results, text,
+             f"OT term alone (LM, D = {LATENT}, {CLASSES} classes), {device}", t0)
 
 
 if __name__ == "__main__":

@@ -167,10 +167,9 @@ def main() -> None:
                            "speedup": speedup}
         rows.append([change, T.fmt(T.stats(times["before"])), T.fmt(T.stats(times["after"])), T.fmt(speedup, 2)])
     text = T.table(["change", "before s", "after s", "speed-up before/after (median, min–max)"], rows)
-    print(f"\nSpeed changes, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}, "
-          f"{torch.get_num_threads()} threads, {args.reps} reps ({time.perf_counter() - t0:.0f}s)\n")
-    print(text)
-    T.save(args.out, "speed_options", args, device, results, text)
+    T.finish(args, "speed_options", device, results, text,
+             f"Speed changes, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}, "
+             f"{torch.get_num_threads()} threads", t0)
 
 
 if __name__ == "__main__":

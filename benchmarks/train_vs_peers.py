@@ -171,10 +171,8 @@ def main() -> None:
     text = T.table(["attack", "contender", "images/s (median, min–max)", "otrobust speed-up vs this"], rows)
     summary = "\n".join(f"{g}: otrobust ÷ best peer ({results[f'{g}: speedup vs best peer']['best_peer']}) = "
                         f"{T.fmt(results[f'{g}: speedup vs best peer'], 2)}" for g in groups)
-    print(f"\nTraining throughput, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}, "
-          f"{args.reps} reps ({time.perf_counter() - t0:.0f}s)\n")
-    print(text + "\n\n" + summary)
-    T.save(args.out, "train_vs_peers", args, device, results, text + "\n\n" + summary)
+    T.finish(args, "train_vs_peers", device, results, text + "\n\n" + summary,
+             f"Training throughput, CW CNN 1x28x28, batch {args.batch_size}, PGD-{args.attack_steps}, {device}", t0)
 
 
 if __name__ == "__main__":

@@ -29,19 +29,22 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-def _nan_at(base, calls: set[int], term: str):
-    """Wrap an objective so that its ``term`` (and so the loss) is NaN at the given 1-based calls."""
+def _poisoned_at(base, calls: set[int], poison):
+    """Wrap an objective so that ``poison(model, loss, logs) -> (loss, logs)`` applies at the given 1-based calls."""
     count = [0]
 
     def method(model, x, y, ctx):
         count[0] += 1
         loss, logs = base(model, x, y, ctx)
-        if count[0] in calls:
-            logs = {**logs, term: torch.tensor(float("nan"))}
-            loss = loss + logs[term]
-        return loss, logs
+        return poison(model, loss, logs) if count[0] in calls else (loss, logs)
 
     return method
+
+
+def _nan_at(base, calls: set[int], term: str):
+    """Wrap an objective so that its ``term`` (and so the loss) is NaN at the given 1-based calls."""
+    nan = torch.tensor(float("nan"))
+    return _poisoned_at(base, calls, lambda model, loss, logs: (loss + nan, {**logs, term: nan}))
 
 
 def _where(call: int) -> str:
@@ -165,17 +168,12 @@ def test_kl_cost_gradient_is_finite_when_a_softmax_underflows():
 def _nan_gradient_at(base, calls: set[int]):
     """Wrap an objective so that at the given 1-based calls its loss stays finite but a weight's gradient is NaN:
     0 · sqrt(|w − w|) is 0, while its derivative is 0 · ∞."""
-    count = [0]
 
-    def method(model, x, y, ctx):
-        count[0] += 1
-        loss, logs = base(model, x, y, ctx)
-        if count[0] in calls:
-            w = next(model.parameters())
-            loss = loss + 0.0 * torch.sqrt((w - w.detach()).abs().sum())
-        return loss, logs
+    def poison(model, loss, logs):
+        w = next(model.parameters())
+        return loss + 0.0 * torch.sqrt((w - w.detach()).abs().sum()), logs
 
-    return method
+    return _poisoned_at(base, calls, poison)
 
 
 def test_a_nan_gradient_under_a_finite_loss_stops_the_run(tmp_path, monkeypatch, capsys):
