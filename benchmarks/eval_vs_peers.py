@@ -27,8 +27,8 @@ from otrobust.evaluate import evaluate_model
 
 def otrobust_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device, defaults: bool = True):
     step = 2.5 * eps / steps
-    chunk = None if defaults else 0
-    attacks = {"pgd": lambda m, x, y: pgd(m, x, y, eps, step, steps, chunk=chunk)}
+    pieces = {} if defaults else {"chunk": 0, "workers": 1}
+    attacks = {"pgd": lambda m, x, y: pgd(m, x, y, eps, step, steps, **pieces)}
     return lambda: evaluate_model(model, data, attacks, batch_size=batch_size, device=device,
                                   nhwc=defaults).accuracy("worst")
 

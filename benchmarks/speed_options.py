@@ -12,7 +12,10 @@ the paired speed-up before/after (> 1: the change helps). Changes:
 - ``in-place attack``: the attack update done in place (``attacks._step_and_project_``) against the
   previous out-of-place formula ``project(_ascent_step(...))`` (kept below as the reference), PGD-10 only;
 - ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step, attack on the whole batch;
-- ``attack pieces``: the attack in pieces of 64 images vs the whole batch (128), PGD-AT training step;
+- ``attack pieces``: the attack in pieces of 64 images one after the other vs the whole batch (128), PGD-AT
+  training step, one worker;
+- ``attack workers``: the attack in two pieces of 64 images on two worker threads of one core each (the
+  default on a 2-thread CPU) vs the whole batch on two threads, PGD-AT training step;
 - ``amp``: ``--amp bf16`` vs ``off``, PGD-AT training step;
 - ``trades clean pass``: TRADES reusing the clean forward pass for the adversary's target (models without
   BN/dropout) vs a separate no-grad pass;
@@ -100,7 +103,11 @@ def pairs(args, device):
         out["channels-last"] = (train_step("pgd-at", channels_last=False, attack_chunk=0),
                                 train_step("pgd-at", channels_last=True, attack_chunk=0))
     if "attack pieces" in args.only:
-        out["attack pieces"] = (train_step("pgd-at", attack_chunk=0), train_step("pgd-at", attack_chunk=64))
+        out["attack pieces"] = (train_step("pgd-at", attack_chunk=0, attack_workers=1),
+                                train_step("pgd-at", attack_chunk=64, attack_workers=1))
+    if "attack workers" in args.only:
+        out["attack workers"] = (train_step("pgd-at", attack_chunk=0, attack_workers=1),
+                                 train_step("pgd-at", attack_chunk=64, attack_workers=2))
     if "amp" in args.only:
         out["amp bf16"] = (train_step("pgd-at"), train_step("pgd-at", amp=torch.bfloat16))
     if "trades clean pass" in args.only:
@@ -111,7 +118,7 @@ def pairs(args, device):
     if "eval layout" in args.only:
         n = args.eval_n
         model, data = copy.deepcopy(base).eval(), ImageData(x[:n], y[:n], 10)
-        whole = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20, chunk=0)}
+        whole = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20, chunk=0, workers=1)}
         pieces = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20)}
         out["eval layout"] = (
             lambda: evaluate_model(model, data, whole, batch_size=256, device=device, nhwc=False),
@@ -143,7 +150,7 @@ def _under(context, fn):
         return fn()
 
 
-CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "attack pieces", "amp",
+CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "attack pieces", "attack workers", "amp",
            "trades clean pass", "got-pgd one pass", "eval layout", "data on device")
 
 

@@ -135,7 +135,7 @@ def main() -> None:
         step = make(model, args.eps, alpha, args.attack_steps, **kw)
         return T.restarting(model, lambda: [step(xb, yb) for xb, yb in data])
 
-    plain = {"channels_last": False, "attack_chunk": 0}
+    plain = {"channels_last": False, "attack_chunk": 0, "attack_workers": 1}
     groups = {"PGD-AT": {"otrobust": ours("pgd-at"), "otrobust, NCHW whole batch": ours("pgd-at", **plain),
                          "torchattacks PGD": peer(torchattacks_pgd_step)},
               "TRADES": {"otrobust": ours("trades"), "otrobust, NCHW whole batch": ours("trades", **plain),

@@ -142,10 +142,10 @@ def test_unknown_norm_is_a_one_line_error():
 
 
 PIECES = {
-    "pgd-restarts": lambda m, x, y, chunk: pgd(m, x, y, 0.1, 0.025, 6, restarts=3, chunk=chunk),
-    "pgd-trace": lambda m, x, y, chunk: pgd_trace(m, x, y, 0.1, 0.025, 6, restarts=2, chunk=chunk),
-    "pgd-training": lambda m, x, y, chunk: pgd(m, x, y, 0.1, 0.025, 6, track_best=False, chunk=chunk),
-    "trades": lambda m, x, y, chunk: trades_adversary(m, x, 0.1, 0.025, 6, chunk=chunk),
+    "pgd-restarts": lambda m, x, y, c, w: pgd(m, x, y, 0.1, 0.025, 6, restarts=3, chunk=c, workers=w),
+    "pgd-trace": lambda m, x, y, c, w: pgd_trace(m, x, y, 0.1, 0.025, 6, restarts=2, chunk=c, workers=w),
+    "pgd-training": lambda m, x, y, c, w: pgd(m, x, y, 0.1, 0.025, 6, track_best=False, chunk=c, workers=w),
+    "trades": lambda m, x, y, c, w: trades_adversary(m, x, 0.1, 0.025, 6, chunk=c, workers=w),
 }
 
 
@@ -154,10 +154,11 @@ def test_attacking_in_pieces_gives_the_attack_on_the_whole_batch(trained_digits_
     data = load_dataset("digits", "test")
     x, y = data.x[:50], data.y[:50]
     results = {}
-    for chunk in (0, 16, 50, 7):
+    # (images per piece, worker threads): one after the other, and at the same time on 2 or 3 workers
+    for chunk, workers in ((0, 1), (16, 1), (50, 1), (7, 1), (16, 2), (7, 3)):
         torch.manual_seed(3)
-        results[chunk] = PIECES[name](trained_digits_model, x, y, chunk)
-    whole = results.pop(0)
+        results[chunk, workers] = PIECES[name](trained_digits_model, x, y, chunk, workers)
+    whole = results.pop((0, 1))
     for got in results.values():
         if name == "pgd-trace":
             assert got.loss.shape == whole.loss.shape == (2, 7, 50)
@@ -170,6 +171,43 @@ def test_attacking_in_pieces_gives_the_attack_on_the_whole_batch(trained_digits_
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def test_workers_repeat_their_result_exactly():
+    model, x, y = tiny_model(), torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    runs = []
+    for _ in range(3):
+        torch.manual_seed(1)
+        runs.append(pgd(model, x, y, 0.1, 0.02, 4, chunk=5, workers=3))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_workers_see_the_callers_grad_mode_and_autocast_and_leave_its_threads():
+    from otrobust.attacks import map_pieces
+
+    threads = torch.get_num_threads()
+
+    def state(rows):
+        return rows, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        seen = map_pieces(state, 10, 3, 2)
+    assert [s[0] for s in seen] == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    assert all(s[1:] == (False, True, torch.bfloat16) for s in seen)
+    assert all(s[1:3] == (True, False) for s in map_pieces(state, 10, 3, 2))
+    assert torch.get_num_threads() == threads
+
+
+def test_an_error_in_a_worker_reaches_the_caller():
+    from otrobust.attacks import map_pieces
+
+    def fail(rows):
+        if rows.start == 4:
+            raise OtrobustError("piece 4 failed")
+        return rows
+
+    with pytest.raises(OtrobustError, match="piece 4 failed"):
+        map_pieces(fail, 8, 2, 2)
+
+
 def test_pieces_draw_the_same_random_starts():
     model, x, y = tiny_model(), torch.rand(21, 1, 8, 8), torch.randint(0, 10, (21,))
     starts = []
@@ -180,9 +218,15 @@ def test_pieces_draw_the_same_random_starts():
 
 
 def test_default_pieces_by_device_and_bad_values():
-    from otrobust.attacks import CPU_ATTACK_CHUNK, attack_chunk
+    from otrobust.attacks import CPU_ATTACK_CHUNK, MIN_WORKER_CHUNK, attack_chunk, attack_workers
 
     x = torch.zeros(300, 1, 8, 8)
     assert attack_chunk(None, x) == CPU_ATTACK_CHUNK == 128 and attack_chunk(0, x) == 300 and attack_chunk(5, x) == 5
+    # on a CPU the batch is split evenly over the workers, within [MIN_WORKER_CHUNK, CPU_ATTACK_CHUNK]
+    assert attack_chunk(None, x[:128], workers=2) == 64 and attack_chunk(None, x[:129], workers=2) == 65
+    assert attack_chunk(None, x[:16], workers=8) == MIN_WORKER_CHUNK and attack_chunk(None, x, workers=2) == 128
+    assert attack_workers(None, x) == torch.get_num_threads() and attack_workers(3, x) == 3
     with pytest.raises(OtrobustError, match="attack chunk"):
         pgd(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long), 0.1, 0.02, 1, chunk=-1)
+    with pytest.raises(OtrobustError, match="attack workers"):
+        pgd(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long), 0.1, 0.02, 1, workers=0)

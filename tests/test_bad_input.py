@@ -68,6 +68,8 @@ def three_class_digits(monkeypatch) -> str:
     (["--batch-size", "-4"], "--batch-size must be positive"),
     (["--steps", "-1"], "--steps must be >= 0"),
     (["--momentum", "-0.5"], "--momentum must be >= 0"),
+    (["--attack-chunk", "-1"], "--attack-chunk must be >= 0"),
+    (["--attack-workers", "0"], "--attack-workers must be >= 1"),
     (["--seed", "-1"], "--seed"),
     (["--seed", str(2**70)], "--seed"),
     (["--theta", "0"], "--theta must be positive"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust.methods import METHODS, StepContext, _chunk, base_method, get_method, ot_variant
+from otrobust.methods import METHODS, StepContext, _attack_pieces, base_method, get_method, ot_variant
 from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
 
@@ -63,7 +63,8 @@ def test_method_names_and_helpers():
 def test_attack_pieces_are_off_when_the_attack_uses_batch_statistics():
     with_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
     without = nn.Sequential(nn.Conv2d(1, 4, 3))
-    ctx = StepContext(eps=0.1, step_size=0.02, steps=2, attack_chunk=16)
-    assert _chunk(with_bn, ctx) == 16 and _chunk(without, ctx) == 16
+    ctx = StepContext(eps=0.1, step_size=0.02, steps=2, attack_chunk=16, attack_workers=2)
+    on = {"chunk": 16, "workers": 2}
+    assert _attack_pieces(with_bn, ctx) == on and _attack_pieces(without, ctx) == on
     ctx.attack_bn = "train"
-    assert _chunk(with_bn, ctx) == 0 and _chunk(without, ctx) == 16
+    assert _attack_pieces(with_bn, ctx) == {"chunk": 0, "workers": 1} and _attack_pieces(without, ctx) == on

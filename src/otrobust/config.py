@@ -59,6 +59,9 @@ class TrainConfig:
     attack_chunk: int | None = _f(None, "attack the batch in pieces of this many images (default: 128 on CPU, "
                                   "where larger pieces fall out of cache, the whole batch on GPU; 0: the whole "
                                   "batch); changes the speed, not the attack")
+    attack_workers: int | None = _f(None, "attack this many pieces at the same time, each on its own threads "
+                                    "(default: one per torch thread on CPU, 1 on GPU); changes the speed, not "
+                                    "the attack")
     # optimisation
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(128, "mini-batch size")
@@ -187,6 +190,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise OtrobustError(f"--step-size must be positive, got {cfg.step_size}")
     if cfg.attack_chunk is not None and cfg.attack_chunk < 0:
         raise OtrobustError(f"--attack-chunk must be >= 0 (0: the whole batch), got {cfg.attack_chunk}")
+    if cfg.attack_workers is not None and cfg.attack_workers < 1:
+        raise OtrobustError(f"--attack-workers must be >= 1, got {cfg.attack_workers}")
     if cfg.adv_weight is not None and cfg.adv_weight < 0:
         raise OtrobustError(f"--adv-weight must be >= 0, got {cfg.adv_weight}")
     return cfg

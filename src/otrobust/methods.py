@@ -37,6 +37,7 @@ class StepContext:
     awp_gamma: float = 0.0  # relative size of the adversarial weight perturbation at this step (awp.py)
     x_adv: torch.Tensor | None = None  # adversarial examples already crafted for this batch (reused, not redone)
     attack_chunk: int | None = None  # images per attack piece (attacks.attack_chunk; None: by device)
+    attack_workers: int | None = None  # pieces attacked at the same time (attacks.attack_workers; None: by device)
     # Data-parallel training (distributed.py): the attack runs on the module inside the DDP wrapper (its
     # passes need no gradient synchronisation); ``shard`` = (first row, global batch size) of this process's
     # rows, so random starts match a single-process run; ``gather`` all-gathers a tensor from every process
@@ -55,9 +56,11 @@ def _adv_weight(ctx: StepContext, base: str) -> float:
     return DEFAULT_ADV_WEIGHT[base] if ctx.adv_weight is None else ctx.adv_weight
 
 
-def _chunk(model, ctx: StepContext) -> int | None:
+def _attack_pieces(model, ctx: StepContext) -> dict[str, int | None]:
     """Attack pieces only where they cannot change the attack: not with batch statistics (BN in train mode)."""
-    return 0 if ctx.attack_bn == "train" and has_mode_dependent_layers(model) else ctx.attack_chunk
+    if ctx.attack_bn == "train" and has_mode_dependent_layers(model):
+        return {"chunk": 0, "workers": 1}
+    return {"chunk": ctx.attack_chunk, "workers": ctx.attack_workers}
 
 
 def _pgd_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
@@ -65,7 +68,7 @@ def _pgd_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
         return ctx.x_adv
     with bn_mode(model, ctx.attack_bn):
         return pgd(ctx.attack_model or model, x, y, ctx.eps, ctx.step_size, ctx.steps, norm=ctx.norm,
-                   track_best=False, shard=ctx.shard, chunk=_chunk(model, ctx))
+                   track_best=False, shard=ctx.shard, **_attack_pieces(model, ctx))
 
 
 def _trades_examples(model, x, ctx: StepContext, clean_logits: torch.Tensor | None) -> torch.Tensor:
@@ -74,7 +77,7 @@ def _trades_examples(model, x, ctx: StepContext, clean_logits: torch.Tensor | No
     p_clean = clean_logits.detach().float().softmax(1) if clean_logits is not None and ctx.reuse_clean else None
     with bn_mode(model, ctx.attack_bn):
         return trades_adversary(ctx.attack_model or model, x, ctx.eps, ctx.step_size, ctx.steps, p_clean=p_clean,
-                                norm=ctx.norm, shard=ctx.shard, chunk=_chunk(model, ctx))
+                                norm=ctx.norm, shard=ctx.shard, **_attack_pieces(model, ctx))
 
 
 def _kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:

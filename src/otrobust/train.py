@@ -152,7 +152,7 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
     torch.manual_seed(seed)
     step = 2.5 * cfg.eps / max(cfg.val_steps, 1)
     attacks = {"pgd": lambda m, x, y: pgd(m, x, y, cfg.eps, step, cfg.val_steps, norm=cfg.norm,
-                                          chunk=cfg.attack_chunk)}
+                                          chunk=cfg.attack_chunk, workers=cfg.attack_workers)}
     batch = 512 if torch.device(device).type != "cuda" else max(len(val), 1)  # GPU: the largest batch that fits
     while True:
         try:
@@ -314,7 +314,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
     ctx = StepContext(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
                       attack_bn=cfg.attack_bn, adv_weight=cfg.adv_weight, clean_weight=cfg.clean_weight,
                       regularizer=reg, reuse_clean=not has_mode_dependent_layers(model),
-                      attack_model=eval_model if eval_model is not model else None, attack_chunk=cfg.attack_chunk)
+                      attack_model=eval_model if eval_model is not model else None, attack_chunk=cfg.attack_chunk,
+                      attack_workers=cfg.attack_workers)
     def skip_or_stop(what: str, epoch: int, step: int) -> None:
         """A non-finite ``what`` at this step: count the batch as skipped (``--nan-policy skip``) or stop."""
         where = f"epoch {epoch + 1}, step {step + 1}"
