@@ -35,9 +35,10 @@ def attack_workers(workers: int | None, x: torch.Tensor) -> int:
     """Threads that attack pieces of a batch at the same time: ``workers`` if given, else on a CPU one per
     torch thread (each worker then runs its kernels on its own core), 1 elsewhere.
 
-    On a CPU, small convolutions split across cores scale poorly; independent pieces on separate cores do
-    not share anything. PGD-10 on 128 CW-CNN images ran 1.3x faster as two one-thread pieces of 64 than as
-    one two-thread batch (benchmarks/README.md)."""
+    On a CPU, independent pieces on separate cores share nothing, where a kernel split across cores
+    synchronises at every op. PGD-20 evaluation of the CW CNN in batches of 256 ran 2.07x faster with pieces
+    of 128 on two one-core workers and channels-last than with the whole NCHW batch on two threads; in a
+    128-image training step, two workers of 64 were 1.04x (0.99-1.37) the whole batch (benchmarks/README.md)."""
     if workers is None:
         workers = torch.get_num_threads() if x.device.type == "cpu" else 1
     if workers < 1:
