@@ -108,3 +108,26 @@ def test_ot_weight_warmup_and_validation_split():
     tr, va = split_train_val(data, 100, 50)
     assert len(tr) == 100 and len(va) == 50
     assert torch.equal(va.x, data.x[-50:])
+
+
+@pytest.mark.parametrize("optimizer, schedule", [("adam", "none"), ("sgd", "cosine")])
+def test_a_new_learning_rate_on_resume_is_applied(tmp_path, optimizer, schedule):
+    import shutil
+
+    base = dict(method="standard", optimizer=optimizer, schedule=schedule, lr=1e-3, phi_lr=1e-3)
+    train(_tiny(tmp_path, "a", epochs=1, **base), show_progress=False, log=lambda s: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    lines: list[str] = []
+    kept = train(_tiny(tmp_path, "a", epochs=2, resume=True, **base), show_progress=False, log=lambda s: None)
+    lowered = train(_tiny(tmp_path, "b", epochs=2, resume=True, **{**base, "lr": 1e-4}), show_progress=False,
+                    log=lines.append)
+    assert kept["lr"] > 0
+    assert lowered["lr"] == pytest.approx(kept["lr"] / 10)
+    assert any("--lr 0.0001 (the checkpoint had 0.001)" in line for line in lines)
+    if schedule == "none":  # (the cosine schedule of a 1-epoch run trains epoch 2 at rate 0 either way)
+        assert lowered["train_loss"] != kept["train_loss"]
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["lr"] == 1e-4  # a later --resume without --lr keeps the new rate
+    again = train(_tiny(tmp_path, "b", epochs=3, resume=True, **{**base, "lr": saved["lr"]}), show_progress=False,
+                  log=lines.append)
+    assert sum("(the checkpoint had" in line for line in lines) == 1 and again["epoch"] == 3

@@ -229,8 +229,43 @@ def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str
     return run_dir
 
 
-def _restore(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt, sched, state: dict[str, Any]) -> None:
-    """Load weights, optimiser/φ/scheduler state and the loop counters from ``last`` (for --resume)."""
+def _changed_hyperparameters(saved: dict[str, Any], cfg: TrainConfig, opt, phi_opt, sched) -> list[str]:
+    """Apply the learning rates, momentum and weight decay given on --resume where they differ from the
+    checkpoint's (its optimiser state would otherwise keep the old ones); returns one line per change.
+
+    A new ``--lr`` rescales the current rate (and a schedule's base rates) by new / old, so a schedule
+    carries on from where it was at the new scale."""
+    changes = []
+
+    def changed(name: str) -> bool:
+        old = saved.get(name)
+        if old is None or old == getattr(cfg, name):
+            return False
+        changes.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} (the checkpoint had {old})")
+        return True
+
+    if changed("lr"):
+        ratio = cfg.lr / saved["lr"]
+        for group in opt.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if sched is not None:
+            sched.base_lrs = [lr * ratio for lr in sched.base_lrs]
+            sched._last_lr = [group["lr"] for group in opt.param_groups]
+    for name in ("momentum", "weight_decay"):
+        if name in opt.param_groups[0] and changed(name):
+            for group in opt.param_groups:
+                group[name] = getattr(cfg, name)
+    if phi_opt is not None and changed("phi_lr"):
+        for group in phi_opt.param_groups:
+            group["lr"] = cfg.phi_lr
+    return changes
+
+
+def _restore(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt, sched, state: dict[str, Any]) -> list[str]:
+    """Load weights, optimiser/φ/scheduler state and the loop counters from ``last`` (for --resume); returns
+    the hyperparameters that --resume changed (see :func:`_changed_hyperparameters`)."""
     weights, meta, extra = runs.load_checkpoint(last)
     runs.check_resume_compatible(meta.get("config") or {}, cfg.to_dict(), str(last))
     runs.load_weights(unwrap(model), weights, meta, str(last))
@@ -246,6 +281,7 @@ def _restore(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt, sched, stat
         raise OtrobustError(f"cannot resume from {str(last)!r}: its optimiser state does not fit this run "
                             f"({type(exc).__name__})") from None
     state.update({k: meta[k] for k in state if k in meta})
+    return _changed_hyperparameters(meta.get("config") or {}, cfg, opt, phi_opt, sched)
 
 
 def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
@@ -293,8 +329,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_score": None, "accum": None}
     last = runs.checkpoint_path(run_dir, "last")
     if cfg.resume and last.exists():
-        _restore(last, cfg, model, reg, opt, phi_opt, sched, state)
-        log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
+        changes = _restore(last, cfg, model, reg, opt, phi_opt, sched, state)
+        log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}"
+            + "".join(f"\n  with {line}" for line in changes))
     elif cfg.init:
         weights, meta, _ = runs.load_checkpoint(runs.resolve_checkpoint(cfg.init))
         runs.load_weights(unwrap(model), weights, meta, cfg.init)
