@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -103,18 +103,21 @@ def _worker_pool(workers: int, threads: int) -> ThreadPoolExecutor:
 def map_pieces(fn: Callable[[slice], T], n: int, chunk: int, workers: int) -> list[T]:
     """``[fn(rows) for rows in pieces of n rows]``, the pieces run on up to ``workers`` threads at a time.
 
-    The workers see the caller's grad mode and CPU autocast; ``fn`` must not draw random numbers (draw them
-    for the whole batch first), so the result does not depend on how the pieces are scheduled."""
+    The workers see the caller's grad mode and autocast (both are per thread in torch); ``fn`` must not draw
+    random numbers (draw them for the whole batch first), so the result does not depend on how the pieces
+    are scheduled."""
     pieces = _pieces(n, chunk)
     workers = min(workers, len(pieces))
     if workers <= 1:
         return [fn(rows) for rows in pieces]
     grad = torch.is_grad_enabled()
-    amp = torch.is_autocast_enabled("cpu")
-    amp_dtype = torch.get_autocast_dtype("cpu")
+    amp = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cpu", "cuda") if torch.is_autocast_enabled(kind)]
 
     def run(rows: slice) -> T:
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=amp_dtype, enabled=amp):
+        with ExitStack() as stack:
+            stack.enter_context(torch.set_grad_enabled(grad))
+            for kind, dtype in amp:
+                stack.enter_context(torch.autocast(kind, dtype=dtype))
             return fn(rows)
 
     return list(_worker_pool(workers, max(1, torch.get_num_threads() // workers)).map(run, pieces))
