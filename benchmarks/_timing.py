@@ -166,11 +166,12 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
                   lr: float = 1e-3, ot_weight: float = 10.0, solver: str = "semidual",
                   clean_weight: float = 0.0, reuse_clean: bool | None = None,
                   channels_last: bool = True, attack_chunk: int | None = None, attack_workers: int | None = None,
+                  forward_chunk: int | None = None,
                   amp: torch.dtype | None = None) -> Callable:
     """``step(x, y)``: one otrobust training step exactly as ``train.py``'s loop runs it (objective,
     finiteness checks of the loss and the gradients, backward, optimiser and φ steps, the per-step
     loss/accuracy bookkeeping), with train.py's defaults: channels-last on, the attack in pieces by device
-    (``attack_chunk`` and ``attack_workers`` None)."""
+    (``attack_chunk``, ``attack_workers`` and ``forward_chunk`` None)."""
     from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
     from otrobust.ot import GOTRegularizer
     from otrobust.train import gradients_finite
@@ -186,7 +187,7 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
     method = get_method(method_name)
     ctx = StepContext(eps=eps, step_size=step_size or 2.5 * eps / max(steps, 1), steps=steps, regularizer=reg,
                       clean_weight=clean_weight, ot_weight=ot_weight, attack_chunk=attack_chunk,
-                      attack_workers=attack_workers,
+                      attack_workers=attack_workers, forward_chunk=forward_chunk,
                       reuse_clean=not has_mode_dependent_layers(model) if reuse_clean is None else reuse_clean)
     totals = {"loss": 0.0, "correct": 0}
 

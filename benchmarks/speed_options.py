@@ -16,6 +16,9 @@ the paired speed-up before/after (> 1: the change helps). Changes:
   training step, one worker;
 - ``attack workers``: the attack in two pieces of 64 images on two worker threads of one core each (the
   default on a 2-thread CPU) vs the whole batch on two threads, PGD-AT training step;
+- ``forward pieces``: the training step's forward passes on pieces of 64 images (the CPU default for models
+  without BN) vs the whole batch, GOT-PGD-LM training step (its clean and adversarial images make one
+  forward of 256);
 - ``amp``: ``--amp bf16`` vs ``off``, PGD-AT training step;
 - ``trades clean pass``: TRADES reusing the clean forward pass for the adversary's target (models without
   BN/dropout) vs a separate no-grad pass;
@@ -108,6 +111,8 @@ def pairs(args, device):
     if "attack workers" in args.only:
         out["attack workers"] = (train_step("pgd-at", attack_chunk=0, attack_workers=1),
                                  train_step("pgd-at", attack_chunk=64, attack_workers=2))
+    if "forward pieces" in args.only:
+        out["forward pieces"] = (train_step("got-pgd-lm", forward_chunk=0), train_step("got-pgd-lm"))
     if "amp" in args.only:
         out["amp bf16"] = (train_step("pgd-at"), train_step("pgd-at", amp=torch.bfloat16))
     if "trades clean pass" in args.only:
@@ -150,7 +155,8 @@ def _under(context, fn):
         return fn()
 
 
-CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "attack pieces", "attack workers", "amp",
+CHANGES = ("frozen weights in attack", "in-place attack", "channels-last", "attack pieces", "attack workers",
+           "forward pieces", "amp",
            "trades clean pass", "got-pgd one pass", "eval layout", "data on device")
 
 

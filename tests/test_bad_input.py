@@ -70,6 +70,7 @@ def three_class_digits(monkeypatch) -> str:
     (["--momentum", "-0.5"], "--momentum must be >= 0"),
     (["--attack-chunk", "-1"], "--attack-chunk must be >= 0"),
     (["--attack-workers", "0"], "--attack-workers must be >= 1"),
+    (["--forward-chunk", "-3"], "--forward-chunk must be >= 0"),
     (["--seed", "-1"], "--seed"),
     (["--seed", str(2**70)], "--seed"),
     (["--theta", "0"], "--theta must be positive"),

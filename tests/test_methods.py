@@ -68,3 +68,38 @@ def test_attack_pieces_are_off_when_the_attack_uses_batch_statistics():
     assert _attack_pieces(with_bn, ctx) == on and _attack_pieces(without, ctx) == on
     ctx.attack_bn = "train"
     assert _attack_pieces(with_bn, ctx) == {"chunk": 0, "workers": 1} and _attack_pieces(without, ctx) == on
+
+
+def _loss_and_grads(method, model, reg, ctx, x, y):
+    torch.manual_seed(1)
+    loss, _ = METHODS[method](model, x, y, ctx)
+    params = list(model.parameters()) + (list(reg.parameters()) if reg is not None else [])
+    return loss.detach(), torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_forward_pieces_give_the_loss_and_gradients_of_the_whole_batch(method):
+    model, reg, ctx, x, y = _setup(method)
+    ctx.forward_chunk = 0
+    want_loss, want = _loss_and_grads(method, model, reg, ctx, x, y)
+    for chunk in (5, 8):
+        ctx.forward_chunk = chunk
+        got_loss, got = _loss_and_grads(method, model, reg, ctx, x, y)
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_forward_pieces_never_split_a_batch_norm_batch():
+    from otrobust.methods import _forward
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3)).train()
+    x = torch.rand(12, 1, 8, 8)
+    whole = _forward(model, x, StepContext(eps=0.1, step_size=0.02, steps=1, forward_chunk=0))[1]
+    pieces = _forward(model, x, StepContext(eps=0.1, step_size=0.02, steps=1, forward_chunk=4))[1]
+    assert torch.equal(whole, pieces)  # batch statistics over all 12 images in both
+    no_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(144, 3))
+    calls = []
+    no_bn.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    _forward(no_bn, x, StepContext(eps=0.1, step_size=0.02, steps=1, forward_chunk=5))
+    assert calls == [5, 5, 2]

@@ -62,6 +62,9 @@ class TrainConfig:
     attack_workers: int | None = _f(None, "attack this many pieces at the same time, each on its own threads "
                                     "(default: one per torch thread on CPU, 1 on GPU); changes the speed, not "
                                     "the attack")
+    forward_chunk: int | None = _f(None, "run the training step's forward passes on pieces of this many images "
+                                   "(default: 64 on CPU for models without batch norm or dropout, the whole batch "
+                                   "otherwise; 0: the whole batch); changes the speed, not the step")
     # optimisation
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(128, "mini-batch size")
@@ -190,6 +193,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise OtrobustError(f"--step-size must be positive, got {cfg.step_size}")
     if cfg.attack_chunk is not None and cfg.attack_chunk < 0:
         raise OtrobustError(f"--attack-chunk must be >= 0 (0: the whole batch), got {cfg.attack_chunk}")
+    if cfg.forward_chunk is not None and cfg.forward_chunk < 0:
+        raise OtrobustError(f"--forward-chunk must be >= 0 (0: the whole batch), got {cfg.forward_chunk}")
     if cfg.attack_workers is not None and cfg.attack_workers < 1:
         raise OtrobustError(f"--attack-workers must be >= 1, got {cfg.attack_workers}")
     if cfg.adv_weight is not None and cfg.adv_weight < 0:

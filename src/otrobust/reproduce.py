@@ -38,7 +38,7 @@ RESULT_FIELDS = ("preset", "scale", "run", "label", "dataset", "model", "method"
 FULL_AUDIT_N = 500  # test images per audit at the full scale (the standard AutoAttack runs on them)
 # Settings that do not change what a run learns (where it lives, how it is executed).
 NOT_IN_RUN_ID = ("out", "resume", "device", "data_dir", "checkpoint_every", "compile", "channels_last",
-                "attack_chunk", "attack_workers")
+                "attack_chunk", "attack_workers", "forward_chunk")
 
 # ---------------------------------------------------------------- cost model (for --dry-run)
 # A forward pass of one image = 1 unit; a full backward = 2 units; an attack step (input gradient only) = 2.

@@ -352,7 +352,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                       attack_bn=cfg.attack_bn, adv_weight=cfg.adv_weight, clean_weight=cfg.clean_weight,
                       regularizer=reg, reuse_clean=not has_mode_dependent_layers(model),
                       attack_model=eval_model if eval_model is not model else None, attack_chunk=cfg.attack_chunk,
-                      attack_workers=cfg.attack_workers)
+                      attack_workers=cfg.attack_workers,
+                      # compiled models would recompile for each piece size; DDP wants one forward per backward
+                      forward_chunk=0 if cfg.compile or info.enabled else cfg.forward_chunk)
     def skip_or_stop(what: str, epoch: int, step: int) -> None:
         """A non-finite ``what`` at this step: count the batch as skipped (``--nan-policy skip``) or stop."""
         where = f"epoch {epoch + 1}, step {step + 1}"
