@@ -224,7 +224,8 @@ def test_default_pieces_by_device_and_bad_values():
     assert attack_chunk(None, x) == CPU_ATTACK_CHUNK == 128 and attack_chunk(0, x) == 300 and attack_chunk(5, x) == 5
     # on a CPU the batch is split evenly over the workers, within [MIN_WORKER_CHUNK, CPU_ATTACK_CHUNK]
     assert attack_chunk(None, x[:128], workers=2) == 64 and attack_chunk(None, x[:129], workers=2) == 65
-    assert attack_chunk(None, x[:16], workers=8) == MIN_WORKER_CHUNK and attack_chunk(None, x, workers=2) == 128
+    assert attack_chunk(None, x[:128], workers=16) == MIN_WORKER_CHUNK == 32
+    assert attack_chunk(None, x, workers=2) == 128 and attack_chunk(None, x[:20], workers=2) == 32
     assert attack_workers(None, x) == torch.get_num_threads() and attack_workers(3, x) == 3
     with pytest.raises(OtrobustError, match="attack chunk"):
         pgd(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long), 0.1, 0.02, 1, chunk=-1)

@@ -25,8 +25,10 @@ LOSSES = ("ce", "cw", "dlr")
 # Images per attack piece on a CPU, where a batch of 512 CW-CNN images ran PGD at half the speed of batches
 # of 128 (activations fall out of cache). GPUs take the whole batch.
 CPU_ATTACK_CHUNK = 128
-# Smallest piece the automatic split makes when it spreads a batch over worker threads.
-MIN_WORKER_CHUNK = 8
+# Smallest piece the automatic split makes when it spreads a batch over worker threads: on a many-core CPU the
+# batch goes to at most B / 32 workers (each then runs its kernels on several cores), which keeps the threads'
+# Python dispatch, serialised by the interpreter lock, small next to their kernels.
+MIN_WORKER_CHUNK = 32
 
 T = TypeVar("T")
 
