@@ -196,6 +196,13 @@ def test_workers_see_the_callers_grad_mode_and_autocast_and_leave_its_threads():
     assert torch.get_num_threads() == threads
 
 
+def test_pieces_inside_a_worker_run_there():
+    from otrobust.attacks import map_pieces
+
+    outer = map_pieces(lambda rows: map_pieces(lambda inner: inner.stop - inner.start, 6, 2, 2), 4, 1, 2)
+    assert outer == [[2, 2, 2]] * 4
+
+
 def test_an_error_in_a_worker_reaches_the_caller():
     from otrobust.attacks import map_pieces
 

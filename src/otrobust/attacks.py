@@ -69,6 +69,7 @@ def _pieces(n: int, chunk: int) -> list[slice]:
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+_IN_WORKER = threading.local()  # .active: this thread is one of the pools' workers
 
 
 def _forget_pools() -> None:
@@ -93,6 +94,7 @@ def _worker_pool(workers: int, threads: int) -> ThreadPoolExecutor:
             # thread's own, so that later changes of the default (below) do not reach it.
             torch.get_num_threads()
             torch.set_num_threads(threads)
+            _IN_WORKER.active = True
 
         pool = ThreadPoolExecutor(workers, initializer=init, thread_name_prefix="otrobust-attack")
         started = threading.Barrier(workers)
@@ -110,7 +112,7 @@ def map_pieces(fn: Callable[[slice], T], n: int, chunk: int, workers: int) -> li
     are scheduled."""
     pieces = _pieces(n, chunk)
     workers = min(workers, len(pieces))
-    if workers <= 1:
+    if workers <= 1 or getattr(_IN_WORKER, "active", False):  # a worker waiting on its own pool could deadlock
         return [fn(rows) for rows in pieces]
     grad = torch.is_grad_enabled()
     amp = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cpu", "cuda") if torch.is_autocast_enabled(kind)]
