@@ -103,7 +103,9 @@ class AutoAttackRunner:
         reference = self._build(model, x)
         with torch.no_grad():
             before = model(x).argmax(1)
-        x_adv = self._run(reference, x, y)
+        # The reference flattens gradients shaped like x with .view, which a channels-last colour batch does not
+        # allow; the model keeps its own memory format.
+        x_adv = self._run(reference, x.contiguous(), y)
         with torch.no_grad():
             after = model(x).argmax(1)
         self._check(x, x_adv, before, after)
