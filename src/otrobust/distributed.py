@@ -97,6 +97,13 @@ def setup(info: DistInfo, device: torch.device) -> tuple[torch.device, bool]:
     return device, True
 
 
+def finish(joined: bool) -> None:
+    """After a run that ended normally on every process: wait until all have, so that no process closes its
+    connections while another still has collective work in flight (gloo aborts the process then)."""
+    if joined and dist.is_initialized():
+        dist.barrier()
+
+
 def teardown(joined: bool) -> None:
     """Leave the process group if :func:`setup` created it."""
     if joined and dist.is_initialized():

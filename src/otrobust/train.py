@@ -297,8 +297,10 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
     device, joined = distributed.setup(info, pick_device(cfg.device))
     try:
         with run_lock(cfg.out) if info.is_main else nullcontext():  # rank 0 writes, so rank 0 holds the lock
-            return _train(cfg, info, device, show_progress=show_progress if info.is_main else False,
-                          log=log if info.is_main else (lambda text: None), argv=argv)
+            result = _train(cfg, info, device, show_progress=show_progress if info.is_main else False,
+                            log=log if info.is_main else (lambda text: None), argv=argv)
+        distributed.finish(joined)
+        return result
     finally:
         distributed.teardown(joined)
 
