@@ -4,7 +4,6 @@ The smoke runs share one output folder (a session fixture), as presets share ide
 """
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -137,9 +136,15 @@ def test_a_second_call_retrains_reevaluates_and_reaudits_nothing(smoke_out):
     assert not any(line.startswith("auditing") for line in logs)
 
 
-def test_an_unfinished_run_is_resumed(tmp_path):
+def test_an_unfinished_run_is_resumed(tmp_path, monkeypatch):
+    from otrobust.train import Interrupted
+
     (p,) = plan(PRESETS["fig6"], "smoke", tmp_path, overrides={"epochs": 2})[:1]
-    train(dataclasses.replace(p.config, epochs=1), show_progress=False, log=lambda s: None)
+    monkeypatch.setenv(runs.FAULT_ENV, "validation:1:SIGINT")  # stopped after its first epoch
+    monkeypatch.setattr(runs, "_fault_counts", {})
+    with pytest.raises(Interrupted):
+        train(p.config, show_progress=False, log=lambda s: None)
+    monkeypatch.delenv(runs.FAULT_ENV)
     assert run_status(p) == "partial"
     logs = []
     assert train_planned(p, logs.append) == "partial"

@@ -110,24 +110,37 @@ def test_ot_weight_warmup_and_validation_split():
     assert torch.equal(va.x, data.x[-50:])
 
 
-@pytest.mark.parametrize("optimizer, schedule", [("adam", "none"), ("sgd", "cosine")])
-def test_a_new_learning_rate_on_resume_is_applied(tmp_path, optimizer, schedule):
+@pytest.mark.parametrize("optimizer, schedule", [("adam", "none"), ("sgd", "step")])
+def test_a_new_learning_rate_on_resume_is_applied(tmp_path, monkeypatch, optimizer, schedule):
     import shutil
 
-    base = dict(method="standard", optimizer=optimizer, schedule=schedule, lr=1e-3, phi_lr=1e-3)
-    train(_tiny(tmp_path, "a", epochs=1, **base), show_progress=False, log=lambda s: None)
+    from otrobust.train import Interrupted
+
+    base = dict(method="standard", optimizer=optimizer, schedule=schedule, lr=1e-3, epochs=4)
+    monkeypatch.setenv(runs.FAULT_ENV, "validation:1:SIGINT")  # stop after epoch 1, as Ctrl-C would
+    monkeypatch.setattr(runs, "_fault_counts", {})
+    with pytest.raises(Interrupted):
+        train(_tiny(tmp_path, "a", **base), show_progress=False, log=lambda s: None)
+    monkeypatch.delenv(runs.FAULT_ENV)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     lines: list[str] = []
-    kept = train(_tiny(tmp_path, "a", epochs=2, resume=True, **base), show_progress=False, log=lambda s: None)
-    lowered = train(_tiny(tmp_path, "b", epochs=2, resume=True, **{**base, "lr": 1e-4}), show_progress=False,
+    kept = train(_tiny(tmp_path, "a", resume=True, **base), show_progress=False, log=lambda s: None)
+    lowered = train(_tiny(tmp_path, "b", resume=True, **{**base, "lr": 1e-4}), show_progress=False,
                     log=lines.append)
-    assert kept["lr"] > 0
-    assert lowered["lr"] == pytest.approx(kept["lr"] / 10)
+    assert kept["epoch"] == lowered["epoch"] == 4 and kept["lr"] > 0
+    assert lowered["lr"] == pytest.approx(kept["lr"] / 10)  # a schedule carries on at the new scale
     assert any("--lr 0.0001 (the checkpoint had 0.001)" in line for line in lines)
-    if schedule == "none":  # (the cosine schedule of a 1-epoch run trains epoch 2 at rate 0 either way)
-        assert lowered["train_loss"] != kept["train_loss"]
-    saved = json.loads((tmp_path / "b" / "config.json").read_text())
-    assert saved["lr"] == 1e-4  # a later --resume without --lr keeps the new rate
-    again = train(_tiny(tmp_path, "b", epochs=3, resume=True, **{**base, "lr": saved["lr"]}), show_progress=False,
-                  log=lines.append)
-    assert sum("(the checkpoint had" in line for line in lines) == 1 and again["epoch"] == 3
+    assert lowered["train_loss"] != kept["train_loss"]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["lr"] == 1e-4
+
+
+def test_resuming_a_scheduled_run_for_more_epochs_is_refused(tmp_path):
+    train(_tiny(tmp_path, "run", method="standard", schedule="cosine", epochs=1), show_progress=False,
+          log=lambda s: None)
+    with pytest.raises(OtrobustError, match="laid out over 1 epoch "):
+        train(_tiny(tmp_path, "run", method="standard", schedule="cosine", epochs=3, resume=True),
+              show_progress=False, log=lambda s: None)
+    longer = train(_tiny(tmp_path, "flat", method="standard", epochs=1), show_progress=False, log=lambda s: None)
+    assert longer["epoch"] == 1
+    assert train(_tiny(tmp_path, "flat", method="standard", epochs=2, resume=True), show_progress=False,
+                 log=lambda s: None)["epoch"] == 2  # without a schedule a run can be extended

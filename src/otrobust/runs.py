@@ -412,3 +412,9 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], sour
         if name in saved and saved[name] != current.get(name):
             raise OtrobustError(f"cannot resume {source!r} with --{name.replace('_', '-')} {current.get(name)!r}: "
                                 f"the run was started with {saved[name]!r} (start a new --out instead)")
+    schedule = saved.get("schedule", "none")
+    if schedule != "none" and "epochs" in saved and saved["epochs"] != current.get("epochs"):
+        raise OtrobustError(f"cannot resume {source!r} with --epochs {current.get('epochs')}: its {schedule} "
+                            f"learning-rate schedule is laid out over {saved['epochs']} epoch"
+                            f"{'' if saved['epochs'] == 1 else 's'} (to train longer, "
+                            f"start a new --out with --init {source})")
