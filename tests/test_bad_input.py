@@ -243,6 +243,7 @@ def test_eval_of_a_checkpoint_whose_weights_do_not_fit_its_record(digits_run, tm
     (["--steps", "-2"], "--steps must be >= 0"),
     (["--restarts", "0"], "--restarts must be >= 1"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--attack-workers", "0"], "--attack-workers must be >= 1"),
     (["--eps", "3"], "outside [0, 1]"),
     (["--attack", "cw-l0"], "cw-l0"),
     (["--labels", "guessed"], "invalid choice"),

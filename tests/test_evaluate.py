@@ -116,6 +116,17 @@ def test_cli_eval_states_the_threat_model_and_writes_json(trained_digits_run, tm
     assert ("labels_note" in record) == (labels == "predicted")
 
 
+def test_cli_eval_with_one_or_three_attack_workers_agrees(trained_digits_run, tmp_path, capsys):
+    records = []
+    for workers in ("1", "3"):
+        out = tmp_path / f"eval-{workers}.json"
+        assert main(["eval", str(trained_digits_run), "--n", "90", "--eps", "0.1", "--steps", "5", "--batch-size",
+                     "90", "--attack-workers", workers, "--json", str(out), "--no-progress"]) == 0
+        records.append(json.loads(out.read_text()))
+    # 90 images in one piece, or in three pieces on three workers at once: the same attack, float rounding aside
+    assert abs(records[0]["robust_accuracy"] - records[1]["robust_accuracy"]) <= 1 / 90
+
+
 def test_cli_eval_robustbench_summary(trained_digits_run, tmp_path, capsys):
     rb = tmp_path / "rb.json"
     code = main(["eval", str(trained_digits_run), "--attack", "autoattack", "--n", "16", "--aa-iter", "3",

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
     ev.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     ev.add_argument("--seed", type=int, default=0, help="seed for random starts (default: 0)")
+    ev.add_argument("--attack-workers", type=int, default=None, metavar="N",
+                    help="PGD pieces attacked at the same time (default: one per torch thread on CPU, 1 on GPU; "
+                         "use 1 to repeat the evaluation of a model that draws random numbers exactly)")
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     ev.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here "
                     "(top-level robust_accuracy in [0, 1] is the worst case)")
@@ -221,6 +224,8 @@ def check_eval_args(args: argparse.Namespace) -> None:
     limits = [("--steps", args.steps, args.steps >= 0, ">= 0"),
               ("--restarts", args.restarts, args.restarts >= 1, ">= 1"),
               ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+              ("--attack-workers", args.attack_workers, args.attack_workers is None or args.attack_workers >= 1,
+               ">= 1"),
               ("--n", args.n, args.n is None or args.n >= 1, ">= 1"),
               ("--step-size", args.step_size, args.step_size is None or args.step_size > 0, "positive"),
               ("--eps", args.eps, args.eps is None or args.eps >= 0, ">= 0"),

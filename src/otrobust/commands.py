@@ -32,7 +32,7 @@ def run_eval(args: argparse.Namespace) -> int:
     eps = get_dataset_spec(dataset).default_eps if args.eps is None else args.eps
     attacks = build_attacks(args.attack, eps=eps, steps=args.steps, step_size=args.step_size,
                             restarts=args.restarts, norm=args.norm, schedule=args.schedule, seed=args.seed,
-                            aa_iter=args.aa_iter, aa_queries=args.aa_queries)
+                            aa_iter=args.aa_iter, aa_queries=args.aa_queries, workers=args.attack_workers)
     torch.manual_seed(args.seed)
     bar = None
     if args.progress is not False:

@@ -173,11 +173,12 @@ ATTACK_HELP = {
 def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: float | None = None,
                   restarts: int = 1, norm: str = "linf", schedule: str = "constant", seed: int = 0,
                   aa_iter: int | None = None, aa_queries: int | None = None,
-                  aa_targets: int | None = None) -> dict[str, Attack]:
+                  aa_targets: int | None = None, workers: int | None = None) -> dict[str, Attack]:
     """Attacks by name (see ``ATTACK_HELP``) sharing one threat model (``norm``, ``eps``).
 
-    ``steps`` / ``step_size`` (default 2.5·eps/steps) / ``restarts`` / ``schedule`` set the PGD attacks;
-    ``seed`` and the ``aa_*`` overrides (cheaper, non-standard runs) set the AutoAttack ones.
+    ``steps`` / ``step_size`` (default 2.5·eps/steps) / ``restarts`` / ``schedule`` / ``workers`` (pieces
+    attacked at the same time, see ``attacks.attack_workers``) set the PGD attacks; ``seed`` and the ``aa_*``
+    overrides (cheaper, non-standard runs) set the AutoAttack ones.
     """
     from otrobust import autoattack as aa
     from otrobust.attacks import NORMS, fgsm, pgd, step_sizes
@@ -199,7 +200,7 @@ def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: f
         if name.startswith("pgd"):
             loss = {"pgd": "ce", "pgd-cw": "cw", "pgd-dlr": "dlr"}[name]
             return lambda m, x, y: pgd(m, x, y, eps, step, steps, restarts=restarts, loss=loss, norm=norm,
-                                       schedule=schedule)
+                                       schedule=schedule, workers=workers)
         if name.startswith("autoattack"):
             version = {"autoattack": "standard", "autoattack-fast": "fast", "autoattack-rand": "rand"}[name]
             return aa.autoattack(eps, norm, version, **overrides)
