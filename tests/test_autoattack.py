@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from otrobust import autoattack as aa
-from otrobust.data import load_dataset
+from otrobust.data import ImageData, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluate import build_attacks, evaluate_model
+from otrobust.models import create_model
 
 CHEAP = dict(n_iter=5, n_queries=30)  # a few iterations: these tests check plumbing, not strength
 
@@ -123,15 +124,11 @@ def test_only_the_adapter_imports_the_reference_package():
 def test_colour_images_in_the_channels_last_layout_of_otrobust_eval():
     # evaluate_model hands attacks channels-last batches; the reference code flattens gradients with .view,
     # which 3-channel channels-last tensors do not allow.
-    from otrobust.models import create_model
-
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=3, image_size=32).eval()
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         y = model(x).argmax(1)  # all correct and a tiny ε, so every attack of the suite runs on them
-    from otrobust.data import ImageData
-
     result = evaluate_model(model, ImageData(x, y, 10), {"autoattack": aa.autoattack(1e-5, "linf", **CHEAP)},
                             batch_size=4, device="cpu", nhwc=True)
     assert result.accuracy("clean") == 1.0 and 0.0 <= result.accuracy("autoattack") <= 1.0

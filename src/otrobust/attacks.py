@@ -128,6 +128,15 @@ def map_pieces(fn: Callable[[slice], T], n: int, chunk: int, workers: int) -> li
     return list(_worker_pool(workers, max(1, torch.get_num_threads() // workers)).map(run, pieces))
 
 
+def _attack_in_pieces(model: nn.Module, x: torch.Tensor, attack: Callable[[slice], T], chunk: int | None,
+                      workers: int | None) -> list[T]:
+    """``attack(rows)`` on every piece of the batch ``x`` (``chunk`` and ``workers`` as in :func:`pgd`, resolved
+    by device), with the model's weights out of autograd."""
+    workers = attack_workers(workers, x)
+    with frozen_parameters(model):
+        return map_pieces(attack, len(x), attack_chunk(chunk, x, workers), workers)
+
+
 @contextmanager
 def bn_mode(model: nn.Module, mode: str = "eval"):
     """Put the model in ``eval`` or ``train`` mode for the block, then restore every module's flag."""
@@ -323,11 +332,9 @@ def _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm,
     # the attack) do not depend on the pieces.
     starts = [project(_random_start(x, eps, norm, shard), x, eps, norm) if random_start else x.clone()
               for _ in range(max(1, restarts))]
-    workers = attack_workers(workers, x)
-    with frozen_parameters(model):
-        parts = map_pieces(lambda rows: _pgd_steps(model, x[rows], y[rows], [s[rows] for s in starts], sizes, eps,
-                                                   loss, norm, track_best, trace),
-                           len(x), attack_chunk(chunk, x, workers), workers)
+    parts = _attack_in_pieces(model, x, lambda rows: _pgd_steps(model, x[rows], y[rows], [s[rows] for s in starts],
+                                                                sizes, eps, loss, norm, track_best, trace),
+                              chunk, workers)
     if len(parts) == 1:
         return parts[0]
     return PGDResult(torch.cat([p.x_adv for p in parts]),
@@ -399,7 +406,5 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: f
             x_adv = _step_and_project_(x_adv.detach(), grad, x_piece, step_size, eps, norm)
         return x_adv.detach()
 
-    workers = attack_workers(workers, x)
-    with frozen_parameters(model):
-        parts = map_pieces(attack, len(x), attack_chunk(chunk, x, workers), workers)
+    parts = _attack_in_pieces(model, x, attack, chunk, workers)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
