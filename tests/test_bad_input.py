@@ -9,6 +9,7 @@ import errno
 import gzip
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,45 @@ def test_truncated_idx_file(tmp_path, capsys, gz):
     images.write_bytes(images.read_bytes()[:-100])
     _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")],
            str(images.name))
+
+
+@pytest.mark.parametrize("dims, match", [
+    ((1000, -28, -28), "each must be at least 1"),  # (-28)(-28) > 0: the size check alone passes
+    ((48, 0, 28), "each must be at least 1"),
+    ((2**31 - 1, 2**31 - 1, 2**31 - 1), "header says"),  # larger than any file: no overflow, no allocation
+])
+def test_idx_header_fields_are_validated(tmp_path, capsys, dims, match):
+    data = tmp_path / "mnist"
+    _write_idx(data)
+    images = data / "train-images-idx3-ubyte"
+    images.write_bytes(struct.pack(">iiii", 2051, *dims) + bytes(1000 * 784))
+    line = _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")], match)
+    assert images.name in line
+
+
+def _flip_to_zlib_error(compressed: bytes) -> bytes:
+    """``compressed`` with one byte of its deflate stream XORed so that zlib itself fails (not the CRC check)."""
+    for pos in range(len(compressed) // 2, len(compressed) - 8):
+        bad = bytearray(compressed)
+        bad[pos] ^= 0xFF
+        try:
+            gzip.decompress(bytes(bad))
+        except zlib.error:
+            return bytes(bad)
+        except (OSError, EOFError):
+            continue
+    raise AssertionError("no byte flip gave a zlib.error")
+
+
+def test_corrupt_deflate_stream_in_a_gzipped_idx_file(tmp_path, capsys):
+    data = tmp_path / "mnist"
+    _write_idx(data, gz=True)
+    images = data / "train-images-idx3-ubyte.gz"
+    # Compressible pixels (random bytes would be stored, not deflated, and only fail the CRC check).
+    pixels = np.random.default_rng(0).integers(0, 4, 48 * 784).astype(np.uint8).tobytes()
+    images.write_bytes(_flip_to_zlib_error(gzip.compress(struct.pack(">iiii", 2051, 48, 28, 28) + pixels)))
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")],
+           f"cannot read IDX file {str(images)!r}")
 
 
 def test_labels_out_of_range(tmp_path, capsys):

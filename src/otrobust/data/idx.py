@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +19,33 @@ PREFIXES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Read an IDX file, checking its magic number and that its size matches the header."""
+def _read_raw(path: Path) -> bytes:
+    """The file's bytes, gunzipped for ``.gz``; any read or decompression failure is one OtrobustError."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise OtrobustError(f"cannot read IDX file {str(path)!r}: {exc}") from None
+        if path.suffix != ".gz":
+            return path.read_bytes()
+        with gzip.open(path) as f:
+            return f.read()
+    # zlib.error is neither OSError nor EOFError: a corrupt deflate stream raises it from read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise OtrobustError(f"cannot read IDX file {str(path)!r} (truncated or corrupt? re-download it): "
+                            f"{exc}") from None
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read an IDX file: the magic number must be ``magic``, every dimension in the header at least 1, and
+    the file exactly as long as the header says; anything else is an OtrobustError naming the file."""
+    raw = _read_raw(path)
     ndim = 3 if magic == IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
+    kind = "image" if magic == IMAGES_MAGIC else "label"
     if len(raw) < header or struct.unpack(">i", raw[:4])[0] != magic:
-        kind = "image" if magic == IMAGES_MAGIC else "label"
         raise OtrobustError(f"corrupt IDX file {str(path)!r}: not an IDX {kind} file (bad header)")
     dims = struct.unpack(">" + "i" * ndim, raw[4:header])
-    expected = header + int(np.prod(dims))
+    if min(dims) < 1:
+        raise OtrobustError(f"corrupt IDX file {str(path)!r}: its header gives the {kind} dimensions as {dims}; "
+                            "each must be at least 1 (re-download the file)")
+    expected = header + math.prod(dims)  # Python ints: no overflow for huge header values
     if len(raw) != expected:
         raise OtrobustError(f"corrupt IDX file {str(path)!r}: header says {dims} "
                             f"({expected} bytes) but the file holds {len(raw)} bytes")
