@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import gzip
 import json
+import pickle
 import struct
 import zlib
 from pathlib import Path
@@ -228,6 +229,48 @@ def test_images_of_the_wrong_size_for_the_dataset(tmp_path, capsys):
     (data / "train-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + bytes(n))
     _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(data), "--out", str(tmp_path / "r")],
            "expected (1, 28, 28)")
+
+
+# ---------------------------------------------------------------- CIFAR pickles holding the wrong types
+def _cifar_folder(root: Path, batch: dict) -> Path:
+    """A CIFAR-10 folder whose data_batch_1 and test_batch are ``batch`` (pickled as given)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["c"] * 10}))
+    for name in ("data_batch_1", "test_batch"):
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return root
+
+
+CIFAR_IMAGES = np.zeros((48, 3072), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (["3"] * 48, "expected numbers"),  # numbers as strings are refused too: a CIFAR file never holds them
+    (["cat"] * 48, "expected numbers"),
+    ([b"\x01"] * 48, "expected numbers"),
+    ([[1, 2], [3]] * 24, "not an array"),
+    ([0.5] * 48, "flat list of whole numbers"),
+    (np.zeros((48, 2), dtype=np.int64), "flat list of whole numbers"),
+    ([2**70] * 48, "expected numbers"),
+    ([None] * 48, "expected numbers"),
+    ({"a": 1}, "expected numbers"),
+    ([-1] * 48, "expected 0..9"),
+    ([10] * 48, "expected 0..9"),
+])
+def test_cifar_labels_of_the_wrong_type_or_range(tmp_path, capsys, labels, match):
+    root = _cifar_folder(tmp_path / "cifar", {"data": CIFAR_IMAGES, "labels": labels})
+    line = _fails(capsys, ["train", *TINY, "--dataset", "cifar10", "--model", "small-cnn", "--method", "standard",
+                           "--data-dir", str(root), "--out", str(tmp_path / "r")], match)
+    assert "data_batch_1" in line and "'labels'" in line
+
+
+@pytest.mark.parametrize("data", ["pixels", None, {"x": 1}, [[0] * 3072, [0] * 5], np.zeros((48, 3072))])
+def test_cifar_data_of_the_wrong_type(tmp_path, capsys, data):
+    root = _cifar_folder(tmp_path / "cifar", {"data": data, "labels": [0] * 48})
+    line = _fails(capsys, ["train", *TINY, "--dataset", "cifar10", "--model", "small-cnn", "--method", "standard",
+                           "--data-dir", str(root), "--out", str(tmp_path / "r")], "'data'")
+    assert "data_batch_1" in line
 
 
 # ---------------------------------------------------------------- checkpoints of another architecture

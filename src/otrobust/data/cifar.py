@@ -91,19 +91,41 @@ def _get(batch: dict, key: str, path: Path):
     raise OtrobustError(f"CIFAR batch {str(path)!r} has no {key!r} entry (keys: {keys}); is it a CIFAR file?")
 
 
-def read_cifar_batch(path: Path, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch -> images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+def _as_array(value, what: str, path: Path) -> np.ndarray:
+    """``value`` as a numpy array of plain (non-object) values; a ragged list or an odd object is an error."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise OtrobustError(f"CIFAR batch {str(path)!r}: {what} is not an array ({exc}); re-download it") from None
+    if array.dtype.kind not in "biuf":  # strings, bytes, dicts, None, ints beyond int64 (object)
+        raise OtrobustError(f"CIFAR batch {str(path)!r}: {what} holds {type(value).__name__} of "
+                            f"{array.dtype} values, expected numbers; re-download it")
+    return array
+
+
+def read_cifar_batch(path: Path, label_key: str = "labels",
+                     num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> images (N, 3, 32, 32) uint8 and labels (N,) int64.
+
+    What the pickle gives is checked before it is used: 'data' uint8 (N, 3072), labels a flat list of N
+    whole numbers (in 0..num_classes-1 when given); anything else is an OtrobustError naming the file."""
     batch = safe_load_pickle(path)
     if not isinstance(batch, dict):
         raise OtrobustError(f"CIFAR batch {str(path)!r} holds a {type(batch).__name__}, expected a dict")
-    data = np.asarray(_get(batch, "data", path))
-    labels = np.asarray(_get(batch, label_key, path), dtype=np.int64).reshape(-1)
+    data = _as_array(_get(batch, "data", path), "'data'", path)
+    labels = _as_array(_get(batch, label_key, path), repr(label_key), path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise OtrobustError(f"CIFAR batch {str(path)!r}: 'data' is {data.dtype} {data.shape}, "
                             "expected uint8 (N, 3072)")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise OtrobustError(f"CIFAR batch {str(path)!r}: {label_key!r} is {labels.dtype} {labels.shape}, "
+                            "expected a flat list of whole numbers")
     if len(labels) != len(data):
         raise OtrobustError(f"CIFAR batch {str(path)!r}: {len(data)} images but {len(labels)} labels")
-    return data.reshape(-1, 3, 32, 32), labels
+    if len(labels) and num_classes is not None and not (0 <= labels.min() and labels.max() < num_classes):
+        raise OtrobustError(f"CIFAR batch {str(path)!r}: {label_key!r} range {labels.min()}..{labels.max()}, "
+                            f"expected 0..{num_classes - 1}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _find_folder(root: Path, folder: str, marker: str) -> Path:
@@ -128,7 +150,7 @@ def load_cifar10(root: Path, split: str) -> ImageData:
     if not paths:
         raise OtrobustError(f"no CIFAR-10 {split} batches in {str(folder)!r}: expected "
                             f"{' or '.join(names)}")
-    parts = [read_cifar_batch(p) for p in paths]
+    parts = [read_cifar_batch(p, num_classes=10) for p in paths]
     return _to_image_data(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), 10)
 
 
@@ -138,7 +160,7 @@ def load_cifar100(root: Path, split: str) -> ImageData:
     path = folder / split
     if not path.is_file():
         raise OtrobustError(f"missing CIFAR-100 file {str(path)!r}")
-    images, labels = read_cifar_batch(path, label_key="fine_labels")
+    images, labels = read_cifar_batch(path, label_key="fine_labels", num_classes=100)
     return _to_image_data(images, labels, 100)
 
 
