@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import gzip
 import json
+import os
 import pickle
 import struct
 import zlib
@@ -108,6 +109,8 @@ def test_eps_as_a_fraction_is_parsed(tmp_path, capsys):
     ('[1, 2]', "must hold a JSON object"),
     ('{"epochs": 2', "cannot read config file"),
     (b'\xff\xfe{', "cannot read config file"),
+    ("epochs: 2\nmethod: trades\n", "must be JSON"),  # YAML
+    ("epochs = 2\n", "must be JSON"),  # TOML
 ])
 def test_bad_config_files(tmp_path, capsys, content, match):
     path = tmp_path / "cfg.json"
@@ -157,6 +160,38 @@ def test_data_dir_missing_or_without_files(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r")],
            "missing data file")
+
+
+def _special(tmp_path: Path, kind: str) -> Path:
+    """A path that is not a folder or a regular file: a file, a FIFO or /dev/zero (reading it never ends)."""
+    if kind == "file":
+        (tmp_path / "plain").write_text("not a folder")
+        return tmp_path / "plain"
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe")
+        return tmp_path / "pipe"
+    return Path("/dev/zero")
+
+
+@pytest.mark.parametrize("kind, what", [("file", "is a file, not a folder"), ("fifo", "is a named pipe (FIFO)"),
+                                        ("zero", "is a character device")])
+def test_data_dir_that_is_not_a_folder_says_what_it_is(tmp_path, capsys, kind, what):
+    path = _special(tmp_path, kind)
+    _fails(capsys, ["train", *TINY, *MNIST, "--data-dir", str(path), "--out", str(tmp_path / "r")], what)
+
+
+@pytest.mark.parametrize("kind, what", [("fifo", "is a named pipe (FIFO), not a checkpoint file"),
+                                        ("zero", "is a character device, not a checkpoint file")])
+def test_checkpoint_that_is_a_fifo_or_a_device_says_what_it_is(tmp_path, capsys, kind, what):
+    path = _special(tmp_path, kind)
+    _fails(capsys, ["eval", str(path), "--n", "8", "--device", "cpu"], what)
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--init", str(path), "--out", str(tmp_path / "r")], what)
+
+
+@pytest.mark.parametrize("kind, what", [("fifo", "it is a named pipe (FIFO), not a file"),
+                                        ("zero", "it is a character device, not a file")])
+def test_config_file_that_is_a_fifo_or_a_device(tmp_path, capsys, kind, what):
+    _fails(capsys, ["train", "--config", str(_special(tmp_path, kind)), "--out", str(tmp_path / "r")], what)
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -10,7 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, path_kind
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -213,11 +213,20 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON config file (a run's config.json or a hand-written one) safely."""
+    """Read a JSON config file (a run's config.json or a hand-written one) safely; it must be JSON (YAML,
+    TOML or anything else is an error saying so)."""
+    kind = path_kind(path)
+    if kind not in ("a file", "missing"):  # a FIFO would block the read and /dev/zero never end it
+        raise OtrobustError(f"cannot read config file {str(path)!r}: it is {kind}, not a file")
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as exc:
+        text = Path(path).read_text()
+    except (OSError, ValueError) as exc:
         raise OtrobustError(f"cannot read config file {str(path)!r}: {exc}") from None
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise OtrobustError(f"cannot read config file {str(path)!r}: it must be JSON, an object such as "
+                            f'{{"epochs": 3, "eps": "8/255"}} (YAML is not read): {exc}') from None
     if not isinstance(values, dict):
         raise OtrobustError(f"config file {str(path)!r} must hold a JSON object of settings")
     return values

@@ -27,7 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, path_kind
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "otrobust-checkpoint-1"
@@ -248,8 +248,10 @@ def _parse_checkpoint(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor],
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """Read a checkpoint safely -> ``(model_state, meta, extra_state)``; never executes code."""
     path = Path(path)
-    if not path.is_file():
-        raise OtrobustError(f"checkpoint {str(path)!r} does not exist")
+    kind = path_kind(path)
+    if kind != "a file":  # a FIFO would block the read and /dev/zero never end it
+        what = "does not exist" if kind == "missing" else f"is {kind}, not a checkpoint file"
+        raise OtrobustError(f"checkpoint {str(path)!r} {what}")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, path_kind
 
 
 @dataclass
@@ -59,6 +59,7 @@ class DatasetSpec:
     needs_root: bool = True
     default_model: str = "cw-cnn"
     default_eps: float = 0.3
+    default_batch_size: int = 128
     class_names: tuple[str, ...] = field(default=())
 
 
@@ -85,7 +86,9 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, size: in
         if root is None:
             raise OtrobustError(f"dataset {name!r} needs --data-dir pointing at its files")
         root = Path(root).expanduser()
-        if not root.is_dir():
-            raise OtrobustError(f"data directory {str(root)!r} does not exist")
+        kind = path_kind(root)
+        if kind != "a folder":
+            what = "does not exist" if kind == "missing" else f"is {kind}, not a folder"
+            raise OtrobustError(f"--data-dir {str(root)!r} {what}; point it at the folder holding the {name} files")
     data = spec.load(Path(root) if root is not None else None, split)
     return data.first(size)
