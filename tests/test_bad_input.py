@@ -348,6 +348,61 @@ def test_eval_of_a_model_on_a_dataset_with_other_classes(tmp_path, capsys, three
            "do not fit dataset 'digits'")
 
 
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run, data folder): a one-epoch small-cnn run on a tiny 28x28 MNIST-layout folder."""
+    root = tmp_path_factory.mktemp("mnist")
+    _write_idx(root / "data")
+    assert main(["train", *TINY, *MNIST, "--data-dir", str(root / "data"), "--out", str(root / "run")]) == 0
+    return root / "run", root / "data"
+
+
+AUDIT = ["--n", "8", "--quick", "--steps", "2", "--restarts", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("command", ["eval", "audit"])
+def test_eval_and_audit_on_images_of_another_size(digits_run, mnist_run, tmp_path, capsys, command):
+    run, data = mnist_run
+    extra = ["--n", "8", "--steps", "1", "--device", "cpu"] if command == "eval" else AUDIT
+    line = _fails(capsys, [command, str(digits_run), "--dataset", "mnist", "--data-dir", str(data), *extra,
+                           *(["--out", str(tmp_path / "a")] if command == "audit" else [])], "8x8")
+    assert "28x28" in line and "do not fit dataset 'mnist'" in line
+    line = _fails(capsys, [command, str(run), "--dataset", "digits", *extra,
+                           *(["--out", str(tmp_path / "b")] if command == "audit" else [])], "28x28")
+    assert "do not fit dataset 'digits'" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _image_folder(root: Path, size: int, classes: int = 3, per_class: int = 8) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(size)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_folder_run_can_be_evaluated_and_audited(tmp_path, capsys):
+    data = _image_folder(tmp_path / "images", 12)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--train-size", "16", "--val-size", "8", "--dataset", "folder", "--data-dir",
+                 str(data), "--model", "small-cnn", "--method", "standard", "--out", str(run)]) == 0
+    _, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "best"))
+    assert {k: meta["architecture"][k] for k in ("num_classes", "in_channels", "image_size")} == \
+        {"num_classes": 3, "in_channels": 3, "image_size": 12}
+    capsys.readouterr()
+    assert main(["eval", str(run), "--n", "8", "--steps", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert "n = 8" in capsys.readouterr().out
+    assert main(["audit", str(run), *AUDIT, "--out", str(tmp_path / "audit")]) in (0, 1)
+    assert (tmp_path / "audit" / "audit.json").exists()
+    other = _image_folder(tmp_path / "larger", 16)
+    _fails(capsys, ["eval", str(run), "--data-dir", str(other), "--n", "8", "--device", "cpu"], "16x16 images")
+
+
 def test_eval_of_a_checkpoint_whose_weights_do_not_fit_its_record(digits_run, tmp_path, capsys):
     weights, meta, extra = runs.load_checkpoint(runs.checkpoint_path(digits_run, "best"))
     meta["architecture"]["num_classes"] = 3  # the record lies: the weights have 10 outputs

@@ -88,20 +88,31 @@ def _run_name(ckpt: Path) -> str:
 
 
 def _load_for_evaluation(args: argparse.Namespace, device):
-    """(checkpoint path, its metadata, model, dataset name, first --n test images) for eval and audit."""
+    """(checkpoint path, its metadata, model, dataset name, first --n test images) for eval and audit.
+
+    The test images must have the classes, channels and size the checkpoint records: the geometry of the
+    images actually loaded is compared, so a dataset whose geometry depends on its files (``folder``) fits."""
     ckpt = runs.resolve_checkpoint(args.path)
     _, meta, _ = runs.load_checkpoint(ckpt)
     model = runs.load_model(ckpt, device)
+    arch = meta["architecture"]
     trained = meta.get("config", {})
-    dataset = args.dataset or meta["architecture"]["dataset"]
-    spec = get_dataset_spec(dataset)
-    if (spec.num_classes, spec.in_channels) != (meta["architecture"]["num_classes"],
-                                                  meta["architecture"]["in_channels"]):
-        raise OtrobustError(f"the model was trained on {meta['architecture']['dataset']!r}, whose images "
-                            f"do not fit dataset {dataset!r}")
+    dataset = args.dataset or arch["dataset"]
+    get_dataset_spec(dataset)  # an unknown name is refused before any file is read
     data_dir = args.data_dir or (trained.get("data_dir") if dataset == trained.get("dataset") else None)
     test = load_dataset(dataset, "test", data_dir, size=args.n)
+    want = (arch["num_classes"], arch["in_channels"], arch["image_size"], arch["image_size"])
+    found = (test.num_classes, *test.x.shape[1:])
+    if found != want:
+        raise OtrobustError(f"the model was trained on {arch['dataset']!r} ({_geometry(want)}), but the "
+                            f"{dataset!r} test images are {_geometry(found)}: they do not fit dataset "
+                            f"{dataset!r}; pass the --dataset (and --data-dir) it was trained on")
     return ckpt, meta, model, dataset, test
+
+
+def _geometry(shape: tuple[int, int, int, int]) -> str:
+    classes, channels, height, width = shape
+    return f"{classes} classes, {channels}-channel {height}x{width} images"
 
 
 def run_audit(args: argparse.Namespace) -> int:
