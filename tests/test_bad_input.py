@@ -435,6 +435,40 @@ def test_eval_of_missing_or_empty_paths(tmp_path, capsys):
     _fails(capsys, ["eval", str(tmp_path / "text.safetensors")], "not a valid otrobust checkpoint")
 
 
+# ---------------------------------------------------------------- an audit folder that cannot be written
+def _no_audit(*args, **kwargs):
+    raise AssertionError("the audit ran although its --out cannot be written")
+
+
+def test_audit_out_on_a_read_only_file_system_is_refused_before_any_check(digits_run, tmp_path, capsys,
+                                                                          monkeypatch):
+    import otrobust.audit
+
+    monkeypatch.setattr(otrobust.audit, "audit_model", _no_audit)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    _fails(capsys, ["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "ro")], "file system is read-only")
+    monkeypatch.undo()
+    monkeypatch.setattr(otrobust.audit, "audit_model", _no_audit)
+    (tmp_path / "file").write_text("")
+    _fails(capsys, ["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "file" / "audit")], "could not write")
+
+
+def test_audit_report_on_a_full_disk_keeps_the_verdict(digits_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runs, "fault_point", _disk_full("write", 1))
+    capsys.readouterr()
+    assert main(["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "audit")]) == 2
+    captured = capsys.readouterr()
+    assert "Verdict:" in captured.out and "| gradients |" in captured.out  # printed before the write failed
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("otrobust: error: could not write") and "the disk is full" in last
+    assert "Traceback" not in captured.err
+    assert not list((tmp_path / "audit").glob(f"*{runs.TEMP_SUFFIX}"))
+
+
 # ---------------------------------------------------------------- a disk that fills up
 def _disk_full(phase_to_fail: str, nth: int):
     calls = [0]

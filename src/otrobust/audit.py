@@ -9,6 +9,7 @@ sign test at 5 %), so an honest model does not fail on chance.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from otrobust.attacks import fgsm, margin_loss, pgd, pgd_trace
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
 from otrobust.evaluate import EvalResult, binomial_interval, evaluate_model
+from otrobust.runs import atomic_write_bytes, atomic_write_text
 
 STATUSES = ("pass", "warn", "fail", "skip")
 TRIVIAL_LINF = 0.5  # every [0, 1] image is within ℓ∞ 0.5 of the uniform grey image
@@ -581,10 +583,11 @@ def plot_accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], ste
         ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight")
+    for path in paths:  # rendered in memory, then written atomically (a failed write is one OtrobustError)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], bbox_inches="tight")
+        atomic_write_bytes(path, buffer.getvalue())
     plt.close(fig)
     return paths
 
@@ -621,11 +624,9 @@ def to_markdown(report: AuditReport) -> str:
 
 
 def write_report(report: AuditReport, out_dir: str | Path) -> list[Path]:
-    """Write ``audit.md``, ``audit.json`` and the accuracy-vs-ε plot (PNG + SVG) into ``out_dir``."""
-    from otrobust.runs import atomic_write_text
-
+    """Write ``audit.md``, ``audit.json`` and the accuracy-vs-ε plot (PNG + SVG) into ``out_dir`` (created if
+    needed); a folder that cannot be written is one OtrobustError."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / "audit.md", out / "audit.json"]
     atomic_write_text(written[0], to_markdown(report))
     atomic_write_text(written[1], json.dumps(report.to_dict(), indent=2, default=str))

@@ -131,6 +131,8 @@ def run_audit(args: argparse.Namespace) -> int:
     settings = AuditSettings.make(eps, args.norm, args.quick, steps=args.steps, restarts=args.restarts,
                                   seed=args.seed, batch_size=args.batch_size)
     arch = meta["architecture"]
+    out = _audit_folder(args, ckpt)
+    runs.check_writable(out)  # before the checks run: their verdict must not be lost to a read-only --out
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -152,16 +154,19 @@ def run_audit(args: argparse.Namespace) -> int:
             surrogate = train_surrogate(fresh, train_set, settings.surrogate_epochs, seed=args.seed, device=device)
     report = audit_model(model, test, settings, surrogate=surrogate, device=device, log=log,
                          threat_extra={"dataset": dataset, "model": f"{arch['model']} from {ckpt}"})
-    if args.out:
-        out = Path(args.out)
-    elif Path(args.path).is_dir():
-        out = Path(args.path) / "audit"
-    else:
-        out = ckpt.parent / f"audit-{ckpt.stem}"
+    print(to_markdown(report).split("\n## ")[0].rstrip())  # first: a failed write cannot lose the verdict
     write_report(report, out)
-    print(to_markdown(report).split("\n## ")[0].rstrip())
     print(f"\nreport written to {out}/audit.md")
     return 1 if report.failed else 0
+
+
+def _audit_folder(args: argparse.Namespace, ckpt: Path) -> Path:
+    """--out, else RUN_DIR/audit for a run directory, else audit-NAME beside a checkpoint file."""
+    if args.out:
+        return Path(args.out)
+    if Path(args.path).is_dir():
+        return Path(args.path) / "audit"
+    return ckpt.parent / f"audit-{ckpt.stem}"
 
 
 DEMO_EPOCHS = 15

@@ -67,7 +67,9 @@ def fault_point(phase: str) -> None:
 def _write_error(path: Path, exc: OSError) -> OtrobustError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "the disk is full; free some space (the previous file is intact)"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif exc.errno == errno.EROFS:
+        hint = "the file system is read-only; choose another --out"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
         hint = "no permission to write there; choose another --out"
     else:
         hint = exc.strerror or str(exc)
@@ -125,6 +127,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write and remove a probe file in it, so that a read-only or otherwise
+    unwritable output folder is refused before the work whose results would go there, with the same
+    one-line OtrobustError as a failed write."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _write_error(folder, exc) from None
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
