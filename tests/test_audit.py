@@ -93,12 +93,25 @@ class Detached(nn.Module):
         return logits + 0 * x.flatten(1).sum(1, keepdim=True)
 
 
+class DetachInput(nn.Module):
+    """A forward that detaches its input (``forward = lambda x: net(x.detach())``): no input gradient at all."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.detach())
+
+
 PLANTED = {
     "quantise": (Quantise, {"gradients", "unbounded", "black-box"}),
     "saturate": (Saturate, {"gradients", "loss-path"}),
     "noise": (Noisy, {"determinism", "autoattack"}),
     "shattered": (Shattered, {"black-box", "transfer"}),
     "detached": (Detached, {"gradients", "eps-curve", "unbounded"}),
+    # every gradient attack is impossible: those checks fail as well instead of ending the audit
+    "detach-input": (DetachInput, {"gradients", "loss-path", "eps-curve", "unbounded", "fgsm-vs-pgd", "autoattack"}),
 }
 
 

@@ -7,7 +7,7 @@ import torch
 
 from otrobust.cli import main
 from otrobust.data import load_dataset
-from otrobust.errors import OtrobustError
+from otrobust.errors import NoInputGradient, OtrobustError
 from otrobust.evaluate import (
     ATTACKS,
     EvalResult,
@@ -147,3 +147,23 @@ def test_cli_eval_errors_are_one_line(trained_digits_run, capsys, argv, message)
     assert main(["eval", str(trained_digits_run), "--n", "4", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+class _DetachInput(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.detach())
+
+
+@pytest.mark.parametrize("attack", ["pgd", "pgd-cw", "fgsm", "autoattack-fast"])
+def test_a_model_without_input_gradients_is_an_error_naming_it(trained_digits_model, attack):
+    data = load_dataset("digits", "test", size=16)
+    with pytest.raises(NoInputGradient, match="the model gives no input gradient"):
+        evaluate_model(_DetachInput(trained_digits_model), data, build_attacks([attack], eps=0.1, steps=2,
+                                                                               aa_iter=2))
+    # a black-box attack needs no gradient: it runs
+    square = build_attacks(["square"], eps=0.1, aa_queries=5)
+    assert evaluate_model(_DetachInput(trained_digits_model), data, square).n == 16

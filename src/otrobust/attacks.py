@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.errors import OtrobustError
+from otrobust.errors import NoInputGradient, OtrobustError
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "dlr")
@@ -255,11 +255,37 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torc
     raise OtrobustError(f"unknown attack loss {kind!r}; choose one of: {', '.join(LOSSES)}")
 
 
+NO_GRADIENT = ("the model gives no input gradient: its output does not depend on the input in the autograd graph "
+               "(its forward detaches the input, or runs under no_grad), so a gradient attack cannot move it and "
+               "an accuracy under one would mean nothing; run otrobust audit on it, or attack it with square "
+               "(black box)")
+
+
+def input_gradient(value: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+    """The gradient of ``value.sum()`` with respect to ``x`` (an attack's ascent direction), like ``x``.
+
+    Raises NoInputGradient when the model cut ``x`` out of the graph: autograd's own errors there ("does not
+    require grad", "not used in the graph") would name neither the model nor the cause."""
+    grad = (torch.autograd.grad(value.sum(), x, retain_graph=retain_graph, allow_unused=True)[0]
+            if value.requires_grad else None)
+    if grad is None:
+        raise NoInputGradient(NO_GRADIENT)
+    return grad
+
+
+def require_input_gradient(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise NoInputGradient unless ``model``'s output on (the first image of) ``x`` has a gradient path to it:
+    a cheap probe for attacks whose gradient steps run in code that is not otrobust's (AutoAttack)."""
+    probe = x[:1].detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        input_gradient(model(probe).float(), probe)
+
+
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """Single-step attack (Goodfellow et al. 2015): one step of size ε along the gradient's sign."""
     x_adv = x.detach().clone().requires_grad_(True)
     loss = F.cross_entropy(model(x_adv).float(), y)
-    (grad,) = torch.autograd.grad(loss, x_adv)
+    grad = input_gradient(loss, x_adv)
     return project(_ascent_step(x.detach(), grad, eps, norm), x, eps, norm).detach()
 
 
@@ -360,7 +386,7 @@ def _pgd_steps(model, x, y, starts, sizes, eps, loss, norm, track_best, trace: b
             value = margin_loss(logits, y, loss)
             if trace:
                 history.append(value.detach())
-            (grad,) = torch.autograd.grad(value.sum(), x_adv)
+            grad = input_gradient(value, x_adv)
             x_adv = _step_and_project_(x_adv.detach(), grad, x, size, eps, norm)
         if not track_best:
             return PGDResult(x_adv.detach(), torch.empty(0))
@@ -402,7 +428,7 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: f
             x_adv.requires_grad_(True)
             log_p_adv = model(x_adv).float().log_softmax(1)
             kl = F.kl_div(log_p_adv, p_piece, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
+            grad = input_gradient(kl, x_adv)
             x_adv = _step_and_project_(x_adv.detach(), grad, x_piece, step_size, eps, norm)
         return x_adv.detach()
 

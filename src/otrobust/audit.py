@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.attacks import fgsm, margin_loss, pgd, pgd_trace
+from otrobust.attacks import fgsm, input_gradient, margin_loss, pgd, pgd_trace
 from otrobust.data.base import ImageData
-from otrobust.errors import OtrobustError
+from otrobust.errors import NoInputGradient, OtrobustError
 from otrobust.evaluate import EvalResult, binomial_interval, evaluate_model
 from otrobust.runs import atomic_write_bytes, atomic_write_text
 
@@ -196,23 +196,28 @@ def check_determinism(a: _Audit) -> Check:
 
 
 def check_gradients(a: _Audit) -> Check:
-    """Zero or non-finite input gradients leave gradient attacks blind (Pintor: silent gradients)."""
+    """Zero or non-finite input gradients leave gradient attacks blind (Pintor: silent gradients); no input
+    gradient at all (a forward that detaches its input) is the extreme case, and fails too."""
     zero_ce = zero_cw = bad = total = 0
+    ref = "Pintor et al. (silent gradients); Carlini et al. §4.3"
     for x, y in a.batches():
         keep = a.model(x).detach().argmax(1) == y
         if not bool(keep.any()):
             continue
         x, y = x[keep].clone().requires_grad_(True), y[keep]
         logits = a.model(x).float()
-        g_ce, = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x, retain_graph=True)
-        g_cw, = torch.autograd.grad(margin_loss(logits, y, "cw").sum(), x)
+        try:
+            g_ce = input_gradient(F.cross_entropy(logits, y, reduction="none"), x, retain_graph=True)
+            g_cw = input_gradient(margin_loss(logits, y, "cw"), x)
+        except NoInputGradient as exc:
+            return Check("gradients", "fail", str(exc), {"clean_correct": int(keep.sum()), "input_gradient": None},
+                         ref)
         total += len(y)
         zero_ce += int((g_ce.flatten(1).abs().sum(1) == 0).sum())
         zero_cw += int((g_cw.flatten(1).abs().sum(1) == 0).sum())
         bad += int((~torch.isfinite(logits).all(1) | ~torch.isfinite(g_ce.flatten(1)).all(1)).sum())
     share = zero_ce / total if total else 0.0
     ev = {"clean_correct": total, "zero_ce_gradient": zero_ce, "zero_cw_gradient": zero_cw, "non_finite": bad}
-    ref = "Pintor et al. (silent gradients); Carlini et al. §4.3"
     if bad:
         return Check("gradients", "fail", f"{bad} examples give non-finite logits or gradients", ev, ref)
     if share > 0.05:
@@ -508,6 +513,16 @@ def train_surrogate(model: nn.Module, data: ImageData, epochs: int, *, seed: int
     return model.eval()
 
 
+def _run_check(name: str, run: Callable[[], Check]) -> Check:
+    """``run()``; a model without input gradients fails every check that needs them instead of ending the audit
+    (finding that is what the audit is for)."""
+    try:
+        return run()
+    except NoInputGradient as exc:
+        return Check(name, "fail", f"could not attack the model: {exc}", {"input_gradient": None},
+                     "Pintor et al. (silent gradients)")
+
+
 def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, surrogate: nn.Module | None = None,
                 device: torch.device | str = "cpu", log: Callable[[str], None] | None = None,
                 threat_extra: dict | None = None) -> AuditReport:
@@ -529,7 +544,7 @@ def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, s
         for name, run in steps:
             log(f"check {name}")
             started = time.perf_counter()
-            checks.append(run())
+            checks.append(_run_check(name, run))
             checks[-1].seconds = round(time.perf_counter() - started, 2)
             log(f"  -> {checks[-1].status}: {checks[-1].finding}")
     finally:
