@@ -411,6 +411,32 @@ def test_eval_of_a_checkpoint_whose_weights_do_not_fit_its_record(digits_run, tm
     _fails(capsys, ["eval", str(bad), "--n", "8", "--device", "cpu"], "do not fit that architecture")
 
 
+def _poisoned(digits_run: Path, tmp_path: Path, how: str) -> Path:
+    """The digits run's best checkpoint with NaN weights everywhere, or one inf bias in the output layer."""
+    weights, meta, extra = runs.load_checkpoint(runs.checkpoint_path(digits_run, "best"))
+    if how == "nan":
+        weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
+    else:
+        bias = next(k for k in weights if k.endswith("bias") and k.startswith("head"))
+        weights[bias] = weights[bias].clone()
+        weights[bias][3] = float("inf")
+    path = tmp_path / f"{how}.safetensors"
+    runs.save_checkpoint(path, weights, meta, extra)
+    return path
+
+
+@pytest.mark.parametrize("how", ["nan", "inf-bias"])
+def test_eval_of_a_checkpoint_with_non_finite_weights(digits_run, tmp_path, capsys, how):
+    path = _poisoned(digits_run, tmp_path, how)
+    _fails(capsys, ["eval", str(path), "--n", "8", "--steps", "1", "--device", "cpu", "--json",
+                    str(tmp_path / "e.json")], "non-finite logits")
+    assert not (tmp_path / "e.json").exists()
+    # the audit reports them instead: a failed gradients check, exit status 1
+    assert main(["audit", str(path), *AUDIT, "--out", str(tmp_path / "audit")]) == 1
+    checks = {c["name"]: c["status"] for c in json.loads((tmp_path / "audit" / "audit.json").read_text())["checks"]}
+    assert checks["gradients"] == "fail"
+
+
 @pytest.mark.parametrize("flags, match", [
     (["--n", "0"], "--n must be >= 1"),
     (["--steps", "-2"], "--steps must be >= 0"),

@@ -139,7 +139,8 @@ class _Audit:
             t0 = time.perf_counter()
             torch.manual_seed(self.s.seed)
             res: EvalResult = evaluate_model(self.model, self.data, {key: attack}, labels=labels,
-                                             batch_size=self.s.batch_size, device=self.device)
+                                             batch_size=self.s.batch_size, device=self.device,
+                                             allow_non_finite=True)  # reported by the gradients check
             self.results[key] = res.per_attack[key]
             self.log(f"  {key}: {_pct(_acc(self.results[key]))} ({time.perf_counter() - t0:.1f}s)")
         return self.results[key]
@@ -157,7 +158,7 @@ class _Audit:
     def clean(self) -> torch.Tensor:
         if "clean" not in self.results:
             self.results["clean"] = evaluate_model(self.model, self.data, {}, batch_size=self.s.batch_size,
-                                                   device=self.device).clean
+                                                   device=self.device, allow_non_finite=True).clean
         return self.results["clean"]
 
     def white_box(self) -> torch.Tensor:
@@ -201,7 +202,10 @@ def check_gradients(a: _Audit) -> Check:
     zero_ce = zero_cw = bad = total = 0
     ref = "Pintor et al. (silent gradients); Carlini et al. §4.3"
     for x, y in a.batches():
-        keep = a.model(x).detach().argmax(1) == y
+        clean_logits = a.model(x).detach()
+        finite = torch.isfinite(clean_logits).all(1)
+        bad += int((~finite).sum())  # on every example: NaN weights leave no clean-correct one to look at
+        keep = (clean_logits.argmax(1) == y) & finite
         if not bool(keep.any()):
             continue
         x, y = x[keep].clone().requires_grad_(True), y[keep]

@@ -102,9 +102,19 @@ def channels_last(model: nn.Module, on: bool = True):
             model.to(memory_format=torch.contiguous_format)
 
 
+def _check_finite(logits: torch.Tensor, start: int) -> None:
+    """Raise OtrobustError if any clean logit of the batch starting at image ``start`` is NaN or inf."""
+    bad = int((~torch.isfinite(logits).all(1)).sum())
+    if bad:
+        raise OtrobustError(f"the model gives non-finite logits (NaN or inf) on {bad} of the images "
+                            f"{start}..{start + len(logits) - 1}: its weights hold NaN or inf (a diverged run?), so "
+                            "no accuracy of it means anything; evaluate another checkpoint")
+
+
 def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack] | None = None, *,
                    labels: str = "true", batch_size: int = 256, device: torch.device | str = "cpu",
-                   progress: Callable[[int], None] | None = None, nhwc: bool = True) -> EvalResult:
+                   progress: Callable[[int], None] | None = None, nhwc: bool = True,
+                   allow_non_finite: bool = False) -> EvalResult:
     """Run every attack on every example of ``data`` (model in eval mode).
 
     labels="true": attacks move away from the true label; an example counts as robust only if it is
@@ -112,6 +122,8 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     away from the model's own prediction and the result is compared with the true label.
     ``progress`` is called with the number of examples finished after each batch and attack. ``nhwc``: run in
     the channels-last memory format (see :func:`channels_last`).
+    Non-finite clean logits (NaN or inf weights) are an OtrobustError unless ``allow_non_finite`` (the audit,
+    which reports them); an attacked input with non-finite logits counts as broken.
     """
     if labels not in LABEL_SOURCES:
         raise OtrobustError(f"unknown label source {labels!r}; use 'true' or 'predicted'")
@@ -130,14 +142,18 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = data.y[start:start + batch_size].to(device)
                 with torch.no_grad():
-                    pred = model(x).argmax(1)
+                    logits = model(x)
+                if not allow_non_finite:
+                    _check_finite(logits, start)
+                pred = logits.argmax(1)
                 target = y if labels == "true" else pred
                 clean.append((pred == y).cpu())
                 for name, attack in attacks.items():
                     t0 = time.perf_counter()
                     x_adv = attack(model, x, target)
                     with torch.no_grad():
-                        correct = model(x_adv).argmax(1) == y
+                        adv_logits = model(x_adv)
+                    correct = (adv_logits.argmax(1) == y) & torch.isfinite(adv_logits).all(1)
                     if labels == "true":
                         correct &= pred == y
                     per_attack[name].append(correct.cpu())
