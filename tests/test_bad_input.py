@@ -440,6 +440,8 @@ def test_eval_of_a_checkpoint_with_non_finite_weights(digits_run, tmp_path, caps
 @pytest.mark.parametrize("flags, match", [
     (["--n", "0"], "--n must be >= 1"),
     (["--steps", "-2"], "--steps must be >= 0"),
+    (["--steps", "0"], "--steps 0 is too few for pgd"),  # it used to report the random start's accuracy
+    (["--steps", "0", "--attack", "fgsm", "pgd-cw"], "too few for pgd-cw"),
     (["--restarts", "0"], "--restarts must be >= 1"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--attack-workers", "0"], "--attack-workers must be >= 1"),

@@ -116,6 +116,24 @@ def test_cli_eval_states_the_threat_model_and_writes_json(trained_digits_run, tm
     assert ("labels_note" in record) == (labels == "predicted")
 
 
+def test_cli_eval_prints_each_attacks_budget(trained_digits_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(trained_digits_run), "--attack", "pgd", "pgd-cw", "fgsm", "square", "--n", "8", "--eps",
+                 "0.1", "--steps", "7", "--step-size", "0.02", "--restarts", "2", "--aa-queries", "5",
+                 "--json", str(out), "--no-progress"]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ")}
+    assert rows["pgd"] == rows["pgd-cw"] == "7 steps of 0.02, 2 restarts"
+    assert rows["fgsm"] == "1 step of 0.1" and rows["square"] == "5 queries" and rows["clean"] == ""
+    assert json.loads(out.read_text())["budgets"]["pgd"] == "7 steps of 0.02, 2 restarts"
+
+
+def test_zero_steps_are_refused_for_iterative_attacks_only(trained_digits_model):
+    with pytest.raises(OtrobustError, match="too few for pgd, pgd-dlr"):
+        build_attacks(["fgsm", "pgd", "pgd-dlr"], eps=0.1, steps=0)
+    assert list(build_attacks(["fgsm", "square"], eps=0.1, steps=0)) == ["fgsm", "square"]
+
+
 def test_cli_eval_with_one_or_three_attack_workers_agrees(trained_digits_run, tmp_path, capsys):
     records = []
     for workers in ("1", "3"):

@@ -18,8 +18,9 @@ from otrobust.report import eval_table, markdown_table
 
 def run_eval(args: argparse.Namespace) -> int:
     """``otrobust eval``: clean, per-attack and worst-case accuracy of a saved model on the first --n test
-    images, each with a 95 % interval, under a threat model stated in every output."""
-    from otrobust.evaluate import eval_record, robustbench_summary
+    images, each with a 95 % interval, under a threat model stated in every output, each attack's budget
+    beside its row; the JSON keeps every wall-clock time in one ``timing`` object."""
+    from otrobust.evaluate import attack_budgets, eval_record
     from otrobust.train import pick_device
 
     for flag, value in (("--aa-iter", args.aa_iter), ("--aa-queries", args.aa_queries)):
@@ -30,9 +31,33 @@ def run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     ckpt, meta, model, dataset, test = _load_for_evaluation(args, device)
     eps = get_dataset_spec(dataset).default_eps if args.eps is None else args.eps
-    attacks = build_attacks(args.attack, eps=eps, steps=args.steps, step_size=args.step_size,
-                            restarts=args.restarts, norm=args.norm, schedule=args.schedule, seed=args.seed,
-                            aa_iter=args.aa_iter, aa_queries=args.aa_queries, workers=args.attack_workers)
+    budget = dict(eps=eps, steps=args.steps, step_size=args.step_size, restarts=args.restarts,
+                  schedule=args.schedule, aa_iter=args.aa_iter, aa_queries=args.aa_queries)
+    attacks = build_attacks(args.attack, norm=args.norm, seed=args.seed, workers=args.attack_workers, **budget)
+    result, seconds = _attack(model, test, attacks, args, device)
+    aa_standard = args.aa_iter is None and args.aa_queries is None
+    threat = {"norm": args.norm, "eps": eps, "n": len(test), "labels": args.labels, "seed": args.seed,
+              "dataset": dataset, "steps": args.steps, "restarts": args.restarts, "schedule": args.schedule,
+              "step_size": args.step_size if args.step_size is not None else 2.5 * eps / max(args.steps, 1),
+              "autoattack_standard": aa_standard}
+    budgets = attack_budgets(args.attack, **budget)
+    _print_eval(result, threat, budgets, seconds, aa_standard)
+    if args.json_path:
+        record = {"checkpoint": str(ckpt), "dataset": dataset,
+                  "architecture": meta.get("architecture", {}).get("model"), **eval_record(result, threat),
+                  "budgets": budgets,
+                  # wall-clock times only here, so that two evaluations of one checkpoint differ in nothing else
+                  "timing": {"seconds": round(seconds, 3),
+                             "attack_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}}
+        runs.atomic_write_text(Path(args.json_path), json.dumps(record, indent=2))
+        print(f"wrote {args.json_path}")
+    if args.robustbench:
+        _write_robustbench(args, result, dataset, eps, meta, ckpt, aa_standard)
+    return 0
+
+
+def _attack(model, test, attacks, args: argparse.Namespace, device):
+    """(EvalResult, wall-clock seconds) of ``attacks`` on ``test``, with a progress bar unless --no-progress."""
     torch.manual_seed(args.seed)
     bar = None
     if args.progress is not False:
@@ -46,40 +71,38 @@ def run_eval(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if bar:
         bar.close()
-    aa_standard = args.aa_iter is None and args.aa_queries is None
-    threat = {"norm": args.norm, "eps": eps, "n": len(test), "labels": args.labels, "seed": args.seed,
-              "dataset": dataset, "steps": args.steps, "restarts": args.restarts, "schedule": args.schedule,
-              "step_size": args.step_size if args.step_size is not None else 2.5 * eps / max(args.steps, 1),
-              "autoattack_standard": aa_standard}
-    print(eval_table(result.summary(), threat))
+    return result, seconds
+
+
+def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, aa_standard: bool) -> None:
+    """The terminal report: the table (with each attack's budget), the worst case, notes and warnings."""
+    print(eval_table(result.summary(), threat, budgets, result.seconds))
     label_text = ("PREDICTED labels: the paper's protocol, not robustness against the true labels"
-                  if args.labels == "predicted" else "true labels")
-    if attacks:
+                  if threat["labels"] == "predicted" else "true labels")
+    if result.per_attack:
         lo, hi = result.interval("worst")
-        print(f"\nrobust accuracy, worst case over {', '.join(attacks)} ({label_text}): "
+        print(f"\nrobust accuracy, worst case over {', '.join(result.per_attack)} ({label_text}): "
               f"{100 * result.accuracy('worst'):.2f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
-    if not aa_standard and any(n.startswith(("autoattack", "apgd", "fab", "square")) for n in attacks):
+    if not aa_standard and any(n.startswith(("autoattack", "apgd", "fab", "square")) for n in result.per_attack):
         print("note: --aa-iter/--aa-queries make this a cheaper run, NOT standard AutoAttack")
     for name, texts in result.warnings.items():
         for text in texts:
             print(f"warning from {name}: {text}")
     print(f"time: {seconds:.1f} s")
-    if args.json_path:
-        record = {"checkpoint": str(ckpt), "dataset": dataset,
-                  "architecture": meta.get("architecture", {}).get("model"), **eval_record(result, threat),
-                  "seconds": round(seconds, 3)}
-        runs.atomic_write_text(Path(args.json_path), json.dumps(record, indent=2))
-        print(f"wrote {args.json_path}")
-    if args.robustbench:
-        arch = meta.get("architecture", {})
-        summary = robustbench_summary(result, dataset=dataset, eps=eps, norm=args.norm,
-                                      architecture=arch.get("model", "unknown"), name=_run_name(ckpt))
-        if not aa_standard:
-            summary["unreliable"] = True
-            summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
-        runs.atomic_write_text(Path(args.robustbench), json.dumps(summary, indent=2))
-        print(f"wrote {args.robustbench}")
-    return 0
+
+
+def _write_robustbench(args: argparse.Namespace, result, dataset: str, eps: float, meta: dict, ckpt: Path,
+                       aa_standard: bool) -> None:
+    from otrobust.evaluate import robustbench_summary
+
+    arch = meta.get("architecture", {})
+    summary = robustbench_summary(result, dataset=dataset, eps=eps, norm=args.norm,
+                                  architecture=arch.get("model", "unknown"), name=_run_name(ckpt))
+    if not aa_standard:
+        summary["unreliable"] = True
+        summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
+    runs.atomic_write_text(Path(args.robustbench), json.dumps(summary, indent=2))
+    print(f"wrote {args.robustbench}")
 
 
 def _run_name(ckpt: Path) -> str:

@@ -77,7 +77,7 @@ class EvalResult:
             k = int(t.sum())
             lo, hi = binomial_interval(k, self.n)
             out[name] = {"accuracy": k / self.n if self.n else float("nan"), "correct": k, "n": self.n,
-                         "ci95": [lo, hi], "seconds": self.seconds.get(name)}
+                         "ci95": [lo, hi]}  # no timings: two runs of one evaluation give equal summaries
         return out
 
 
@@ -207,6 +207,11 @@ def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: f
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise OtrobustError(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
+    iterative = [n for n in names if n.startswith("pgd")]
+    if iterative and steps < 1:
+        raise OtrobustError(f"--steps {steps} is too few for {', '.join(iterative)}: an iterative attack needs at "
+                            "least 1 step (with 0 only its random start is tried, which says nothing about "
+                            "robustness); use e.g. --steps 20")
     step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
     overrides = dict(seed=seed, n_iter=aa_iter, n_queries=aa_queries, n_targets=aa_targets)
 
@@ -223,6 +228,29 @@ def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: f
         return aa.single_attack(name, eps, norm, **overrides)
 
     return {n: make(n) for n in dict.fromkeys(names)}
+
+
+def attack_budgets(names: list[str], *, eps: float, steps: int = 20, step_size: float | None = None,
+                   restarts: int = 1, schedule: str = "constant", aa_iter: int | None = None,
+                   aa_queries: int | None = None) -> dict[str, str]:
+    """How hard each attack of :func:`build_attacks` (called with the same arguments) tries, one line per name:
+    steps, step size and restarts for PGD, iterations or queries for the AutoAttack ones."""
+    from otrobust.autoattack import STANDARD_ITERATIONS, STANDARD_QUERIES
+
+    step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    iterations = f"{aa_iter or STANDARD_ITERATIONS} iterations"
+    queries = f"{aa_queries or STANDARD_QUERIES} queries"
+
+    def budget(name: str) -> str:
+        if name == "fgsm":
+            return f"1 step of {eps:.4g}"
+        if name.startswith("pgd"):
+            text = f"{steps} steps of {step:.4g}, {restarts} restart{'' if restarts == 1 else 's'}"
+            return text + ("" if schedule == "constant" else f", {schedule} schedule")
+        return {"square": queries, "autoattack": f"{iterations}, {queries}",
+                "autoattack-rand": f"{iterations}, 20 EOT draws"}.get(name, iterations)
+
+    return {n: budget(n) for n in dict.fromkeys(names)}
 
 
 def eval_record(result: EvalResult, threat: dict) -> dict:

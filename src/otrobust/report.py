@@ -14,15 +14,19 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def eval_table(summary: dict, threat: dict) -> str:
-    """The eval command's table: one row per attack (and the worst case), accuracy in % with 95 % CI."""
+def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = None,
+               seconds: dict[str, float] | None = None) -> str:
+    """The eval command's table: one row per attack (and the worst case), accuracy in % with 95 % CI, each
+    attack's budget (``budgets``: steps, step size, restarts...) and time (``seconds``)."""
+    budgets, seconds = budgets or {}, seconds or {}
     rows = []
     for name, r in summary.items():
         lo, hi = r["ci95"]
-        secs = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
-        rows.append([name, 100 * r["accuracy"], f"[{100 * lo:.1f}, {100 * hi:.1f}]", f"{r['correct']}/{r['n']}", secs])
+        secs = "" if seconds.get(name) is None else f"{seconds[name]:.1f}"
+        rows.append([name, budgets.get(name, ""), 100 * r["accuracy"], f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                     f"{r['correct']}/{r['n']}", secs])
     head = (f"threat model: {threat['norm']}, eps = {threat['eps']:.4g}, n = {threat['n']}, "
             f"labels = {threat['labels']}" + (" (PAPER PROTOCOL, NOT TRUE-LABEL ROBUSTNESS)"
                                                if threat["labels"] == "predicted" else "")
             + f", seed = {threat['seed']}")
-    return head + "\n\n" + markdown_table(["attack", "accuracy %", "95% CI", "correct", "seconds"], rows)
+    return head + "\n\n" + markdown_table(["attack", "budget", "accuracy %", "95% CI", "correct", "seconds"], rows)
