@@ -137,6 +137,80 @@ def test_training_into_an_existing_run_needs_resume(digits_run, capsys):
     assert runs.checkpoint_path(digits_run, "last").read_bytes() == before
 
 
+# ---------------------------------------------------------------- resuming without the last checkpoint
+def _snapshot(run: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def two_epoch_run(tmp_path) -> Path:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--method", "standard", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("deleted", ["last", "checkpoints"])
+def test_resume_after_the_last_checkpoint_was_deleted_is_refused(two_epoch_run, capsys, deleted):
+    import shutil
+
+    run = two_epoch_run
+    if deleted == "last":
+        runs.checkpoint_path(run, "last").unlink()
+    else:
+        shutil.rmtree(run / runs.CHECKPOINT_DIR)
+    before = _snapshot(run)
+    line = _fails(capsys, ["train", "--resume", "--out", str(run), "--epochs", "3"], "has no checkpoints/last")
+    assert "metrics.jsonl with 2 logged epochs" in line and "nothing was changed" in line
+    assert ("best.safetensors (epoch" in line) == (deleted == "last")
+    assert "move or delete" in line
+    # nor does a plain train into that folder start over
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--out", str(run)], "would start from epoch 1")
+    assert _snapshot(run) == before  # the history and the best checkpoint are intact
+
+
+def test_a_run_killed_before_its_first_last_checkpoint_still_resumes(tmp_path, capsys):
+    """Killed between writing epoch 1's best and last checkpoint: nothing is logged yet, so starting again
+    loses nothing (and writes the same best checkpoint)."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--method", "standard", "--out", str(run)]) == 0
+    runs.checkpoint_path(run, "last").unlink()
+    (run / "metrics.jsonl").write_text("")
+    best = runs.load_checkpoint(runs.checkpoint_path(run, "best"))[0]
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert [r["epoch"] for r in runs.read_jsonl(run / "metrics.jsonl")] == [1]
+    again = runs.load_checkpoint(runs.checkpoint_path(run, "best"))[0]
+    assert again.keys() == best.keys() and all(torch.equal(again[k], best[k]) for k in best)
+
+
+def test_resume_with_init_is_refused(digits_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", *TINY, "--method", "standard", "--seed", "1", "--out", str(other)]) == 0
+    before = _snapshot(digits_run)
+    line = _fails(capsys, ["train", "--resume", "--init", str(other), "--out", str(digits_run), "--epochs", "2"],
+                  f"--resume and --init {other} cannot go together")
+    assert "started from fresh weights" in line
+    assert _snapshot(digits_run) == before
+
+
+def test_resume_with_the_init_the_run_started_from_is_accepted(digits_run, tmp_path, capsys):
+    run = tmp_path / "tuned"
+    flags = ["train", *TINY, "--method", "standard", "--init", str(digits_run), "--out", str(run)]
+    assert main(flags) == 0
+    assert main([*flags, "--resume", "--epochs", "2"]) == 0  # the same command again, with --resume
+    assert [r["epoch"] for r in runs.read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("method, inputs", [("pgd-at", "randomly perturbed inputs"), ("got-trades-lm", "clean inputs"),
+                                            ("standard", None)])
+def test_zero_training_steps_for_an_adversarial_method_warn(tmp_path, capsys, method, inputs):
+    assert main(["train", *TINY, "--steps", "0", "--method", method, "--out", str(tmp_path / "r")]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: --steps 0")]
+    if inputs is None:
+        assert not warnings
+    else:
+        assert len(warnings) == 1 and inputs in warnings[0] and f"--method {method}" in warnings[0]
+
+
 # ---------------------------------------------------------------- data folders and IDX files
 def _write_idx(folder: Path, n: int = 48, labels: np.ndarray | None = None, gz: bool = False) -> None:
     """A tiny MNIST-layout data folder (train and test), images 28x28 of random bytes."""

@@ -183,15 +183,15 @@ def inprocess_reference(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("signame, at, stopped_at", [("SIGINT", "step:3", (0, 3)),
                                                      ("SIGTERM", "validation:1", (1, 0))])
-def test_sigint_and_sigterm_save_a_checkpoint_exit_130_and_resume_exactly(tmp_path, monkeypatch, capsys, signame,
-                                                                          at, stopped_at, inprocess_reference):
-    """In-process through ``cli.main``: the signal arrives mid-step or mid-validation."""
+def test_sigint_and_sigterm_save_a_checkpoint_exit_128_plus_signal_and_resume_exactly(
+        tmp_path, monkeypatch, capsys, signame, at, stopped_at, inprocess_reference):
+    """In-process through ``cli.main``: the signal arrives mid-step or mid-validation; exit 130 or 143."""
     flags = _inprocess_flags("trades")
     monkeypatch.setenv(runs.FAULT_ENV, f"{at}:{signame}")
     monkeypatch.setattr(runs, "_fault_counts", {})
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     capsys.readouterr()
-    assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 130
+    assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 128 + getattr(signal, signame)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"otrobust: stopped by signal {getattr(signal, signame).value}")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
@@ -202,6 +202,16 @@ def test_sigint_and_sigterm_save_a_checkpoint_exit_130_and_resume_exactly(tmp_pa
     assert _metrics(tmp_path / "run") == _metrics(inprocess_reference)
     got, want = (load_file(runs.checkpoint_path(d, "last")) for d in (tmp_path / "run", inprocess_reference))
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_sigterm_during_reproduce_is_one_line_and_exit_143(tmp_path, monkeypatch, capsys):
+    """``reproduce`` trains through the same loop: a signal there ends it like ``train`` (no traceback)."""
+    monkeypatch.setenv(runs.FAULT_ENV, "step:1:SIGTERM")
+    monkeypatch.setattr(runs, "_fault_counts", {})
+    capsys.readouterr()
+    assert main(["reproduce", "fig6", "--scale", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"otrobust: stopped by signal {signal.SIGTERM.value}"), err
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
@@ -248,7 +258,7 @@ def test_sigkill_at_24_random_points_resumes_exactly(tmp_path, references):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_external_signal_saves_a_checkpoint_and_exits_130(tmp_path, references, signame):
+def test_external_signal_saves_a_checkpoint_and_exits_128_plus_signal(tmp_path, references, signame):
     """A real signal from outside: the run pauses itself (SIGSTOP) at a step, receives the signal, continues."""
     method = "got-pgd-s"
     references.start(method)
@@ -258,7 +268,7 @@ def test_external_signal_saves_a_checkpoint_and_exits_130(tmp_path, references, 
     proc.send_signal(getattr(signal, signame))
     proc.send_signal(signal.SIGCONT)
     rc, err = _finish(proc)
-    assert rc == 130, err
+    assert rc == 128 + getattr(signal, signame), err  # 130 after SIGINT, 143 after SIGTERM
     assert err.strip().splitlines()[-1].startswith("otrobust: stopped by signal")
     _assert_checkpoints_load(run)
     rc, err = _run(run, method, resume=True)

@@ -207,14 +207,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from otrobust.train import Interrupted, train
+    from otrobust.train import train
 
     cfg = config_from_args(args)
-    try:
-        train(cfg, show_progress=args.progress, argv=getattr(args, "command_line", None))
-    except Interrupted as exc:
-        print(f"otrobust: {exc}", file=sys.stderr)
-        return 130
+    train(cfg, show_progress=args.progress, argv=getattr(args, "command_line", None))
     print(f"run saved in {cfg.out}")
     return 0
 
@@ -294,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("otrobust: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a training run (of train or reproduce) stopped by a signal, its checkpoint saved
+        from otrobust.train import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            raise
+        print(f"otrobust: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # the shell's convention: 130 after SIGINT, 143 after SIGTERM
 
 
 if __name__ == "__main__":

@@ -211,6 +211,19 @@ def base_method(method: str) -> str:
     return {"got-pgd": "pgd-at", "got-trades": "trades"}.get(method.rsplit("-", 1)[0], method)
 
 
+def zero_step_warning(method: str, steps: int) -> str | None:
+    """The warning for an adversarial ``method`` trained with ``steps`` = 0, whose attack then takes no step:
+    PGD-based methods train on uniformly random points of the ε-ball (PGD's random start), TRADES-based ones on
+    the clean images plus 0.001·N(0, 1) (TRADES' start). None for ``standard`` or ``steps`` > 0."""
+    base = base_method(method)
+    if steps > 0 or base == "standard":
+        return None
+    inputs = ("randomly perturbed inputs (PGD's random start in the eps-ball)" if base in ("pgd-at", "mart")
+              else "clean inputs (TRADES' start is 0.001 away from each image)")
+    return (f"--steps 0 with --method {method}: the training attack takes no step, so the model trains on {inputs}, "
+            "not on adversarial examples; give --steps 10 (the default) or more for adversarial training")
+
+
 def get_method(name: str) -> Callable:
     if name not in METHODS:
         raise OtrobustError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")

@@ -27,14 +27,17 @@ from otrobust.config import TrainConfig, check_eps, validate
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
 from otrobust.errors import OtrobustError
 from otrobust.evaluate import evaluate_model
-from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
+from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant, zero_step_warning
 from otrobust.models import create_model, unwrap
 from otrobust.ot import GOTRegularizer
 from otrobust.run_lock import run_lock
 
 
 class Interrupted(Exception):
-    """Raised after SIGINT/SIGTERM once the last checkpoint is safely on disk."""
+    """Raised after SIGINT/SIGTERM once the last checkpoint is safely on disk; ``signum`` is the signal (the CLI
+    exits with 128 + signum: 130 for SIGINT, 143 for SIGTERM)."""
+
+    signum: int = signal.SIGINT
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -187,7 +190,9 @@ class _StopFlag:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, Interrupted) and self.signum is not None:
+            exc.signum = self.signum
         for s, h in self.saved.items():
             try:
                 signal.signal(s, h)
@@ -307,6 +312,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *, show_progress: bool | None,
            log, argv: list[str] | None) -> dict[str, Any]:
+    runs.check_nothing_lost(Path(cfg.out), cfg.resume)  # before anything in the run directory is written
     spec = get_dataset_spec(cfg.dataset)
     full_train = load_dataset(cfg.dataset, "train", cfg.data_dir)
     spec = with_data_geometry(spec, full_train)
@@ -348,6 +354,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
     global_ot = info.enabled and reg is not None and cfg.ot_scope == "global"
 
     method = get_method(cfg.method)
+    if zero_step_warning(cfg.method, cfg.steps):
+        log(f"warning: {zero_step_warning(cfg.method, cfg.steps)}")
     if cfg.awp_gamma > 0:
         method = with_awp(method, cfg.method)  # adversarial weight perturbation on top of any objective
     ctx = StepContext(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, norm=cfg.norm,
