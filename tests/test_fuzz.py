@@ -1,8 +1,13 @@
 """Property-based robustness of the CLI: random configs (random values, garbage strings included, for
-random TrainConfig fields, through a config file or flags) and corrupted files (byte flips and
-truncations of a checkpoint, an IDX file, a run's config.json). The only outcomes allowed are a
-successful run or exit status 2 with one ``otrobust: error:`` line — never a traceback — and an
-existing run's checkpoints always still load.
+random TrainConfig fields, through a config file or flags), corrupted files (byte flips and
+truncations of a checkpoint, an IDX file plain or gzipped, a run's config.json), IDX headers with
+random (negative, zero, oversized) fields and CIFAR pickles holding values of the wrong types. The only
+outcomes allowed are a successful run or exit status 2 with one ``otrobust: error:`` line — never a
+traceback — and an existing run's checkpoints always still load.
+
+The library is fuzzed the same way with a trained model behind a random wrapper (identity, an input
+detached from the graph, input rounding, input noise), evaluated under random attacks or audited: a
+result, an OtrobustError, or (for a wrapper that masks gradients) an audit that fails.
 
 Runs are tiny (one or two epochs of a few dozen 8x8 or 28x28 images). Examples are derandomised so CI
 sees the same cases every time; raise ``max_examples`` locally to search further.
@@ -12,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import io
 import json
+import pickle
 import shutil
 import struct
 import tempfile
@@ -21,13 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from otrobust import runs
+from otrobust.audit import AuditSettings, audit_model
 from otrobust.cli import main
 from otrobust.config import TrainConfig, field_kind
+from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
+from otrobust.evaluate import build_attacks, evaluate_model
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -199,14 +211,24 @@ def test_corrupted_run_config_json_resumes_or_fails_cleanly(base_run, damage):
         runs.load_checkpoint(runs.checkpoint_path(run, "last"))
 
 
-def _idx_folder(folder: Path, n: int = 40) -> None:
+def _idx_folder(folder: Path, n: int = 40, gz: bool = False) -> None:
+    """An MNIST-layout folder of ``n`` 28x28 images; gzipped files hold four grey levels, so that their
+    deflate stream is really compressed (random bytes would be stored as they are)."""
     rng = np.random.default_rng(1)
-    images = struct.pack(">iiii", 2051, n, 28, 28) + rng.integers(0, 256, n * 784).astype(np.uint8).tobytes()
+    pixels = rng.integers(0, 4, n * 784) * 85 if gz else rng.integers(0, 256, n * 784)
+    images = struct.pack(">iiii", 2051, n, 28, 28) + pixels.astype(np.uint8).tobytes()
     labels = struct.pack(">ii", 2049, n) + rng.integers(0, 10, n).astype(np.uint8).tobytes()
     folder.mkdir(parents=True)
     for split in ("train", "t10k"):
-        (folder / f"{split}-images-idx3-ubyte").write_bytes(images)
-        (folder / f"{split}-labels-idx1-ubyte").write_bytes(labels)
+        for name, raw in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
+            (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def _train_mnist(data: Path, tmp: str) -> None:
+    """Train on the folder ``data``: a run or one clean error line, and whatever was saved loads."""
+    _cli(["train", *TINY_FLAGS, "--dataset", "mnist", "--data-dir", str(data), "--model", "small-cnn",
+          "--method", "standard", "--train-size", "16", "--val-size", "8", "--out", str(Path(tmp) / "r")])
+    _assert_run_loads(Path(tmp) / "r")
 
 
 @FEW
@@ -221,6 +243,128 @@ def test_corrupted_idx_file_trains_or_fails_cleanly(damage, which, header):
         _idx_folder(data)
         path = data / which
         path.write_bytes(_corrupt(path.read_bytes(), flips, cut))
-        _cli(["train", *TINY_FLAGS, "--dataset", "mnist", "--data-dir", str(data), "--model", "small-cnn",
+        _train_mnist(data, tmp)
+
+
+@FEW
+@given(damage=corruption, which=st.sampled_from(["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]))
+def test_corrupted_gzipped_idx_file_trains_or_fails_cleanly(damage, which):
+    """Flips in the gzip header, the deflate stream (zlib errors) or the CRC trailer, and truncations."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "mnist"
+        _idx_folder(data, gz=True)
+        path = data / which
+        path.write_bytes(_corrupt(path.read_bytes(), *damage))
+        _train_mnist(data, tmp)
+
+
+header_field = st.integers(-2**31, 2**31 - 1) | st.sampled_from([-2**31, -28, -1, 0, 1, 16, 28, 40, 2**31 - 1])
+
+
+# Some headers that train, and negative ones whose product still matches the payload (40 * 784 bytes).
+VALID_HEADER = st.just((2051, (40, 28, 28), 40, 40 * 784))
+NEGATIVE_PAIRS = st.sampled_from([(40, -28, -28), (-40, -28, 28), (-40, 28, -28), (40, 28, 28)]).map(
+    lambda dims: (2051, dims, 40, 40 * 784))
+
+
+@FEW
+@given(header=VALID_HEADER | NEGATIVE_PAIRS | st.tuples(st.sampled_from([2051, 2051, 2049, 0, -2051]),
+                                       st.tuples(header_field, header_field, header_field), header_field,
+                                       st.integers(0, 40 * 784 + 16)))
+def test_random_idx_header_fields_train_or_fail_cleanly(header):
+    """Negative, zero and oversized dimensions and counts, over a payload of any length."""
+    magic, dims, labels, payload = header
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "mnist"
+        _idx_folder(data)
+        (data / "train-images-idx3-ubyte").write_bytes(struct.pack(">iiii", magic, *dims) + bytes(payload))
+        labels_file = data / "train-labels-idx1-ubyte"
+        labels_file.write_bytes(struct.pack(">ii", 2049, labels) + labels_file.read_bytes()[8:])
+        _train_mnist(data, tmp)
+
+
+def _array(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    return np.ones(shape, dtype=dtype)
+
+
+arrays = st.builds(_array, st.sampled_from([(40, 3072), (40,), (3072,), (0, 3072), (40, 3, 32, 32), (40, 2)]),
+                   st.sampled_from(["uint8", "int64", "int8", "float32", "bool", "U1", "S1", "object"]))
+pickle_values = st.one_of(
+    arrays, st.text(max_size=5), st.binary(max_size=5), st.none(), st.booleans(), st.integers(-10**30, 10**30),
+    st.floats(allow_nan=True), st.lists(st.integers(-3, 12), min_size=40, max_size=40),
+    st.lists(st.one_of(st.integers(0, 9), st.text(max_size=2), st.none(), st.floats()), max_size=40),
+    st.lists(st.lists(st.integers(0, 255), max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+@FEW
+@given(data=pickle_values | st.just(np.zeros((40, 3072), dtype=np.uint8)),
+       labels=pickle_values | st.lists(st.integers(0, 9), min_size=40, max_size=40),
+       key_type=st.sampled_from([str, bytes]), as_dict=st.booleans())
+def test_cifar_pickles_with_values_of_the_wrong_types_train_or_fail_cleanly(data, labels, key_type, as_dict):
+    k = (lambda s: s.encode()) if key_type is bytes else (lambda s: s)
+    batch = {k("data"): data, k("labels"): labels} if as_dict else [data, labels]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cifar" / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["c"] * 10}))
+        for name in ("data_batch_1", "test_batch"):
+            (folder / name).write_bytes(pickle.dumps(batch))
+        _cli(["train", *TINY_FLAGS, "--dataset", "cifar10", "--data-dir", str(folder.parent), "--model", "small-cnn",
               "--method", "standard", "--train-size", "16", "--val-size", "8", "--out", str(Path(tmp) / "r")])
         _assert_run_loads(Path(tmp) / "r")
+
+
+# ---------------------------------------------------------------- models that hide their gradients
+class _Wrapped(nn.Module):
+    """A trained model behind one of WRAPPERS (its weights are not changed)."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x):
+        if self.kind == "detach":
+            x = x.detach()
+        elif self.kind == "round":
+            x = torch.round(x * 4) / 4
+        elif self.kind == "noise":
+            x = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+        return self.model(x)
+
+
+WRAPPERS = ("identity", "detach", "round", "noise")
+GRADIENT_FREE = {"square"}
+TINY_AUDIT = dict(quick=True, steps=2, restarts=2, unbounded_steps=5, square_queries=20, aa_iter=2)
+
+
+@pytest.mark.parametrize("kind", WRAPPERS)
+@settings(FUZZ, max_examples=6)
+@given(attacks=st.lists(st.sampled_from(["fgsm", "pgd", "pgd-cw", "apgd-ce", "square"]), min_size=1, max_size=2,
+                        unique=True), eps=st.sampled_from([0.05, 0.3]), labels=st.sampled_from(["true", "predicted"]))
+def test_wrapped_models_evaluate_or_fail_cleanly(trained_digits_model, kind, attacks, eps, labels):
+    """A result, or for the one model without input gradients (detach) under a gradient attack, a clean error."""
+    model, data = _Wrapped(trained_digits_model, kind), load_dataset("digits", "test", size=16)
+    needs_gradient = bool(set(attacks) - GRADIENT_FREE)
+    torch.manual_seed(0)
+    try:
+        result = evaluate_model(model, data, build_attacks(attacks, eps=eps, steps=2, aa_iter=2, aa_queries=10),
+                                labels=labels)
+    except OtrobustError as exc:
+        assert kind == "detach" and needs_gradient and "no input gradient" in str(exc), exc
+    else:
+        assert not (kind == "detach" and needs_gradient)
+        assert result.n == 16 and 0 <= result.accuracy("worst") <= 1
+
+
+@pytest.mark.parametrize("kind", WRAPPERS)
+@settings(FUZZ, max_examples=2)
+@given(eps=st.sampled_from([0.1, 0.3]), n=st.integers(8, 24))
+def test_wrapped_models_pass_or_fail_the_audit(trained_digits_model, kind, eps, n):
+    """Always a report (never an exception), and a failed one for each wrapper that masks gradients."""
+    model, data = _Wrapped(trained_digits_model, kind), load_dataset("digits", "test", size=n)
+    torch.manual_seed(0)
+    report = audit_model(model, data, AuditSettings.make(eps, **TINY_AUDIT))
+    assert report.failed or kind == "identity", [(c.name, c.status) for c in report.checks]
+    if kind == "detach":
+        assert {c.name: c.status for c in report.checks}["gradients"] == "fail"
