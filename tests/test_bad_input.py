@@ -477,6 +477,21 @@ def test_a_folder_run_can_be_evaluated_and_audited(tmp_path, capsys):
     _fails(capsys, ["eval", str(run), "--data-dir", str(other), "--n", "8", "--device", "cpu"], "16x16 images")
 
 
+def test_autoattack_on_too_few_classes(tmp_path, capsys, three_class_digits):
+    """The reference's DLR losses need a 3rd / 4th class: an error naming the attacks that do not need them in
+    eval, those attacks left out (and named) in the audit."""
+    run = tmp_path / "run3"
+    assert main(["train", *TINY, "--method", "standard", "--dataset", three_class_digits, "--out", str(run)]) == 0
+    line = _fails(capsys, ["eval", str(run), "--attack", "autoattack", "--n", "8", "--aa-iter", "2",
+                           "--aa-queries", "5", "--device", "cpu"], "cannot attack a model with 3 classes")
+    assert "apgd-t" in line and "use apgd-ce, fab, square or pgd-cw" in line
+    assert main(["eval", str(run), "--attack", "apgd-dlr", "apgd-ce", "--n", "8", "--aa-iter", "2", "--device",
+                 "cpu", "--no-progress"]) == 0  # 3 classes are enough for the untargeted DLR loss
+    assert main(["audit", str(run), *AUDIT, "--out", str(tmp_path / "audit")]) in (0, 1)
+    checks = {c["name"]: c for c in json.loads((tmp_path / "audit" / "audit.json").read_text())["checks"]}
+    assert checks["autoattack"]["evidence"]["left_out_for_too_few_classes"] == ["apgd-t"]
+
+
 def test_eval_of_a_checkpoint_whose_weights_do_not_fit_its_record(digits_run, tmp_path, capsys):
     weights, meta, extra = runs.load_checkpoint(runs.checkpoint_path(digits_run, "best"))
     meta["architecture"]["num_classes"] = 3  # the record lies: the weights have 10 outputs

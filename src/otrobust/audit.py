@@ -473,19 +473,22 @@ def check_labels(a: _Audit) -> Check:
 
 
 def check_autoattack(a: _Audit) -> Check:
-    """Run AutoAttack (reference code) and surface its own warnings."""
-    from otrobust.autoattack import autoattack, is_severe
+    """Run AutoAttack (reference code) and surface its own warnings; attacks that need more classes than the
+    data has (the DLR-based APGD-T on 2 or 3 classes) are left out and named."""
+    from otrobust.autoattack import autoattack, is_severe, too_few_classes
 
     s = a.s
     runner = (autoattack(s.eps, s.norm, "fast", seed=s.seed, n_iter=s.aa_iter, n_targets=3) if s.aa_iter
               else autoattack(s.eps, s.norm, "standard", seed=s.seed))
+    left_out = too_few_classes(runner.attacks, a.data.num_classes)
+    runner.attacks = tuple(name for name in runner.attacks if name not in left_out)
     correct = a.run("autoattack", runner)
     warnings = list(runner.warnings)
     pgd_suite = a.white_box()
     stronger, detail = higher_than(pgd_suite, correct)
     ev = {"version": f"APGD-CE + APGD-T, {s.aa_iter} iterations, 3 targets (cheap)" if s.aa_iter else "standard",
           "accuracy": _acc(correct), "pgd_suite_accuracy": _acc(pgd_suite), "warnings": warnings,
-          "broken_only_by_autoattack": detail["robust_only_a"]}
+          "broken_only_by_autoattack": detail["robust_only_a"], "left_out_for_too_few_classes": left_out}
     ref = "Croce & Hein 2020 (AutoAttack flags)"
     severe = [w for w in warnings if is_severe(w)]
     if severe:

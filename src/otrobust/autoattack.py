@@ -44,6 +44,9 @@ REFERENCE_NORMS = {"linf": "Linf", "l2": "L2"}
 STANDARD_ITERATIONS = 100
 STANDARD_QUERIES = 5000
 STANDARD_TARGETS = 9
+# The reference's DLR losses rank the logits: the untargeted one needs a third-largest, the targeted one a
+# fourth-largest logit, and with fewer classes it indexes out of range.
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 # Which of the reference's messages make an evaluation unreliable (``fail``) rather than worth a look.
 SEVERE_MARKERS = ("randomized defense", "probability distribution", "zero gradient", "outside the threat model",
                   "changed between")
@@ -118,6 +121,11 @@ class AutoAttackRunner:
         AutoAttack, _, APGDAttack, APGDAttack_targeted = _reference()
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
+        short = too_few_classes(self.attacks, n_classes)
+        if short:
+            raise OtrobustError(f"AutoAttack's {', '.join(short)} cannot attack a model with {n_classes} classes (its "
+                                f"DLR loss needs at least {max(MIN_CLASSES[a] for a in short)}); use apgd-ce, fab, "
+                                "square or pgd-cw instead")
         ref = AutoAttack(model, attacks=list(self.attacks), device=x.device, eps=self.eps,
                          norm=REFERENCE_NORMS[self.norm], seed=self.seed, version="custom")
         if self.n_iter is not None:
@@ -189,6 +197,11 @@ class AutoAttackRunner:
         key = re.sub(r"[0-9.]+", "#", text)
         if all(re.sub(r"[0-9.]+", "#", w) != key for w in self.warnings):
             self.warnings.append(text)
+
+
+def too_few_classes(attacks: tuple[str, ...], n_classes: int) -> list[str]:
+    """The reference attacks among ``attacks`` that cannot run on a model with ``n_classes`` classes."""
+    return [a for a in attacks if n_classes < MIN_CLASSES.get(a, 2)]
 
 
 def is_severe(warning: str) -> bool:
