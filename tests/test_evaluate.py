@@ -152,7 +152,7 @@ def test_cli_eval_robustbench_summary(trained_digits_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0 and "NOT standard AutoAttack" in text
     summary = json.loads(rb.read_text())
-    assert summary["n_examples"] == 16 and summary["architecture"] == "small-cnn" and summary["eps"] == "0.3"
+    assert summary["n_examples"] == 16 and summary["architecture"] == "small-cnn" and summary["eps"] == "0.2"
     assert summary["unreliable"] is True and float(summary["autoattack_acc"]) <= float(summary["clean_acc"])
 
 

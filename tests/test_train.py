@@ -28,7 +28,7 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path):
     last = train(cfg, show_progress=False, log=lambda s: None)
     run = tmp_path / "run"
     saved = json.loads((run / "config.json").read_text())
-    assert saved["method"] == "got-trades-lm" and saved["eps"] == 0.3 and saved["model"] == "small-cnn"
+    assert saved["method"] == "got-trades-lm" and saved["eps"] == 0.2 and saved["model"] == "small-cnn"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert {"train_loss", "val_clean", "val_pgd", "ot", "ot_weight"} <= set(lines[0])

@@ -13,7 +13,8 @@ from otrobust.config import TrainConfig, config_from_dict, load_config_file, par
 from otrobust.errors import OtrobustError
 
 NUMBER_FIELDS = {"eps", "step_size", "lr", "ot_weight", "theta", "lam", "adv_weight", "clean_weight",
-                 "phi_lr", "weight_decay", "momentum", "ot_warmup_epochs", "awp_gamma", "awp_warmup_epochs"}
+                 "phi_lr", "weight_decay", "momentum", "ot_warmup_epochs", "eps_warmup_epochs", "awp_gamma",
+                 "awp_warmup_epochs"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     au.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
 
-    de = sub.add_parser("demo", help="train standard and got-trades-lm on the bundled digits and compare")
+    de = sub.add_parser("demo", help="train standard, trades and got-trades-lm on the bundled digits and compare")
     de.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 15)")
-    de.add_argument("--out", default="runs/demo", help="where the two runs go (default: runs/demo)")
+    de.add_argument("--out", default="runs/demo", help="where the three runs go (default: runs/demo)")
     de.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_reproduce_parsers(sub)
     return parser
@@ -168,6 +169,9 @@ def add_reproduce_parsers(sub) -> None:
     rp.add_argument("--dry-run", action="store_true", help="list the runs, their status and an estimated GPU "
                     "cost; train nothing")
     rp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    rp.add_argument("--seeds", type=int, default=1, help="train and evaluate every run with seeds 0..N-1 (default: "
+                    "1); results.md then gives mean ± sd over seeds and each GOT run's paired difference from its "
+                    "base method")
     rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a training setting in every run, e.g. --set lr=1e-4 (repeatable)")
     rp.add_argument("--no-audit", action="store_true", help="skip the evaluation audit of each run (by default "

@@ -193,11 +193,12 @@ def _audit_folder(args: argparse.Namespace, ckpt: Path) -> Path:
 
 
 DEMO_EPOCHS = 15
-DEMO_BATCH = 32  # 1,237 training digits: small batches give enough steps in a few epochs
+DEMO_METHODS = ("standard", "trades", "got-trades-lm")  # no defence, the baseline everybody knows, and GOT
 
 
 def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -> int:
-    """Train ``standard`` and ``got-trades-lm`` on the bundled digits; print clean and PGD-20 accuracy."""
+    """Train no defence, TRADES and GOT-TRADES-LM on the bundled digits with the defaults; print clean and PGD-20
+    accuracy side by side."""
     from otrobust.config import TrainConfig
     from otrobust.train import train
 
@@ -205,17 +206,15 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
     spec = get_dataset_spec("digits")
     test = load_dataset("digits", "test")
     rows = []
-    for method in ("standard", "got-trades-lm"):
+    for method in DEMO_METHODS:
         run_dir = Path(out) / method
-        cfg = TrainConfig(dataset="digits", method=method, epochs=epochs, out=str(run_dir), seed=seed,
-                          val_size=200, batch_size=DEMO_BATCH)
         resume = runs.checkpoint_path(run_dir, "last").exists()
         print(f"== training {method} on digits ({epochs} epochs)" + (" — resuming" if resume else ""))
-        train(TrainConfig(**{**cfg.to_dict(), "resume": resume}), log=lambda s: None)
+        train(TrainConfig(dataset="digits", method=method, epochs=epochs, out=str(run_dir), seed=seed, resume=resume),
+              log=lambda s: None)
         model = runs.load_model(run_dir)
         torch.manual_seed(seed)
-        attacks = build_attacks(["pgd"], eps=spec.default_eps, steps=20)
-        res = evaluate_model(model, test, attacks)
+        res = evaluate_model(model, test, build_attacks(["pgd"], eps=spec.default_eps, steps=20))
         rows.append([method, 100 * res.accuracy("clean"), 100 * res.accuracy("worst")])
     print(f"\ndigits test set ({len(test)} images), PGD-20, linf eps = {spec.default_eps}, true labels\n")
     print(markdown_table(["method", "clean %", "PGD-20 %"], rows))
@@ -225,16 +224,18 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
 
 def run_reproduce(args: argparse.Namespace) -> int:
     """``otrobust reproduce``: list the presets, or run one (see otrobust.reproduce)."""
-    from otrobust.presets import PRESETS
+    from otrobust.presets import PRESETS, STUDIES
     from otrobust.reproduce import parse_overrides, reproduce
 
     if args.preset is None:
         print(markdown_table(["preset", "paper", "runs", "what"],
-                             [[p.name, p.reference, len(p.runs), p.description] for p in PRESETS.values()]))
+                             [[p.name, p.reference, len(p.runs), p.description]
+                              for p in (*PRESETS.values(), *STUDIES.values())]))
         print("\nrun one with: otrobust reproduce PRESET [--scale smoke|full] [--data-dir DIR] [--dry-run]")
         return 0
     result = reproduce(args.preset, scale=args.scale, out=args.out, data_dir=args.data_dir, dry_run=args.dry_run,
-                       device=args.device, overrides=parse_overrides(args.overrides), audit=not args.no_audit)
+                       device=args.device, overrides=parse_overrides(args.overrides), audit=not args.no_audit,
+                       seeds=args.seeds)
     if result is None or args.no_audit:
         return 0
     failed = [a for a in json.loads((result / "audits.json").read_text()) if a["verdict"] == "fail"]

@@ -29,7 +29,8 @@ class TrainConfig:
     dataset: str = _f("digits", "dataset name (digits is bundled; others need --data-dir)")
     data_dir: str | None = _f(None, "folder holding the dataset files")
     train_size: int | None = _f(None, "use the first N training images (default: all but the validation split)")
-    val_size: int = _f(500, "images held out from the END of the training split to pick the best checkpoint")
+    val_size: int | None = _f(None, "images held out from the END of the training split to pick the best checkpoint "
+                              "(default: the dataset's; 500, and 200 of the 1,437 digits)")
     # model
     model: str | None = _f(None, "architecture from the model registry (default: the dataset's)")
     latent: str = _f("penultimate", "latent layer for the OT term", ("penultimate", "middle"))
@@ -37,7 +38,8 @@ class TrainConfig:
     method: str = _f("got-trades-lm", "training objective", METHOD_NAMES)
     adv_weight: float | None = _f(None, "alpha: weight of the adversarial term (default: pgd-at 1, trades 6, mart 6)")
     clean_weight: float = _f(0.0, "weight of the clean cross-entropy in pgd-at / got-pgd-*")
-    ot_weight: float = _f(1.0, "beta: weight of the OT term in got-* methods (the paper: 10; see README)")
+    ot_weight: float | None = _f(None, "beta: weight of the OT term in got-* methods (default: 1 for the "
+                                 "label-matching variants, 0.5 for the standard ones; the paper: 10; see README)")
     ot_warmup_epochs: float = _f(0.0, "ramp beta linearly from 0 over this many epochs (0: off)")
     ot_solver: str = _f("semidual", "OT solver: the paper's learned potential or exact Sinkhorn",
                         ("semidual", "sinkhorn"))
@@ -54,6 +56,8 @@ class TrainConfig:
     eps: float | None = _f(None, "attack radius (default: the dataset's; '8/255' is accepted)")
     step_size: float | None = _f(None, "attack step (default: 2.5 * eps / steps)")
     steps: int = _f(10, "attack steps while training")
+    eps_warmup_epochs: float = _f(2.0, "ramp the training attack's radius (and step) linearly from 0 to --eps over "
+                                  "this many epochs (0: off); validation always uses the full --eps")
     norm: str = _f("linf", "threat model", ("linf", "l2"))
     attack_bn: str = _f("eval", "batch-norm mode while crafting training examples", ("eval", "train"))
     attack_chunk: int | None = _f(None, "attack the batch in pieces of this many images (default: 128 on CPU, "
@@ -67,7 +71,7 @@ class TrainConfig:
                                    "otherwise; 0: the whole batch); changes the speed, not the step")
     # optimisation
     epochs: int = _f(10, "training epochs")
-    batch_size: int = _f(128, "mini-batch size")
+    batch_size: int | None = _f(None, "mini-batch size (default: the dataset's; 128, and 32 on the 1,237 digits)")
     optimizer: str = _f("adam", "optimiser", ("adam", "sgd"))
     lr: float = _f(1e-3, "learning rate")
     momentum: float = _f(0.9, "SGD momentum")
@@ -174,13 +178,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise OtrobustError(f"--seed must be between 0 and 2**63 - 1, got {cfg.seed}")
     if not cfg.out:
         raise OtrobustError("--out must name a run directory")
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "theta": cfg.theta,
-                "phi_lr": cfg.phi_lr, "val_size": cfg.val_size}  # the best checkpoint is picked on validation
+    positive = {"epochs": cfg.epochs, "lr": cfg.lr, "theta": cfg.theta, "phi_lr": cfg.phi_lr}
+    # Filled from the dataset when None; the best checkpoint is picked on validation, so it must be positive.
+    positive.update({k: v for k, v in (("batch_size", cfg.batch_size), ("val_size", cfg.val_size)) if v is not None})
     for name, value in positive.items():
         if not value > 0:
             raise OtrobustError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    non_negative = {"steps": cfg.steps, "ot_weight": cfg.ot_weight,
-                    "ot_warmup_epochs": cfg.ot_warmup_epochs, "clean_weight": cfg.clean_weight,
+    non_negative = {"steps": cfg.steps, "ot_weight": cfg.ot_weight or 0.0,
+                    "ot_warmup_epochs": cfg.ot_warmup_epochs, "eps_warmup_epochs": cfg.eps_warmup_epochs,
+                    "clean_weight": cfg.clean_weight,
                     "checkpoint_every": cfg.checkpoint_every, "weight_decay": cfg.weight_decay,
                     "val_steps": cfg.val_steps, "lam": cfg.lam, "momentum": cfg.momentum,
                     "awp_gamma": cfg.awp_gamma, "awp_warmup_epochs": cfg.awp_warmup_epochs}

@@ -27,7 +27,14 @@ from otrobust.config import TrainConfig, check_eps, validate
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
 from otrobust.errors import OtrobustError
 from otrobust.evaluate import evaluate_model
-from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant, zero_step_warning
+from otrobust.methods import (
+    DEFAULT_OT_WEIGHT,
+    StepContext,
+    get_method,
+    has_mode_dependent_layers,
+    ot_variant,
+    zero_step_warning,
+)
 from otrobust.models import create_model, unwrap
 from otrobust.ot import GOTRegularizer
 from otrobust.run_lock import run_lock
@@ -48,7 +55,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                             "(common l2 radii: 0.5 on CIFAR, 2.0 on MNIST)")
     eps = spec.default_eps if cfg.eps is None else cfg.eps
     step_size = cfg.step_size if cfg.step_size is not None else 2.5 * eps / max(cfg.steps, 1)
-    return validate(dataclasses.replace(cfg, model=cfg.model or spec.default_model, eps=eps, step_size=step_size))
+    variant = ot_variant(cfg.method)
+    ot_weight = cfg.ot_weight if cfg.ot_weight is not None else DEFAULT_OT_WEIGHT[variant] if variant else 0.0
+    return validate(dataclasses.replace(cfg, model=cfg.model or spec.default_model, eps=eps, step_size=step_size,
+                                        batch_size=cfg.batch_size or spec.default_batch_size, ot_weight=ot_weight,
+                                        val_size=cfg.val_size or spec.default_val_size))
 
 
 def pick_device(name: str) -> torch.device:
@@ -100,12 +111,48 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step) % (2**63 - 1)
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order (n,) in which an epoch visits the training images: a function of the seed and the epoch alone,
+    so runs with the same seed see the same batches (paired comparisons) and a resumed run the same order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, -1)))
+
+
 def ot_weight_at(cfg: TrainConfig, epoch_progress: float) -> float:
     """β after the linear warm-up: the OT term pulls every latent to one point (SPEC §5) unless
     cross-entropy has first separated the classes, so it is phased in."""
     if cfg.ot_warmup_epochs <= 0:
         return cfg.ot_weight
     return cfg.ot_weight * min(1.0, epoch_progress / cfg.ot_warmup_epochs)
+
+
+def eps_scale_at(cfg: TrainConfig, epoch_progress: float) -> float:
+    """The share of ``--eps`` (and of the step size) the training attack uses after the linear ε warm-up: from
+    scratch, a full-radius adversary can stop the model from ever leaving chance (the worst case of a random
+    network is uninformative), so small perturbations come first."""
+    if cfg.eps_warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, epoch_progress / cfg.eps_warmup_epochs)
+
+
+CHANCE_MARGIN = 0.05  # within 5 points of always predicting the commonest class: nothing learnt yet
+
+
+def chance_warning(cfg: TrainConfig, epochs_done: int, val_clean: float, val_labels: torch.Tensor) -> str | None:
+    """One line saying the run has not left chance level, with the likely fixes; None once it has learnt.
+
+    Chance is the share of the commonest class among the validation labels (what a constant prediction scores)."""
+    chance = float(torch.bincount(val_labels).max()) / max(len(val_labels), 1)
+    if val_clean > chance + CHANCE_MARGIN:
+        return None
+    fixes = ["a lower --lr", "a smaller --batch-size (more steps per epoch)"]
+    if cfg.method != "standard":
+        fixes = [f"a longer --eps-warmup-epochs (now {cfg.eps_warmup_epochs:g})", f"a smaller --eps (now {cfg.eps:g})",
+                 *fixes]
+    if cfg.method.startswith("got-"):
+        fixes.append(f"a smaller --ot-weight or a longer --ot-warmup-epochs (beta is {cfg.ot_weight:g})")
+    return (f"warning: accuracy is at chance level ({100 * val_clean:.1f} %, a constant prediction scores "
+            f"{100 * chance:.1f} %) after {epochs_done} epoch{'s' * (epochs_done != 1)}: the model has not started "
+            f"to learn; try {', '.join(fixes)}")
 
 
 def with_data_geometry(spec: DatasetSpec, data: ImageData) -> DatasetSpec:
@@ -383,8 +430,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
     with _StopFlag() as stop:
         for epoch in range(state["epoch"], cfg.epochs):
             t0 = time.perf_counter()
-            order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(
-                step_seed(cfg.seed, epoch, -1)))
+            order = epoch_order(cfg.seed, epoch, len(train_data))
             zeros = {"loss": 0.0, "correct": 0, "seen": 0, "ot": 0.0, "skipped": 0, "seconds": 0.0}
             # Each process sums its own shard; the saved totals (global) are carried by rank 0 alone.
             acc = (state["accum"] if info.is_main else None) or dict(zeros)
@@ -409,6 +455,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 ctx.ot_weight = ot_weight_at(cfg, epoch + step / steps_per_epoch)
+                eps_scale = eps_scale_at(cfg, epoch + step / steps_per_epoch)
+                ctx.eps, ctx.step_size = cfg.eps * eps_scale, cfg.step_size * eps_scale
                 ctx.awp_gamma = awp_gamma_at(cfg.awp_gamma, cfg.awp_warmup_epochs, epoch + step / steps_per_epoch)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     loss, logs = method(model, x, y, ctx)
@@ -470,6 +518,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
             seen = max(acc["seen"], 1)
             record = {"epoch": epoch + 1, "train_loss": acc["loss"] / seen, "train_acc": acc["correct"] / seen,
                       "ot": acc["ot"] / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
+                      "train_eps": cfg.eps * eps_scale_at(cfg, epoch + 1),
                       "lr": opt.param_groups[0]["lr"], "skipped_batches": acc["skipped"]}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 record.update(validate_epoch(eval_model, val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
@@ -491,6 +540,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  train acc {record['train_acc']:.3f}"
                 f"  val clean {record['val_clean']:.3f}  val PGD-{cfg.val_steps} {record['val_pgd']:.3f}"
                 f"  ({record['seconds']:.1f}s)")
+            warning = chance_warning(cfg, epoch + 1, record["val_clean"], val_data.y)
+            if warning:
+                log(warning)
             stop.signum = distributed.agree_on_signal(stop.signum, info, device)
             if stop.signum is not None and epoch + 1 < cfg.epochs:  # the signal came during validation
                 raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint saved, "

@@ -59,6 +59,8 @@ class DatasetSpec:
     needs_root: bool = True
     default_model: str = "cw-cnn"
     default_eps: float = 0.3
+    default_batch_size: int = 128
+    default_val_size: int = 500
     class_names: tuple[str, ...] = field(default=())
 
 
