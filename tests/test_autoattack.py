@@ -132,3 +132,19 @@ def test_colour_images_in_the_channels_last_layout_of_otrobust_eval():
     result = evaluate_model(model, ImageData(x, y, 10), {"autoattack": aa.autoattack(1e-5, "linf", **CHEAP)},
                             batch_size=4, device="cpu", nhwc=True)
     assert result.accuracy("clean") == 1.0 and 0.0 <= result.accuracy("autoattack") <= 1.0
+
+
+def test_autoattack_records_which_attack_broke_which_point(trained_digits_model):
+    data = load_dataset("digits", "test", size=64)
+    attack = aa.autoattack(0.15, **CHEAP)
+    res = evaluate_model(trained_digits_model, data, {"autoattack": attack}, batch_size=32)
+    stages = res.stages["autoattack"]
+    assert list(stages) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert torch.equal(stages["clean"], res.clean)
+    masks = list(stages.values())
+    for before, after in zip(masks, masks[1:], strict=False):
+        assert not bool((after & ~before).any())  # a later attack never repairs a broken point
+    assert torch.equal(masks[-1], res.per_attack["autoattack"])  # the last stage is AutoAttack's verdict
+    assert masks[1].sum() < masks[0].sum()  # APGD-CE breaks some digits at this radius
+    accs = res.stage_accuracies("autoattack")
+    assert accs["square"] == pytest.approx(res.accuracy("autoattack"))

@@ -91,6 +91,9 @@ class AutoAttackRunner:
     n_targets: int | None = None
     warnings: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    # Of the latest call: per example (N,) bool, robust after each attack in order (``last_stages[name]``),
+    # starting with ``"clean"`` (the reference's own clean check): which attack broke which point.
+    last_stages: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.norm not in REFERENCE_NORMS:
@@ -111,7 +114,7 @@ class AutoAttackRunner:
             before = model(x).argmax(1)
         # The reference flattens gradients shaped like x with .view, which a channels-last colour batch does not
         # allow; the model keeps its own memory format.
-        x_adv = self._run(reference, x.contiguous(), y)
+        x_adv = self._run_stages(reference, x.contiguous(), y, before == y)
         with torch.no_grad():
             after = model(x).argmax(1)
         self._check(x, x_adv, before, after)
@@ -145,6 +148,23 @@ class AutoAttackRunner:
         ref.fab.n_target_classes = targets
         ref.square.n_queries = self.n_queries or STANDARD_QUERIES
         return ref
+
+    def _run_stages(self, reference, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor) -> torch.Tensor:
+        """The reference's sequence, one attack at a time, each on the points the earlier ones left unbroken (as
+        the reference itself does), recording in ``last_stages`` which points survive each attack."""
+        x_adv, robust = x.clone(), robust.clone()
+        self.last_stages = {"clean": robust.cpu().clone()}
+        for name in self.attacks:
+            idx = robust.nonzero().flatten()
+            if len(idx):
+                reference.attacks_to_run = [name]
+                found = self._run(reference, x[idx], y[idx])
+                with torch.no_grad():
+                    broken = model_predictions(reference.model, found) != y[idx]
+                x_adv[idx[broken]] = found[broken]
+                robust[idx[broken]] = False
+            self.last_stages[name] = robust.cpu().clone()
+        return x_adv
 
     def _run(self, reference, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _, checks, _, _ = _reference()
@@ -197,6 +217,11 @@ class AutoAttackRunner:
         key = re.sub(r"[0-9.]+", "#", text)
         if all(re.sub(r"[0-9.]+", "#", w) != key for w in self.warnings):
             self.warnings.append(text)
+
+
+def model_predictions(model, x: torch.Tensor) -> torch.Tensor:
+    """Arg-max class of ``model`` on ``x`` (N,), without gradients."""
+    return model(x).argmax(1)
 
 
 def too_few_classes(attacks: tuple[str, ...], n_classes: int) -> list[str]:

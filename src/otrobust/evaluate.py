@@ -38,6 +38,14 @@ class EvalResult:
     labels: str = "true"
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: dict[str, list[str]] = field(default_factory=dict)  # what an attack reported (AutoAttack's checks)
+    # For an attack made of several in sequence (AutoAttack): per stage (``"clean"``, then each attack in order),
+    # (N,) bool, right after that stage — so a reader sees which attack did the work.
+    stages: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def stage_accuracies(self, name: str) -> dict[str, float]:
+        """Accuracy after each stage of attack ``name`` (empty if it has no stages)."""
+        return {stage: int(t.sum()) / len(t) if len(t) else float("nan")
+                for stage, t in self.stages.get(name, {}).items()}
 
     @property
     def n(self) -> int:
@@ -131,6 +139,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     was_training = model.training
     model.eval()
     clean, per_attack = [], {name: [] for name in attacks}
+    stages: dict[str, dict[str, list[torch.Tensor]]] = {}
     seconds = dict.fromkeys(attacks, 0.0)
     seen = {name: len(getattr(attack, "warnings", ())) for name, attack in attacks.items()}
     nhwc = nhwc and data.x.ndim == 4
@@ -157,6 +166,8 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                     if labels == "true":
                         correct &= pred == y
                     per_attack[name].append(correct.cpu())
+                    for stage, robust in getattr(attack, "last_stages", {}).items():
+                        stages.setdefault(name, {}).setdefault(stage, []).append(robust & (pred == y).cpu())
                     seconds[name] += time.perf_counter() - t0
                     if progress:
                         progress(len(y))
@@ -165,7 +176,8 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     reported = {name: list(getattr(attack, "warnings", ()))[seen[name]:] for name, attack in attacks.items()}
     return EvalResult(torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
                       {k: torch.cat(v) for k, v in per_attack.items()}, labels, seconds,
-                      {k: v for k, v in reported.items() if v})
+                      {k: v for k, v in reported.items() if v},
+                      {name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in stages.items()})
 
 
 ATTACKS = ("fgsm", "pgd", "pgd-cw", "pgd-dlr", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "square",
@@ -261,7 +273,8 @@ def eval_record(result: EvalResult, threat: dict) -> dict:
               "robust_accuracy": result.accuracy("worst") if result.per_attack else None,
               "robust_accuracy_ci95": list(result.interval("worst")) if result.per_attack else None,
               "worst_case_over": list(result.per_attack), "attacks": result.summary(),
-              "attack_warnings": result.warnings}
+              "attack_warnings": result.warnings,
+              "stages": {name: result.stage_accuracies(name) for name in result.stages}}
     if result.labels == "predicted":
         record["labels_note"] = ("PREDICTED labels (the paper's protocol): attacks moved away from the model's own "
                                  "prediction; this is not robust accuracy against the true labels")

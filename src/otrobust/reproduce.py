@@ -30,11 +30,12 @@ from otrobust import runs
 from otrobust.config import TrainConfig, coerce_value, config_from_dict
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, Evaluation, Preset, Run
+from otrobust.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, STUDIES, Evaluation, Preset, Run
 
 SCALES = ("smoke", "full")
-RESULT_FIELDS = ("preset", "scale", "run", "label", "dataset", "model", "method", "evaluation", "metric", "eps",
-                 "steps", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "audit", "note")
+RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
+                 "labels", "eps", "steps", "step_size", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "audit",
+                 "note")
 FULL_AUDIT_N = 500  # test images per audit at the full scale (the standard AutoAttack runs on them)
 # Settings that do not change what a run learns (where it lives, how it is executed).
 NOT_IN_RUN_ID = ("out", "resume", "device", "data_dir", "checkpoint_every", "compile", "channels_last",
@@ -103,11 +104,14 @@ def gpu_hours(units: float, flops: float) -> float:
 # ---------------------------------------------------------------- planning
 @dataclass
 class PlannedRun:
-    """One run of a preset at one scale: its resolved config (``out`` = its run directory)."""
+    """One run of a preset at one scale and seed: its resolved config (``out`` = its run directory).
+
+    ``seed_index``: 0 for the first seed of a multi-seed study (its seed is ``config.seed``)."""
 
     run: Run
     config: TrainConfig
     note: str = ""
+    seed_index: int = 0
 
     @property
     def run_dir(self) -> Path:
@@ -115,9 +119,11 @@ class PlannedRun:
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise OtrobustError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """A paper preset or one of our studies, by name."""
+    known = {**PRESETS, **STUDIES}
+    if name not in known:
+        raise OtrobustError(f"unknown preset {name!r}; choose one of: {', '.join(known)}")
+    return known[name]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -176,28 +182,50 @@ def check_same_settings(p: PlannedRun) -> None:
 
 
 def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = None,
-         overrides: dict[str, Any] | None = None, device: str = "auto") -> list[PlannedRun]:
-    """The resolved TrainConfig of every run of ``preset`` at ``scale``."""
+         overrides: dict[str, Any] | None = None, device: str = "auto", seeds: int = 1) -> list[PlannedRun]:
+    """The resolved TrainConfig of every run of ``preset`` at ``scale``, once per seed (seed index outermost, so
+    that a stopped study has whole seeds done first).
+
+    Seed ``i`` of a run is its configured seed (``--set seed=S``, default 0) plus ``i``: the same seed gives every
+    run the same initial weights (same architecture) and data order, so runs of one seed are paired. A run with
+    ``init_from`` starts from that run's final checkpoint of the same seed."""
+    if seeds < 1:
+        raise OtrobustError(f"--seeds must be at least 1, got {seeds}")
+    planned: list[PlannedRun] = []
+    for i in range(seeds):
+        same_seed: dict[str, PlannedRun] = {}
+        for run in preset.runs:
+            p = _plan_run(run, scale, out, data_dir, overrides, device, i, same_seed)
+            same_seed[run.name] = p
+            planned.append(p)
+    return planned
+
+
+def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overrides: dict[str, Any] | None,
+              device: str, seed_index: int, same_seed: dict[str, PlannedRun]) -> PlannedRun:
     from otrobust.train import resolve
 
     if scale not in SCALES:
         raise OtrobustError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
-    planned = []
-    for run in preset.runs:
-        values, note = dict(run.config), ""
-        if scale == "smoke":
-            values.update(SMOKE["train"])
-            if data_dir is None:
-                note = f"{SMOKE['stand_in']} stands in for {values['dataset']}"
-                values.update(dataset=SMOKE["stand_in"], model=None)
-            else:
-                values["model"] = SMOKE["models"].get(values.get("model"), values.get("model"))
-        values.update(overrides or {})
-        values["data_dir"] = dataset_dir(values["dataset"], data_dir) if scale == "full" or note == "" else None
-        cfg = resolve(config_from_dict({**values, "device": device}))
-        cfg = dataclasses.replace(cfg, out=str(Path(out) / scale / "runs" / run_id(cfg)))
-        planned.append(PlannedRun(run, cfg, note))
-    return planned
+    values, note = dict(run.config), ""
+    if scale == "smoke":
+        values.update(SMOKE["train"])
+        if data_dir is None:
+            note = f"{SMOKE['stand_in']} stands in for {values['dataset']}"
+            values.update(dataset=SMOKE["stand_in"], model=None)
+        else:
+            values["model"] = SMOKE["models"].get(values.get("model"), values.get("model"))
+    values.update(overrides or {})
+    values["seed"] = values.get("seed", 0) + seed_index
+    if run.init_from is not None:
+        if run.init_from not in same_seed:
+            raise OtrobustError(f"run {run.name!r} starts from {run.init_from!r}, which the preset does not "
+                                "list before it")
+        values["init"] = str(runs.checkpoint_path(same_seed[run.init_from].run_dir, "last"))
+    values["data_dir"] = dataset_dir(values["dataset"], data_dir) if scale == "full" or note == "" else None
+    cfg = resolve(config_from_dict({**values, "device": device}))
+    cfg = dataclasses.replace(cfg, out=str(Path(out) / scale / "runs" / run_id(cfg)))
+    return PlannedRun(run, cfg, note, seed_index)
 
 
 def scaled_evaluations(preset: Preset, scale: str) -> list[Evaluation]:
@@ -264,7 +292,11 @@ def checkpoint_key(ckpt: Path, **settings: Any) -> str:
 
 
 def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, Any]) -> str:
-    return checkpoint_key(ckpt, ev=dataclasses.asdict(ev), eps=cfg.eps, norm=cfg.norm, options=options)
+    # Only the fields that differ from Evaluation's defaults: a field added later keeps existing caches valid.
+    defaults = {f.name: f.default for f in dataclasses.fields(Evaluation)}
+    what = {k: v for k, v in dataclasses.asdict(ev).items() if k in ("name", "attacks") or v != defaults.get(k)}
+    what.pop("runs", None), what.pop("seeds", None)  # which runs it applies to does not change a result
+    return checkpoint_key(ckpt, ev=what, eps=cfg.eps, norm=cfg.norm, options=options)
 
 
 def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, device="cpu", seed: int = 0,
@@ -302,19 +334,24 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
         attacks, missing = {}, []
         for name in ev.attacks:  # an attack this build cannot run is reported in the results, not fatal
             try:
-                attacks.update(build_attacks([name], eps=eps, steps=steps or 20, norm=cfg.norm,
-                                             **(options if name.startswith("autoattack") else {})))
+                attacks.update(build_attacks([name], eps=eps, steps=steps or 20, step_size=ev.step_size,
+                                             norm=cfg.norm, **(options if name.startswith("autoattack") else {})))
             except OtrobustError as exc:
                 missing.append((name, str(exc)))
         torch.manual_seed(seed)
-        res = evaluate_model(model, data, attacks, batch_size=256, device=device)
+        res = evaluate_model(model, data, attacks, labels=ev.labels, batch_size=256, device=device)
         warnings = getattr(res, "warnings", {})
-        for name in ["clean"] * (i == 0) + [*attacks, *(["worst"] if len(attacks) > 1 else [])]:
-            correct = res.clean if name == "clean" else res.worst if name == "worst" else res.per_attack[name]
+        outcomes = [(name, res.correct(name)) for name in ["clean"] * (i == 0) + [*attacks]]
+        outcomes += [(f"{name} after {stage}", t) for name in attacks for stage, t in res.stages.get(name, {}).items()
+                     if stage != "clean"]  # AutoAttack stage by stage: which attack did the work
+        outcomes += [("worst-case", res.worst)] * (len(attacks) > 1)
+        for name, correct in outcomes:
             k = int(correct.sum())
             lo, hi = binomial_interval(k, len(correct))
-            rows.append({"evaluation": ev.name, "metric": "worst-case" if name == "worst" else name,
-                         "eps": None if name == "clean" else eps, "steps": None if name == "clean" else steps,
+            clean = name == "clean"
+            rows.append({"evaluation": ev.name, "metric": name, "labels": ev.labels, "eps": None if clean else eps,
+                         "steps": None if clean else steps,
+                         "step_size": None if clean or steps is None else ev.step_size or 2.5 * eps / steps,
                          "n": len(correct), "accuracy": 100 * k / max(len(correct), 1), "ci_low": 100 * lo,
                          "ci_high": 100 * hi, "note": "; ".join(warnings.get(name, []))})
         rows += [{"evaluation": ev.name, "metric": name, "eps": eps, "steps": steps, "n": 0, "accuracy": None,
@@ -355,13 +392,14 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
 
 # ---------------------------------------------------------------- results
 def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None, device="cpu",
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Audit the run's best checkpoint (otrobust.audit; cached in ``run_dir/audit-<key>`` per checkpoint and
-    budget). Returns ``{run, verdict (pass|warn|fail), pass, warn, fail, failed_checks, report}``."""
+              log: Callable[[str], None] = print, n: int | None = None) -> dict[str, Any]:
+    """Audit the run's best checkpoint on ``n`` test images (default: by scale) (otrobust.audit; cached in
+    ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
+    fail, failed_checks, report}``."""
     from otrobust.audit import AuditSettings, audit_model, write_report
 
     ckpt = runs.resolve_checkpoint(p.run_dir)
-    n = SMOKE["audit_n"] if scale == "smoke" else FULL_AUDIT_N
+    n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
     settings = AuditSettings.make(p.config.eps, p.config.norm, quick=scale == "smoke",
                                   **(SMOKE["audit"] if scale == "smoke" else {}))
     out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"
@@ -374,7 +412,8 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
     summary = json.loads((out / "audit.json").read_text())
     counts = summary["counts"]
     verdict = "fail" if summary["failed"] else "warn" if counts.get("warn") else "pass"
-    return {"run": p.run.name, "verdict": verdict, **{k: counts.get(k, 0) for k in ("pass", "warn", "fail")},
+    return {"run": p.run.name, "seed": p.config.seed, "verdict": verdict,
+            **{k: counts.get(k, 0) for k in ("pass", "warn", "fail")},
             "failed_checks": [c["name"] for c in summary["checks"] if c["status"] == "fail"],
             "report": str(out / "audit.md")}
 
@@ -417,7 +456,7 @@ def result_row(preset: Preset, scale: str, p: PlannedRun, row: dict[str, Any], s
     and the run's audit verdict."""
     paper = paper_value(preset, p.run.name, row["metric"], row["eps"], row["steps"], source_eps)
     diff = None if paper is None or row["accuracy"] is None else row["accuracy"] - paper
-    out = {"preset": preset.name, "scale": scale, "run": p.run.name, "label": p.run.label,
+    out = {"preset": preset.name, "scale": scale, "run": p.run.name, "seed": p.config.seed, "label": p.run.label,
            "dataset": p.config.dataset, "model": p.config.model, "method": p.config.method, **row,
            "paper": paper, "diff": diff, "audit": audit or "not audited"}
     return {k: out.get(k) for k in RESULT_FIELDS}
@@ -464,8 +503,10 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
         parts += [f"> **Stand-in data**: {note} (no --data-dir was given); only for the smoke scale.", ""]
     parts += ["Accuracies in %, against the true labels; 95 % Wilson intervals; `paper` as printed in the paper.",
               ""]
+    multi_seed = len({r.get("seed") for r in rows}) > 1
     for ev in dict.fromkeys(r["evaluation"] for r in rows):
-        body = [[names.get(r["run"], r["run"]), r["metric"], format_eps(r["eps"]), _fmt(r["steps"]), r["n"],
+        body = [[names.get(r["run"], r["run"]) + (f" (seed {r['seed']})" if multi_seed else ""), r["metric"],
+                 format_eps(r["eps"]), _fmt(r["steps"]), r["n"],
                  _fmt(r["accuracy"]), "–" if r["ci_low"] is None else f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
                  _fmt(r["paper"]), "–" if r["diff"] is None else f"{r['diff']:+.2f}",
                  AUDIT_MARKS.get(r["audit"], r["audit"]), r["note"] or ""]
@@ -549,8 +590,9 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
 
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
-    if "curves" in preset.plots:
-        histories = {names[p.run.name]: runs.read_jsonl(p.run_dir / "metrics.jsonl") for p in planned}
+    if "curves" in preset.plots:  # the first seed's curves
+        histories = {names[p.run.name]: runs.read_jsonl(p.run_dir / "metrics.jsonl") for p in planned
+                     if p.seed_index == 0}
         files += plots.plot_learning_curves(histories, fig_dir / "learning_curves", title=f"Learning curves, {title}")
     if "eps" in preset.plots:
         paper = _paper_panels(preset, planned, "eps") if scale == "full" else None
@@ -561,6 +603,12 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
         files += plots.plot_accuracy_vs_steps(_sweep_panels(planned, rows, "steps-sweep", "steps"),
                                               fig_dir / "accuracy_vs_steps",
                                               title=f"Robust accuracy vs PGD steps, {title}")
+    if "label-sweep" in preset.plots:
+        from otrobust import study
+
+        panels = study.sweep_panels(study.seed_summary(rows), names, LABEL_SWEEPS)
+        files += plots.plot_accuracy_vs_eps(panels, fig_dir / "accuracy_vs_eps_label_protocols",
+                                            title=f"Robust accuracy vs ε under two label protocols, {title}")
     if "beta" in preset.plots:
         lines: dict[str, list[tuple[float, float]]] = {}
         for p in planned:
@@ -584,6 +632,23 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
         files += plots.plot_tsne(panels, fig_dir / "tsne", class_names=spec.class_names or None,
                                  title=f"t-SNE of penultimate features, clean (o) and PGD (x), {title}")
     return files
+
+
+def _with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]]) -> str:
+    """results.md with the multi-seed summary and paired differences (otrobust.study) after its introduction."""
+    from otrobust import study
+
+    paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
+    text = study.study_markdown(study.seed_summary(rows),
+                                study.paired_differences(rows, {r.name: r.baseline for r in preset.runs if r.baseline}),
+                                display_names(planned), paper)
+    head, sep, rest = markdown.partition("\n## ")
+    return f"{head}\n{text}\n## {rest}" if sep else f"{markdown}\n{text}"
+
+
+LABEL_SWEEPS = {"eps-sweep": "true labels, PGD-40, step 2.5·ε/40",
+                "eps-sweep-fixed-step": "true labels, PGD-40, step 0.01 (paper's step)",
+                "eps-sweep-predicted": "predicted labels, PGD-40, step 0.01 (paper's protocol)"}
 
 
 # ---------------------------------------------------------------- the command
@@ -612,18 +677,24 @@ def print_plan(preset: Preset, scale: str, planned: list[PlannedRun], evaluation
     return cost
 
 
+def applies(p: PlannedRun, runs_: tuple[str, ...], seeds: tuple[int, ...]) -> bool:
+    """Whether an evaluation or audit restricted to ``runs_`` and seed indices ``seeds`` (empty: all) covers ``p``."""
+    return (not runs_ or p.run.name in runs_) and (not seeds or p.seed_index in seeds)
+
+
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reproduce", data_dir: str | None = None,
               dry_run: bool = False, device: str = "auto", overrides: dict[str, Any] | None = None,
-              audit: bool = True, log: Callable[[str], None] = print) -> Path | None:
-    """Train, evaluate and audit every run of preset ``name``; write results.csv, results.md, audits.json and
-    figures.
+              audit: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> Path | None:
+    """Train, evaluate and audit every run of preset ``name`` (``seeds`` times, with seeds 0, 1, …); write
+    results.csv, results.md, audits.json and figures. With several seeds results.md leads with each run's mean ±
+    standard deviation over seeds and each run's paired difference from its baseline (:mod:`otrobust.study`).
 
     Returns the results folder (None for ``dry_run``, which only lists the runs and their estimated cost).
     """
     from otrobust.train import pick_device
 
     preset = get_preset(name)
-    planned = plan(preset, scale, out, data_dir, overrides, device)
+    planned = plan(preset, scale, out, data_dir, overrides, device, seeds)
     evaluations = scaled_evaluations(preset, scale)
     if dry_run:
         print_plan(preset, scale, planned, evaluations, log)
@@ -634,8 +705,9 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
             "(pipeline check only, numbers not comparable with the paper)")
     for i, p in enumerate(planned, 1):
         status = run_status(p)
-        log(f"[{i}/{len(planned)}] {p.run.name}: {'done, skipped' if status == 'done' else status + ', training'}"
-            f" ({p.config.dataset}, {p.config.model}, {p.config.method}) -> {p.run_dir}")
+        what = "done, skipped" if status == "done" else status + ", training"
+        log(f"[{i}/{len(planned)}] {p.run.name}" + (f" seed {p.config.seed}" if seeds > 1 else "")
+            + f": {what} ({p.config.dataset}, {p.config.model}, {p.config.method}) -> {p.run_dir}")
         train_planned(p, log)
     dev = pick_device(device)
     options = SMOKE["attack_options"] if scale == "smoke" else None
@@ -643,18 +715,20 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
     for p in planned:
         key = (p.config.dataset, p.config.data_dir)
         if key not in tests:
-            sizes = [ev.n for ev in evaluations] + [SMOKE["audit_n"] if scale == "smoke" else FULL_AUDIT_N] * audit
+            audit_n = SMOKE["audit_n"] if scale == "smoke" else preset.audit_n or FULL_AUDIT_N
+            sizes = [ev.n for ev in evaluations] + [audit_n] * audit
             tests[key] = load_dataset(p.config.dataset, "test", p.config.data_dir,
                                       size=None if None in sizes else max(sizes))
         verdict = None
-        if audit:
-            audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log))
+        if audit and applies(p, (), preset.audit_seeds):
+            audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log,
+                                    n=preset.audit_n))
             verdict = audits[-1]["verdict"]
             log(f"audit of {p.run.name}: {verdict}" + (f" ({', '.join(audits[-1]['failed_checks'])})"
                                                          if verdict == "fail" else ""))
         for ev in evaluations:
-            if not ev.runs or p.run.name in ev.runs:
-                log(f"evaluating {p.run.name}: {ev.name}")
+            if applies(p, ev.runs, ev.seeds):
+                log(f"evaluating {p.run.name}" + (f" seed {p.config.seed}" if seeds > 1 else "") + f": {ev.name}")
                 for row in evaluate_run(p.run_dir, ev, p.config, tests[key], device=dev, attack_options=options):
                     rows.append(result_row(preset, scale, p, row, p.config.eps, verdict))
     result_dir = Path(out) / scale / preset.name
@@ -665,8 +739,10 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
     except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
         log(f"warning: figures not drawn: {exc}")
         figures = []
-    runs.atomic_write_text(result_dir / "results.md",
-                           results_markdown(preset, scale, planned, rows, figures, result_dir, audits))
+    markdown = results_markdown(preset, scale, planned, rows, figures, result_dir, audits)
+    if seeds > 1 or any(r.baseline for r in preset.runs):
+        markdown = _with_study(markdown, preset, planned, rows)
+    runs.atomic_write_text(result_dir / "results.md", markdown)
     log(f"results: {result_dir / 'results.md'}, {result_dir / 'results.csv'}"
         + (f", {len(figures) // 2} figures in {result_dir / 'figures'}" if figures else ""))
     return result_dir

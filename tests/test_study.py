@@ -1,0 +1,70 @@
+"""Multi-seed studies: seeds really differ, runs of one seed are paired, differences are taken seed by seed."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from otrobust import study
+from otrobust.presets import STUDIES
+from otrobust.reproduce import plan, reproduce
+from otrobust.train import build_model, epoch_order
+
+
+def _row(run, seed, acc, metric="pgd", evaluation="pgd"):
+    return {"run": run, "seed": seed, "evaluation": evaluation, "metric": metric, "labels": "true", "eps": 0.3,
+            "steps": 40, "step_size": 0.01, "accuracy": acc}
+
+
+def test_paired_differences_are_taken_seed_by_seed():
+    rows = [_row("got", 0, 50.0), _row("got", 1, 61.0), _row("got", 2, 40.0), _row("got", 3, 99.0),
+            _row("base", 0, 48.0), _row("base", 1, 60.0), _row("base", 2, 37.0)]  # seed 3 has no baseline
+    (d,) = study.paired_differences(rows, {"got": "base"})
+    assert d["seeds"] == [0, 1, 2] and d["diffs"] == [2.0, 1.0, 3.0]
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert d["mean"] == pytest.approx(2.0) and d["ci_low"] == pytest.approx(2.0 - half)
+    assert d["ci_high"] == pytest.approx(2.0 + half)
+    # Unpaired, the same numbers would be a mean difference of 61.0 / 4 ... — the pairing is what is tested:
+    assert study.paired_differences(rows, {"base": "got"})[0]["diffs"] == [-2.0, -1.0, -3.0]
+
+
+def test_seed_summary_gives_mean_and_sample_sd():
+    rows = [_row("a", s, v) for s, v in ((0, 1.0), (1, 2.0), (2, 6.0))] + [_row("b", 0, 5.0)]
+    by_run = {r["run"]: r for r in study.seed_summary(rows)}
+    assert by_run["a"]["mean"] == pytest.approx(3.0) and by_run["a"]["sd"] == pytest.approx(math.sqrt(7.0))
+    assert by_run["b"]["sd"] is None and study.mean_sd(3.0, 2.0) == "3.00 ± 2.00"
+
+
+def test_seeds_vary_initial_weights_and_data_order_and_pair_runs_of_one_seed(tmp_path):
+    planned = plan(STUDIES["mnist-study"], "smoke", tmp_path, seeds=2)
+    by = {(p.run.name, p.seed_index): p.config for p in planned}
+    assert {p.seed_index for p in planned} == {0, 1}
+    assert by[("trades", 0)].seed != by[("trades", 1)].seed
+    assert by[("trades", 0)].out != by[("trades", 1)].out
+
+    def weights(cfg):
+        model, _ = build_model(cfg, torch.device("cpu"))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert not torch.equal(weights(by[("trades", 0)]), weights(by[("trades", 1)]))
+    assert torch.equal(weights(by[("trades", 1)]), weights(by[("got-trades-lm", 1)]))  # paired: same start
+    assert not torch.equal(epoch_order(by[("trades", 0)].seed, 0, 100), epoch_order(by[("trades", 1)].seed, 0, 100))
+    # Fine-tuning starts from the TRADES run of its own seed.
+    for i in (0, 1):
+        assert by[("ft/trades", i)].init.startswith(by[("trades", i)].out)
+
+
+def test_smoke_study_with_two_seeds_reports_mean_sd_and_paired_differences(tmp_path):
+    folder = reproduce("mnist-study", scale="smoke", out=tmp_path, seeds=2, device="cpu", log=lambda s: None)
+    text = (folder / "results.md").read_text()
+    assert "## Across seeds" in text and "±" in text and "## Paired differences" in text
+    with open(folder / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    main = STUDIES["mnist-study"].evaluations[0]
+    for run in STUDIES["mnist-study"].runs:
+        seeds = {r["seed"] for r in rows if r["run"] == run.name and r["evaluation"] == main.name}
+        assert seeds == {"0", "1"}, (run.name, seeds)
+    stages = {r["metric"] for r in rows if r["evaluation"] == "autoattack"}
+    assert {"autoattack after apgd-ce", "autoattack after square"} <= stages
+    assert (folder / "figures" / "accuracy_vs_eps_label_protocols.png").is_file()
