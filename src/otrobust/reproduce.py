@@ -189,6 +189,8 @@ def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = Non
     Seed ``i`` of a run is its configured seed (``--set seed=S``, default 0) plus ``i``: the same seed gives every
     run the same initial weights (same architecture) and data order, so runs of one seed are paired. A run with
     ``init_from`` starts from that run's final checkpoint of the same seed."""
+    if scale not in SCALES:
+        raise OtrobustError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
     if seeds < 1:
         raise OtrobustError(f"--seeds must be at least 1, got {seeds}")
     planned: list[PlannedRun] = []
@@ -205,8 +207,6 @@ def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overr
               device: str, seed_index: int, same_seed: dict[str, PlannedRun]) -> PlannedRun:
     from otrobust.train import resolve
 
-    if scale not in SCALES:
-        raise OtrobustError(f"unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
     values, note = dict(run.config), ""
     if scale == "smoke":
         values.update(SMOKE["train"])
@@ -259,7 +259,8 @@ def cost_table(preset: Preset, planned: list[PlannedRun], evaluations: list[Eval
         units = cfg.epochs * (n_train * train_units(cfg) + cfg.val_size * (2 * cfg.val_steps + 1))
         ev_units = sum(min(ev.n or n_test, n_test) * eval_units(ev) for ev in evaluations
                        if not ev.runs or p.run.name in ev.runs)
-        rows.append([p.run.name, cfg.dataset, cfg.model, cfg.method, cfg.epochs, run_status(p),
+        name = p.run.name + (f" (seed {cfg.seed})" if any(q.seed_index for q in planned) else "")
+        rows.append([name, cfg.dataset, cfg.model, cfg.method, cfg.epochs, run_status(p),
                      gpu_hours(units, flops), gpu_hours(ev_units, flops)])
     return rows
 
@@ -682,6 +683,35 @@ def applies(p: PlannedRun, runs_: tuple[str, ...], seeds: tuple[int, ...]) -> bo
     return (not runs_ or p.run.name in runs_) and (not seeds or p.seed_index in seeds)
 
 
+def _evaluate_and_audit(preset: Preset, scale: str, planned: list[PlannedRun], evaluations: list[Evaluation],
+                        audit: bool, dev, log: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
+    """Audit and evaluate every planned run that an audit or evaluation applies to (cached per checkpoint);
+    returns (results.csv rows, audit summaries)."""
+    multi_seed = any(p.seed_index for p in planned)
+    options = SMOKE["attack_options"] if scale == "smoke" else None
+    rows, tests, audits = [], {}, []
+    for p in planned:
+        key = (p.config.dataset, p.config.data_dir)
+        if key not in tests:
+            audit_n = SMOKE["audit_n"] if scale == "smoke" else preset.audit_n or FULL_AUDIT_N
+            sizes = [ev.n for ev in evaluations] + [audit_n] * audit
+            tests[key] = load_dataset(p.config.dataset, "test", p.config.data_dir,
+                                      size=None if None in sizes else max(sizes))
+        verdict = None
+        if audit and applies(p, (), preset.audit_seeds):
+            audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log,
+                                    n=preset.audit_n))
+            verdict = audits[-1]["verdict"]
+            log(f"audit of {p.run.name}: {verdict}" + (f" ({', '.join(audits[-1]['failed_checks'])})"
+                                                         if verdict == "fail" else ""))
+        for ev in evaluations:
+            if applies(p, ev.runs, ev.seeds):
+                log(f"evaluating {p.run.name}" + (f" seed {p.config.seed}" if multi_seed else "") + f": {ev.name}")
+                for row in evaluate_run(p.run_dir, ev, p.config, tests[key], device=dev, attack_options=options):
+                    rows.append(result_row(preset, scale, p, row, p.config.eps, verdict))
+    return rows, audits
+
+
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reproduce", data_dir: str | None = None,
               dry_run: bool = False, device: str = "auto", overrides: dict[str, Any] | None = None,
               audit: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> Path | None:
@@ -709,28 +739,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
         log(f"[{i}/{len(planned)}] {p.run.name}" + (f" seed {p.config.seed}" if seeds > 1 else "")
             + f": {what} ({p.config.dataset}, {p.config.model}, {p.config.method}) -> {p.run_dir}")
         train_planned(p, log)
-    dev = pick_device(device)
-    options = SMOKE["attack_options"] if scale == "smoke" else None
-    rows, tests, audits = [], {}, []
-    for p in planned:
-        key = (p.config.dataset, p.config.data_dir)
-        if key not in tests:
-            audit_n = SMOKE["audit_n"] if scale == "smoke" else preset.audit_n or FULL_AUDIT_N
-            sizes = [ev.n for ev in evaluations] + [audit_n] * audit
-            tests[key] = load_dataset(p.config.dataset, "test", p.config.data_dir,
-                                      size=None if None in sizes else max(sizes))
-        verdict = None
-        if audit and applies(p, (), preset.audit_seeds):
-            audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log,
-                                    n=preset.audit_n))
-            verdict = audits[-1]["verdict"]
-            log(f"audit of {p.run.name}: {verdict}" + (f" ({', '.join(audits[-1]['failed_checks'])})"
-                                                         if verdict == "fail" else ""))
-        for ev in evaluations:
-            if applies(p, ev.runs, ev.seeds):
-                log(f"evaluating {p.run.name}" + (f" seed {p.config.seed}" if seeds > 1 else "") + f": {ev.name}")
-                for row in evaluate_run(p.run_dir, ev, p.config, tests[key], device=dev, attack_options=options):
-                    rows.append(result_row(preset, scale, p, row, p.config.eps, verdict))
+    rows, audits = _evaluate_and_audit(preset, scale, planned, evaluations, audit, pick_device(device), log)
     result_dir = Path(out) / scale / preset.name
     write_csv(result_dir / "results.csv", rows, RESULT_FIELDS)
     runs.atomic_write_text(result_dir / "audits.json", json.dumps(audits, indent=1))
