@@ -160,7 +160,7 @@ class AutoAttackRunner:
                 reference.attacks_to_run = [name]
                 found = self._run(reference, x[idx], y[idx])
                 with torch.no_grad():
-                    broken = model_predictions(reference.model, found) != y[idx]
+                    broken = reference.model(found).argmax(1) != y[idx]
                 x_adv[idx[broken]] = found[broken]
                 robust[idx[broken]] = False
             self.last_stages[name] = robust.cpu().clone()
@@ -217,11 +217,6 @@ class AutoAttackRunner:
         key = re.sub(r"[0-9.]+", "#", text)
         if all(re.sub(r"[0-9.]+", "#", w) != key for w in self.warnings):
             self.warnings.append(text)
-
-
-def model_predictions(model, x: torch.Tensor) -> torch.Tensor:
-    """Arg-max class of ``model`` on ``x`` (N,), without gradients."""
-    return model(x).argmax(1)
 
 
 def too_few_classes(attacks: tuple[str, ...], n_classes: int) -> list[str]:

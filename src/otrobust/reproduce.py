@@ -295,8 +295,9 @@ def checkpoint_key(ckpt: Path, **settings: Any) -> str:
 def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, Any]) -> str:
     # Only the fields that differ from Evaluation's defaults: a field added later keeps existing caches valid.
     defaults = {f.name: f.default for f in dataclasses.fields(Evaluation)}
-    what = {k: v for k, v in dataclasses.asdict(ev).items() if k in ("name", "attacks") or v != defaults.get(k)}
-    what.pop("runs", None), what.pop("seeds", None)  # which runs it applies to does not change a result
+    # Which runs and seeds it applies to does not change a result.
+    what = {k: v for k, v in dataclasses.asdict(ev).items()
+            if k not in ("runs", "seeds") and (k in ("name", "attacks") or v != defaults.get(k))}
     return checkpoint_key(ckpt, ev=what, eps=cfg.eps, norm=cfg.norm, options=options)
 
 
