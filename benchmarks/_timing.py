@@ -172,9 +172,9 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
     finiteness checks of the loss and the gradients, backward, optimiser and φ steps, the per-step
     loss/accuracy bookkeeping), with train.py's defaults: channels-last on, the attack in pieces by device
     (``attack_chunk``, ``attack_workers`` and ``forward_chunk`` None)."""
-    from otrobust.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
     from otrobust.ot import GOTRegularizer
-    from otrobust.train import gradients_finite
+    from otrobust.training.loop import gradients_finite
+    from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
 
     device = next(model.parameters()).device
     if channels_last:

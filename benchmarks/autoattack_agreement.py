@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from otrobust import runs
-from otrobust.cli import main as otrobust_main
+from otrobust.cli.main import main as otrobust_main
 from otrobust.data import get_dataset_spec, load_dataset
-from otrobust.evaluate import binomial_interval
+from otrobust.evaluation.evaluate import binomial_interval
+from otrobust.store.checkpoint import load_model
 
 
 def otrobust_autoattack(run: str, dataset: str, data_dir: str | None, n: int, eps: float, seed: int) -> dict:
@@ -76,7 +76,7 @@ def main() -> int:
     eps = get_dataset_spec(args.dataset).default_eps if args.eps is None else args.eps
     ours = otrobust_autoattack(args.run, args.dataset, args.data_dir, args.n, eps, args.seed)
 
-    model = runs.load_model(args.run, "cpu")
+    model = load_model(args.run, "cpu")
     data = load_dataset(args.dataset, "test", args.data_dir, size=args.n)
     with torch.no_grad():
         clean = int((model(data.x).argmax(1) == data.y).sum())

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from otrobust.config import TrainConfig
-from otrobust.methods import METHODS
-from otrobust.report import markdown_table
-from otrobust.train import train
+from otrobust.reporting.tables import markdown_table
+from otrobust.training.config import TrainConfig
+from otrobust.training.loop import train
+from otrobust.training.methods import METHODS
 
 # Candidates tried, each pinning every setting that was ever a candidate; ``defaults`` changes nothing. The
 # defaults before this sweep were: batch 128, eps 0.3 on digits, 500 validation images, no eps warm-up, beta 1.

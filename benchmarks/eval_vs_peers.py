@@ -20,9 +20,9 @@ import time
 import _timing as T
 import torch
 
-from otrobust.attacks import pgd
+from otrobust.attacks.gradient import pgd
 from otrobust.data import ImageData
-from otrobust.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import evaluate_model
 
 
 def otrobust_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device, defaults: bool = True):

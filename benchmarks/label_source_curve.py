@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from otrobust import runs
-from otrobust.audit import accuracy_curve, plot_accuracy_curves
 from otrobust.data import load_dataset
-from otrobust.report import markdown_table
+from otrobust.evaluation.audit import accuracy_curve
+from otrobust.reporting.audit import plot_accuracy_curves
+from otrobust.reporting.tables import markdown_table
+from otrobust.store.checkpoint import load_model
 
 
 class InputRounding(nn.Module):
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/evaluation_accuracy_vs_eps.png")
     args = parser.parse_args()
 
-    model = runs.load_model(args.run)
+    model = load_model(args.run)
     data = load_dataset(args.dataset, "test", args.data_dir, size=args.n)
     eps = [float(e) for e in args.eps.split(",")]
     t0 = time.perf_counter()

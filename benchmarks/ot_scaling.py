@@ -43,7 +43,7 @@ def ot_fn(batch: int, solver: str, device):
 
 
 def resnet_fn(batch: int, kind: str, device):
-    from otrobust.attacks import pgd
+    from otrobust.attacks.gradient import pgd
     from otrobust.models import create_model
 
     torch.manual_seed(0)

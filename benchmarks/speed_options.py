@@ -8,8 +8,8 @@ Each row times the same work with the change off ("before") and on ("after"), in
 the paired speed-up before/after (> 1: the change helps). Changes:
 
 - ``frozen weights in attack``: attacks with the model's parameters out of autograd
-  (``attacks.frozen_parameters``) against the weights recorded in every step's graph, PGD-10 only;
-- ``in-place attack``: the attack update done in place (``attacks._step_and_project_``) against the
+  (``attacks.gradient.frozen_parameters``) against the weights recorded in every step's graph, PGD-10 only;
+- ``in-place attack``: the attack update done in place (``attacks.gradient._step_and_project_``) against the
   previous out-of-place formula ``project(_ascent_step(...))`` (kept below as the reference), PGD-10 only;
 - ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step, attack on the whole batch;
 - ``attack pieces``: the attack in pieces of 64 images one after the other vs the whole batch (128), PGD-AT
@@ -40,10 +40,19 @@ import _timing as T
 import torch
 import torch.nn.functional as F
 
-from otrobust import attacks, methods
-from otrobust.attacks import _ascent_step, _random_start, bn_mode, frozen_parameters, margin_loss, pgd, project
+from otrobust.attacks import gradient
+from otrobust.attacks.gradient import (
+    _ascent_step,
+    _random_start,
+    bn_mode,
+    frozen_parameters,
+    margin_loss,
+    pgd,
+    project,
+)
 from otrobust.data import ImageData
-from otrobust.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.training import methods
 
 
 def pgd_out_of_place(model, x, y, eps, step_size, steps):
@@ -60,13 +69,13 @@ def pgd_out_of_place(model, x, y, eps, step_size, steps):
 
 @contextlib.contextmanager
 def weights_in_attack_graph():
-    """Attacks as they were before ``attacks.frozen_parameters``: the weights recorded in every step's graph."""
-    saved = attacks.frozen_parameters
-    attacks.frozen_parameters = contextlib.nullcontext
+    """Attacks as they were before ``frozen_parameters``: the weights recorded in every step's graph."""
+    saved = gradient.frozen_parameters
+    gradient.frozen_parameters = contextlib.nullcontext
     try:
         yield
     finally:
-        attacks.frozen_parameters = saved
+        gradient.frozen_parameters = saved
 
 
 @contextlib.contextmanager

@@ -18,8 +18,8 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def trained_digits_run(tmp_path_factory) -> Path:
     """Run directory of a small-cnn trained normally on the bundled digits for a few seconds (~90 % clean)."""
-    from otrobust.config import TrainConfig
-    from otrobust.train import train
+    from otrobust.training.config import TrainConfig
+    from otrobust.training.loop import train
 
     out = tmp_path_factory.mktemp("digits-standard")
     train(TrainConfig(dataset="digits", method="standard", epochs=6, val_size=100, val_steps=0, seed=0,
@@ -30,6 +30,6 @@ def trained_digits_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_digits_model(trained_digits_run):
     """The model of ``trained_digits_run`` in eval mode; shared, so tests must not change its weights."""
-    from otrobust.runs import load_model
+    from otrobust.store.checkpoint import load_model
 
     return load_model(trained_digits_run)

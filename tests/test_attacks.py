@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust.attacks import fgsm, margin_loss, pgd, pgd_trace, project, step_sizes, trades_adversary
+from otrobust.attacks.gradient import fgsm, margin_loss, pgd, pgd_trace, project, step_sizes, trades_adversary
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import evaluate_model
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -181,7 +181,7 @@ def test_workers_repeat_their_result_exactly():
 
 
 def test_workers_see_the_callers_grad_mode_and_autocast_and_leave_its_threads():
-    from otrobust.attacks import map_pieces
+    from otrobust.attacks._pieces import map_pieces
 
     threads = torch.get_num_threads()
 
@@ -197,14 +197,14 @@ def test_workers_see_the_callers_grad_mode_and_autocast_and_leave_its_threads():
 
 
 def test_pieces_inside_a_worker_run_there():
-    from otrobust.attacks import map_pieces
+    from otrobust.attacks._pieces import map_pieces
 
     outer = map_pieces(lambda rows: map_pieces(lambda inner: inner.stop - inner.start, 6, 2, 2), 4, 1, 2)
     assert outer == [[2, 2, 2]] * 4
 
 
 def test_an_error_in_a_worker_reaches_the_caller():
-    from otrobust.attacks import map_pieces
+    from otrobust.attacks._pieces import map_pieces
 
     def fail(rows):
         if rows.start == 4:
@@ -225,7 +225,7 @@ def test_pieces_draw_the_same_random_starts():
 
 
 def test_default_pieces_by_device_and_bad_values():
-    from otrobust.attacks import CPU_ATTACK_CHUNK, MIN_WORKER_CHUNK, attack_chunk, attack_workers
+    from otrobust.attacks._pieces import CPU_ATTACK_CHUNK, MIN_WORKER_CHUNK, attack_chunk, attack_workers
 
     x = torch.zeros(300, 1, 8, 8)
     assert attack_chunk(None, x) == CPU_ATTACK_CHUNK == 128 and attack_chunk(0, x) == 300 and attack_chunk(5, x) == 5

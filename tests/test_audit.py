@@ -6,19 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust import runs
-from otrobust.audit import (
+from otrobust.cli.main import main
+from otrobust.data import load_dataset
+from otrobust.errors import OtrobustError
+from otrobust.evaluation.audit import (
     AuditSettings,
     audit_model,
     eps_grid,
     higher_than,
     one_sided_sign_test,
-    to_markdown,
-    write_report,
 )
-from otrobust.cli import main
-from otrobust.data import load_dataset
-from otrobust.errors import OtrobustError
+from otrobust.reporting.audit import to_markdown, write_report
+from otrobust.store.checkpoint import load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 
 N = 60
 # Small budgets: enough to expose each planted defect in seconds; the CLI default is 4-10x larger.
@@ -123,13 +122,13 @@ def digits():
 @pytest.fixture(scope="module")
 def trades_digits_model(tmp_path_factory):
     """A small-cnn trained briefly with TRADES on the bundled digits: honest, somewhat robust."""
-    from otrobust.config import TrainConfig
-    from otrobust.train import train
+    from otrobust.training.config import TrainConfig
+    from otrobust.training.loop import train
 
     out = tmp_path_factory.mktemp("digits-trades")
     train(TrainConfig(dataset="digits", method="trades", epochs=3, steps=5, val_size=100, val_steps=0, seed=0,
                       out=str(out)), show_progress=False, log=lambda text: None)
-    return runs.load_model(out)
+    return load_model(out)
 
 
 # ---------------------------------------------------------------- statistics
@@ -205,10 +204,10 @@ def test_cli_audit_passes_an_honest_run(trained_digits_run, tmp_path, capsys):
 
 
 def test_cli_audit_exits_non_zero_on_a_saturated_checkpoint(trained_digits_run, tmp_path, capsys):
-    state, meta, _ = runs.load_checkpoint(runs.resolve_checkpoint(trained_digits_run))
+    state, meta, _ = load_checkpoint(resolve_checkpoint(trained_digits_run))
     state = {k: v * 1e4 if k.startswith("head.") else v for k, v in state.items()}
     ckpt = tmp_path / "saturated.safetensors"
-    runs.save_checkpoint(ckpt, state, meta)
+    save_checkpoint(ckpt, state, meta)
     code = main(["audit", str(ckpt), "--n", "24", "--quick", "--steps", "4", "--restarts", "2"])
     text = capsys.readouterr().out
     assert code == 1 and "FAIL" in text and "gradients" in text

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust import autoattack as aa
+from otrobust.attacks import autoattack as aa
 from otrobust.data import ImageData, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluate import build_attacks, evaluate_model
+from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.models import create_model
 
 CHEAP = dict(n_iter=5, n_queries=30)  # a few iterations: these tests check plumbing, not strength
@@ -118,7 +118,7 @@ def test_evaluate_model_collects_autoattack_warnings(trained_digits_model, digit
 def test_only_the_adapter_imports_the_reference_package():
     src = Path(__file__).resolve().parents[1] / "src" / "otrobust"
     users = [p.relative_to(src).as_posix() for p in src.rglob("*.py") if "pyautoattack" in p.read_text()]
-    assert users == ["autoattack.py"]
+    assert users == ["attacks/autoattack.py"]
 
 
 def test_colour_images_in_the_channels_last_layout_of_otrobust_eval():

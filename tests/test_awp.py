@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust.awp import awp_gamma_at, awp_offsets, perturbable_weights, with_awp
-from otrobust.config import TrainConfig, validate
 from otrobust.errors import OtrobustError
-from otrobust.methods import StepContext, adversarial_examples, get_method
 from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
-from otrobust.train import train
+from otrobust.training.awp import awp_gamma_at, awp_offsets, perturbable_weights, with_awp
+from otrobust.training.config import TrainConfig, validate
+from otrobust.training.loop import train
+from otrobust.training.methods import StepContext, adversarial_examples, get_method
 
 GAMMA = 5e-3
 
@@ -130,7 +130,7 @@ def test_awp_settings_are_checked():
 
 
 def test_awp_flags_reach_the_config():
-    from otrobust.cli import build_parser, config_from_args
+    from otrobust.cli.main import build_parser, config_from_args
 
     args = build_parser().parse_args(["train", "--awp-gamma", "5e-3", "--awp-warmup-epochs", "1"])
     cfg = config_from_args(args)

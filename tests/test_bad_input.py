@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from otrobust import runs
-from otrobust.cli import main
+from otrobust.cli.main import main
 from otrobust.data import DATASETS, ImageData, get_dataset_spec, load_dataset
+from otrobust.store import files
+from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from otrobust.store.files import TEMP_SUFFIX, append_jsonl, atomic_write_bytes, read_jsonl
 
 TINY = ["--train-size", "32", "--val-size", "16", "--batch-size", "16", "--steps", "1", "--val-steps", "1",
         "--epochs", "1", "--no-progress", "--device", "cpu"]
@@ -91,7 +93,7 @@ def three_class_digits(monkeypatch) -> str:
 ])
 def test_bad_train_flags(tmp_path, capsys, flags, match):
     _fails(capsys, ["train", *TINY, *flags, "--out", str(tmp_path / "run")], match)
-    assert not runs.checkpoint_path(tmp_path / "run", "last").exists()
+    assert not checkpoint_path(tmp_path / "run", "last").exists()
 
 
 def test_eps_as_a_fraction_is_parsed(tmp_path, capsys):
@@ -132,9 +134,9 @@ def test_missing_config_and_resume_without_a_run(tmp_path, capsys):
 
 
 def test_training_into_an_existing_run_needs_resume(digits_run, capsys):
-    before = runs.checkpoint_path(digits_run, "last").read_bytes()
+    before = checkpoint_path(digits_run, "last").read_bytes()
     _fails(capsys, ["train", *TINY, "--method", "standard", "--out", str(digits_run)], "already holds a run")
-    assert runs.checkpoint_path(digits_run, "last").read_bytes() == before
+    assert checkpoint_path(digits_run, "last").read_bytes() == before
 
 
 # ---------------------------------------------------------------- resuming without the last checkpoint
@@ -155,9 +157,9 @@ def test_resume_after_the_last_checkpoint_was_deleted_is_refused(two_epoch_run, 
 
     run = two_epoch_run
     if deleted == "last":
-        runs.checkpoint_path(run, "last").unlink()
+        checkpoint_path(run, "last").unlink()
     else:
-        shutil.rmtree(run / runs.CHECKPOINT_DIR)
+        shutil.rmtree(run / CHECKPOINT_DIR)
     before = _snapshot(run)
     line = _fails(capsys, ["train", "--resume", "--out", str(run), "--epochs", "3"], "has no checkpoints/last")
     assert "metrics.jsonl with 2 logged epochs" in line and "nothing was changed" in line
@@ -173,12 +175,12 @@ def test_a_run_killed_before_its_first_last_checkpoint_still_resumes(tmp_path, c
     loses nothing (and writes the same best checkpoint)."""
     run = tmp_path / "run"
     assert main(["train", *TINY, "--method", "standard", "--out", str(run)]) == 0
-    runs.checkpoint_path(run, "last").unlink()
+    checkpoint_path(run, "last").unlink()
     (run / "metrics.jsonl").write_text("")
-    best = runs.load_checkpoint(runs.checkpoint_path(run, "best"))[0]
+    best = load_checkpoint(checkpoint_path(run, "best"))[0]
     assert main(["train", "--resume", "--out", str(run)]) == 0
-    assert [r["epoch"] for r in runs.read_jsonl(run / "metrics.jsonl")] == [1]
-    again = runs.load_checkpoint(runs.checkpoint_path(run, "best"))[0]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1]
+    again = load_checkpoint(checkpoint_path(run, "best"))[0]
     assert again.keys() == best.keys() and all(torch.equal(again[k], best[k]) for k in best)
 
 
@@ -197,7 +199,7 @@ def test_resume_with_the_init_the_run_started_from_is_accepted(digits_run, tmp_p
     flags = ["train", *TINY, "--method", "standard", "--init", str(digits_run), "--out", str(run)]
     assert main(flags) == 0
     assert main([*flags, "--resume", "--epochs", "2"]) == 0  # the same command again, with --resume
-    assert [r["epoch"] for r in runs.read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.mark.parametrize("method, inputs", [("pgd-at", "randomly perturbed inputs"), ("got-trades-lm", "clean inputs"),
@@ -411,7 +413,7 @@ def test_resume_with_a_checkpoint_from_another_run(digits_run, tmp_path, capsys)
     run = tmp_path / "run"
     assert main(["train", *TINY, "--method", "standard", "--out", str(run)]) == 0
     # config.json says penultimate, the checkpoint holds a latent=middle model
-    runs.checkpoint_path(run, "last").write_bytes(runs.checkpoint_path(other, "last").read_bytes())
+    checkpoint_path(run, "last").write_bytes(checkpoint_path(other, "last").read_bytes())
     _fails(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2"], "cannot resume")
 
 
@@ -465,7 +467,7 @@ def test_a_folder_run_can_be_evaluated_and_audited(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--train-size", "16", "--val-size", "8", "--dataset", "folder", "--data-dir",
                  str(data), "--model", "small-cnn", "--method", "standard", "--out", str(run)]) == 0
-    _, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "best"))
+    _, meta, _ = load_checkpoint(checkpoint_path(run, "best"))
     assert {k: meta["architecture"][k] for k in ("num_classes", "in_channels", "image_size")} == \
         {"num_classes": 3, "in_channels": 3, "image_size": 12}
     capsys.readouterr()
@@ -493,16 +495,16 @@ def test_autoattack_on_too_few_classes(tmp_path, capsys, three_class_digits):
 
 
 def test_eval_of_a_checkpoint_whose_weights_do_not_fit_its_record(digits_run, tmp_path, capsys):
-    weights, meta, extra = runs.load_checkpoint(runs.checkpoint_path(digits_run, "best"))
+    weights, meta, extra = load_checkpoint(checkpoint_path(digits_run, "best"))
     meta["architecture"]["num_classes"] = 3  # the record lies: the weights have 10 outputs
     bad = tmp_path / "liar.safetensors"
-    runs.save_checkpoint(bad, weights, meta, extra)
+    save_checkpoint(bad, weights, meta, extra)
     _fails(capsys, ["eval", str(bad), "--n", "8", "--device", "cpu"], "do not fit that architecture")
 
 
 def _poisoned(digits_run: Path, tmp_path: Path, how: str) -> Path:
     """The digits run's best checkpoint with NaN weights everywhere, or one inf bias in the output layer."""
-    weights, meta, extra = runs.load_checkpoint(runs.checkpoint_path(digits_run, "best"))
+    weights, meta, extra = load_checkpoint(checkpoint_path(digits_run, "best"))
     if how == "nan":
         weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
     else:
@@ -510,7 +512,7 @@ def _poisoned(digits_run: Path, tmp_path: Path, how: str) -> Path:
         weights[bias] = weights[bias].clone()
         weights[bias][3] = float("inf")
     path = tmp_path / f"{how}.safetensors"
-    runs.save_checkpoint(path, weights, meta, extra)
+    save_checkpoint(path, weights, meta, extra)
     return path
 
 
@@ -559,23 +561,23 @@ def _no_audit(*args, **kwargs):
 
 def test_audit_out_on_a_read_only_file_system_is_refused_before_any_check(digits_run, tmp_path, capsys,
                                                                           monkeypatch):
-    import otrobust.audit
+    import otrobust.evaluation.audit
 
-    monkeypatch.setattr(otrobust.audit, "audit_model", _no_audit)
+    monkeypatch.setattr(otrobust.evaluation.audit, "audit_model", _no_audit)
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
     _fails(capsys, ["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "ro")], "file system is read-only")
     monkeypatch.undo()
-    monkeypatch.setattr(otrobust.audit, "audit_model", _no_audit)
+    monkeypatch.setattr(otrobust.evaluation.audit, "audit_model", _no_audit)
     (tmp_path / "file").write_text("")
     _fails(capsys, ["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "file" / "audit")], "could not write")
 
 
 def test_audit_report_on_a_full_disk_keeps_the_verdict(digits_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runs, "fault_point", _disk_full("write", 1))
+    monkeypatch.setattr(files, "fault_point", _disk_full("write", 1))
     capsys.readouterr()
     assert main(["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "audit")]) == 2
     captured = capsys.readouterr()
@@ -583,7 +585,7 @@ def test_audit_report_on_a_full_disk_keeps_the_verdict(digits_run, tmp_path, cap
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("otrobust: error: could not write") and "the disk is full" in last
     assert "Traceback" not in captured.err
-    assert not list((tmp_path / "audit").glob(f"*{runs.TEMP_SUFFIX}"))
+    assert not list((tmp_path / "audit").glob(f"*{TEMP_SUFFIX}"))
 
 
 # ---------------------------------------------------------------- a disk that fills up
@@ -607,20 +609,20 @@ def test_disk_full_during_a_write_keeps_the_previous_files(tmp_path, capsys, mon
     run = tmp_path / "run"
     assert main(["train", *TINY, "--method", "got-pgd-lm", "--out", str(run)]) == 0
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "provenance.jsonl"}
-    monkeypatch.setattr(runs, "fault_point", _disk_full(phase, nth))
+    monkeypatch.setattr(files, "fault_point", _disk_full(phase, nth))
     line = _fails(capsys, ["train", "--resume", "--out", str(run), "--epochs", "2"], "the disk is full")
     assert file in line
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "provenance.jsonl"}
     assert after[run / "metrics.jsonl"] == before[run / "metrics.jsonl"]  # a failed append is cut back
-    assert not list(run.rglob(f"*{runs.TEMP_SUFFIX}"))
+    assert not list(run.rglob(f"*{TEMP_SUFFIX}"))
     if phase != "append":  # no checkpoint of epoch 2 reached the disk
         assert {p: b for p, b in after.items() if p.suffix == ".safetensors"} == \
             {p: b for p, b in before.items() if p.suffix == ".safetensors"}
     for which in ("best", "last"):
-        runs.load_checkpoint(runs.checkpoint_path(run, which))
+        load_checkpoint(checkpoint_path(run, which))
     monkeypatch.undo()
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 0  # space freed: it carries on
-    assert [r["epoch"] for r in runs.read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
 
 
 def test_disk_full_in_fsync_and_unwritable_folder(tmp_path, monkeypatch):
@@ -632,14 +634,14 @@ def test_disk_full_in_fsync_and_unwritable_folder(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(OtrobustError, match="the disk is full"):
-        runs.atomic_write_bytes(target, b"new" * 1000)
+        atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
     monkeypatch.undo()
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OtrobustError, match="could not write"):
-        runs.atomic_write_bytes(blocker / "sub" / "x.json", b"{}")
+        atomic_write_bytes(blocker / "sub" / "x.json", b"{}")
     with pytest.raises(OtrobustError, match="could not write"):
-        runs.append_jsonl(blocker / "metrics.jsonl", {"a": 1})
+        append_jsonl(blocker / "metrics.jsonl", {"a": 1})

@@ -3,7 +3,7 @@ mid-validation, mid-log-append, mid-config-write), and SIGINT/SIGTERM. Every res
 metrics and checkpoint tensors of an uninterrupted run with the same seed, and every checkpoint file
 present after a kill must load.
 
-The kills use the ``OTROBUST_TEST_KILL_AT=PHASE:N[:SIGNAL]`` hook (``runs.fault_point``): the process
+The kills use the ``OTROBUST_TEST_KILL_AT=PHASE:N[:SIGNAL]`` hook (``fault_point``): the process
 signals itself the N-th time it reaches PHASE, which hits a checkpoint half written or a validation in
 progress exactly, every time. Subprocesses run on one CPU thread so that their arithmetic is identical.
 """
@@ -25,9 +25,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from otrobust import runs
-from otrobust.cli import main
+from otrobust.cli.main import main
 from otrobust.errors import OtrobustError
+from otrobust.store import files
+from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint
+from otrobust.store.files import FAULT_ENV, TEMP_SUFFIX, fault_point
 
 EPOCHS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 3, 4, 2
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
@@ -40,10 +42,10 @@ TIMEOUT = 300
 
 # ---------------------------------------------------------------- running the CLI in a subprocess
 def _env(kill: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != runs.FAULT_ENV}
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     if kill:
-        env[runs.FAULT_ENV] = kill
+        env[FAULT_ENV] = kill
     return env
 
 
@@ -67,10 +69,10 @@ def _run(run: Path, method: str, kill: str | None = None, resume: bool = False) 
 # ---------------------------------------------------------------- checks
 def _progress(run: Path) -> tuple[int, int]:
     """(steps, validations) a resumed process still has to do, from the last checkpoint."""
-    last = runs.checkpoint_path(run, "last")
+    last = checkpoint_path(run, "last")
     if not last.exists():
         return TOTAL_STEPS, EPOCHS
-    _, meta, _ = runs.load_checkpoint(last)
+    _, meta, _ = load_checkpoint(last)
     return TOTAL_STEPS - (meta["epoch"] * STEPS_PER_EPOCH + meta["step"]), EPOCHS - meta["epoch"]
 
 
@@ -86,11 +88,11 @@ def _pick_kill(rng: random.Random, run: Path, phase: str) -> str | None:
 
 def _assert_checkpoints_load(run: Path) -> None:
     """Every checkpoint file present is complete; a temp file is all a kill mid-write may leave."""
-    folder = run / runs.CHECKPOINT_DIR
+    folder = run / CHECKPOINT_DIR
     for path in folder.glob("*.safetensors") if folder.is_dir() else []:
-        runs.load_checkpoint(path)  # raises OtrobustError on a torn or corrupt file
+        load_checkpoint(path)  # raises OtrobustError on a torn or corrupt file
     for path in folder.iterdir() if folder.is_dir() else []:
-        assert path.suffix == ".safetensors" or path.name.endswith(runs.TEMP_SUFFIX), path
+        assert path.suffix == ".safetensors" or path.name.endswith(TEMP_SUFFIX), path
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -104,14 +106,14 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     assert _metrics(run) == _metrics(reference)
     assert len(_metrics(run)) == EPOCHS
     for which in ("best", "last"):
-        a, b = runs.checkpoint_path(run, which), runs.checkpoint_path(reference, which)
+        a, b = checkpoint_path(run, which), checkpoint_path(reference, which)
         got, want = load_file(a), load_file(b)
         assert sorted(got) == sorted(want)
         assert all(torch.equal(got[k], want[k]) for k in want), f"{which}: tensors differ"
         with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:  # non-tensor optimiser state
             assert fa.metadata()["state"] == fb.metadata()["state"]
-    for folder in (run, run / runs.CHECKPOINT_DIR):
-        assert not list(folder.glob(f"*{runs.TEMP_SUFFIX}")), f"stale temp files left in {folder}"
+    for folder in (run, run / CHECKPOINT_DIR):
+        assert not list(folder.glob(f"*{TEMP_SUFFIX}")), f"stale temp files left in {folder}"
 
 
 class References:
@@ -187,27 +189,27 @@ def test_sigint_and_sigterm_save_a_checkpoint_exit_128_plus_signal_and_resume_ex
         tmp_path, monkeypatch, capsys, signame, at, stopped_at, inprocess_reference):
     """In-process through ``cli.main``: the signal arrives mid-step or mid-validation; exit 130 or 143."""
     flags = _inprocess_flags("trades")
-    monkeypatch.setenv(runs.FAULT_ENV, f"{at}:{signame}")
-    monkeypatch.setattr(runs, "_fault_counts", {})
+    monkeypatch.setenv(FAULT_ENV, f"{at}:{signame}")
+    monkeypatch.setattr(files, "_fault_counts", {})
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     capsys.readouterr()
     assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 128 + getattr(signal, signame)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"otrobust: stopped by signal {getattr(signal, signame).value}")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
-    _, meta, _ = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "run", "last"))
+    _, meta, _ = load_checkpoint(checkpoint_path(tmp_path / "run", "last"))
     assert (meta["epoch"], meta["step"]) == stopped_at
-    monkeypatch.delenv(runs.FAULT_ENV)
+    monkeypatch.delenv(FAULT_ENV)
     assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert _metrics(tmp_path / "run") == _metrics(inprocess_reference)
-    got, want = (load_file(runs.checkpoint_path(d, "last")) for d in (tmp_path / "run", inprocess_reference))
+    got, want = (load_file(checkpoint_path(d, "last")) for d in (tmp_path / "run", inprocess_reference))
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_sigterm_during_reproduce_is_one_line_and_exit_143(tmp_path, monkeypatch, capsys):
     """``reproduce`` trains through the same loop: a signal there ends it like ``train`` (no traceback)."""
-    monkeypatch.setenv(runs.FAULT_ENV, "step:1:SIGTERM")
-    monkeypatch.setattr(runs, "_fault_counts", {})
+    monkeypatch.setenv(FAULT_ENV, "step:1:SIGTERM")
+    monkeypatch.setattr(files, "_fault_counts", {})
     capsys.readouterr()
     assert main(["reproduce", "fig6", "--scale", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 143
     err = capsys.readouterr().err.strip().splitlines()
@@ -217,16 +219,16 @@ def test_sigterm_during_reproduce_is_one_line_and_exit_143(tmp_path, monkeypatch
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     flags = [*_inprocess_flags("standard"), "--epochs", "1"]
     assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 0
-    last = runs.checkpoint_path(tmp_path / "run", "last")
+    last = checkpoint_path(tmp_path / "run", "last")
     before = last.read_bytes()
     assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert last.read_bytes() == before and len(_metrics(tmp_path / "run")) == 1
 
 
 def test_fault_hook_rejects_a_malformed_spec(monkeypatch):
-    monkeypatch.setenv(runs.FAULT_ENV, "somewhere:1")
+    monkeypatch.setenv(FAULT_ENV, "somewhere:1")
     with pytest.raises(OtrobustError, match="PHASE:N"):
-        runs.fault_point("step")
+        fault_point("step")
 
 
 # ---------------------------------------------------------------- the full randomised suite

@@ -3,9 +3,9 @@ cannot learn says so."""
 
 import pytest
 
-from otrobust.config import TrainConfig
-from otrobust.methods import METHODS
-from otrobust.train import chance_warning, train
+from otrobust.training.config import TrainConfig
+from otrobust.training.loop import chance_warning, train
+from otrobust.training.methods import METHODS
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -19,10 +19,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from otrobust import distributed, runs
-from otrobust.config import TrainConfig
+from otrobust import distributed
 from otrobust.errors import OtrobustError
-from otrobust.train import train
+from otrobust.store.checkpoint import load_checkpoint
+from otrobust.training.config import TrainConfig
+from otrobust.training.loop import train
 
 
 @pytest.mark.parametrize("n,world", [(8, 2), (9, 2), (10, 3), (128, 4), (3, 3)])
@@ -156,8 +157,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert ra.keys() == rb.keys()
         for k in ra:
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), k
-    wa, _, _ = runs.load_checkpoint(a / "checkpoints" / "last.safetensors")
-    wb, _, _ = runs.load_checkpoint(b / "checkpoints" / "last.safetensors")
+    wa, _, _ = load_checkpoint(a / "checkpoints" / "last.safetensors")
+    wb, _, _ = load_checkpoint(b / "checkpoints" / "last.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from otrobust.cli import main
+from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import NoInputGradient, OtrobustError
-from otrobust.evaluate import (
+from otrobust.evaluation.evaluate import (
     ATTACKS,
     EvalResult,
     binomial_interval,

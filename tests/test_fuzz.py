@@ -33,13 +33,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from otrobust import runs
-from otrobust.audit import AuditSettings, audit_model
-from otrobust.cli import main
-from otrobust.config import TrainConfig, field_kind
+from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluate import build_attacks, evaluate_model
+from otrobust.evaluation.audit import AuditSettings, audit_model
+from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, load_model
+from otrobust.training.config import TrainConfig, field_kind
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -65,8 +65,8 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 
 def _assert_run_loads(run: Path) -> None:
     """Every checkpoint in a run directory is complete and loads."""
-    for path in (run / runs.CHECKPOINT_DIR).glob("*.safetensors"):
-        runs.load_checkpoint(path)
+    for path in (run / CHECKPOINT_DIR).glob("*.safetensors"):
+        load_checkpoint(path)
 
 
 # ---------------------------------------------------------------- random configs
@@ -149,7 +149,7 @@ def test_random_configs_run_or_fail_cleanly(plausible, bad, via):
             argv = ["train", *TINY_FLAGS, *_flag_args(values), "--out", str(run)]
         rc, _ = _cli(argv)
         if rc == 0:
-            runs.load_checkpoint(runs.checkpoint_path(run, "last"))
+            load_checkpoint(checkpoint_path(run, "last"))
         _assert_run_loads(run)
 
 
@@ -176,25 +176,25 @@ def base_run(tmp_path_factory) -> Path:
 @FEW
 @given(damage=corruption, use=st.sampled_from(["eval", "init", "resume"]))
 def test_corrupted_checkpoint_is_refused_or_harmless(base_run, damage, use):
-    original = runs.checkpoint_path(base_run, "last").read_bytes()
+    original = checkpoint_path(base_run, "last").read_bytes()
     bad = _corrupt(original, *damage)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ckpt.safetensors"
         path.write_bytes(bad)
         try:  # the library call: a model or a clean error, nothing else
-            runs.load_model(path)
+            load_model(path)
         except OtrobustError:
             pass
         if use == "resume":
             run = Path(tmp) / "run"
             shutil.copytree(base_run, run)
-            runs.checkpoint_path(run, "last").write_bytes(bad)
+            checkpoint_path(run, "last").write_bytes(bad)
             _cli(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"])
         elif use == "eval":
             _cli(["eval", str(path), "--n", "16", "--steps", "1", "--device", "cpu", "--no-progress"])
         else:
             _cli(["train", *TINY_FLAGS, "--method", "standard", "--init", str(path), "--out", str(Path(tmp) / "r")])
-    assert runs.checkpoint_path(base_run, "last").read_bytes() == original
+    assert checkpoint_path(base_run, "last").read_bytes() == original
     _assert_run_loads(base_run)
 
 
@@ -208,7 +208,7 @@ def test_corrupted_run_config_json_resumes_or_fails_cleanly(base_run, damage):
         config.write_bytes(_corrupt(config.read_bytes(), *damage))
         _cli(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"])
         _assert_run_loads(run)
-        runs.load_checkpoint(runs.checkpoint_path(run, "last"))
+        load_checkpoint(checkpoint_path(run, "last"))
 
 
 def _idx_folder(folder: Path, n: int = 40, gz: bool = False) -> None:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust.methods import METHODS, StepContext, _attack_pieces, base_method, get_method, ot_variant
 from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
+from otrobust.training.methods import METHODS, StepContext, _attack_pieces, base_method, get_method, ot_variant
 
 
 def _setup(method: str, latent: str = "penultimate"):
@@ -91,7 +91,7 @@ def test_forward_pieces_give_the_loss_and_gradients_of_the_whole_batch(method):
 
 
 def test_forward_pieces_never_split_a_batch_norm_batch():
-    from otrobust.methods import _forward
+    from otrobust.training.methods import _forward
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3)).train()
     x = torch.rand(12, 1, 8, 8)

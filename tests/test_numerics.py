@@ -11,11 +11,13 @@ import re
 import pytest
 import torch
 
-from otrobust import methods, ot, runs
-from otrobust.cli import main
+from otrobust import ot
+from otrobust.cli.main import main
 from otrobust.data import DATASETS, ImageData, get_dataset_spec, load_dataset
 from otrobust.ot import GOTRegularizer, semidual_ot
-from otrobust.train import step_seed
+from otrobust.store.checkpoint import checkpoint_path, load_checkpoint
+from otrobust.training import methods
+from otrobust.training.loop import step_seed
 
 STEPS_PER_EPOCH = 4
 FLAGS = ["--dataset", "digits", "--train-size", str(16 * STEPS_PER_EPOCH), "--val-size", "16", "--batch-size", "16",
@@ -58,7 +60,7 @@ def test_nan_loss_term_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_
     assert main(["train", *FLAGS, "--method", "trades", "--out", str(run)]) == 2
     line = _one_error_line(capsys)
     assert f"non-finite kl at {_where(call)};" in line and "last.safetensors" in line
-    weights, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "last"))
+    weights, meta, _ = load_checkpoint(checkpoint_path(run, "last"))
     assert (meta["epoch"], meta["step"]) == (1, 0)  # the end of epoch 1, the last good state
     assert all(bool(t.isfinite().all()) for t in weights.values())
 
@@ -87,7 +89,7 @@ def test_nan_policy_skip_skips_the_batch_and_counts_it(tmp_path, monkeypatch, ca
     assert all(f"non-finite ot at {_where(c)}; batch skipped" in out for c in calls)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["skipped_batches"] for m in metrics] == [1, 2]
-    assert all(bool(t.isfinite().all()) for t in runs.load_checkpoint(runs.checkpoint_path(run, "last"))[0].values())
+    assert all(bool(t.isfinite().all()) for t in load_checkpoint(checkpoint_path(run, "last"))[0].values())
 
 
 def test_a_nan_pixel_stops_the_run_at_the_batch_holding_it(tmp_path, monkeypatch, capsys):
@@ -183,7 +185,7 @@ def test_a_nan_gradient_under_a_finite_loss_stops_the_run(tmp_path, monkeypatch,
     assert main(["train", *FLAGS, "--method", "pgd-at", "--out", str(run)]) == 2
     line = _one_error_line(capsys)
     assert f"non-finite gradient (the loss was finite) at {_where(call)}; the last good checkpoint" in line
-    weights, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "last"))
+    weights, meta, _ = load_checkpoint(checkpoint_path(run, "last"))
     assert (meta["epoch"], meta["step"]) == (1, 0) and all(bool(t.isfinite().all()) for t in weights.values())
 
 
@@ -196,4 +198,4 @@ def test_a_nan_gradient_is_skipped_and_counted_with_nan_policy_skip(tmp_path, mo
     assert all(f"non-finite gradient (the loss was finite) at {_where(c)}; batch skipped" in out for c in calls)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["skipped_batches"] for m in metrics] == [1, 1]
-    assert all(bool(t.isfinite().all()) for t in runs.load_checkpoint(runs.checkpoint_path(run, "last"))[0].values())
+    assert all(bool(t.isfinite().all()) for t in load_checkpoint(checkpoint_path(run, "last"))[0].values())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from otrobust import plots
 from otrobust.errors import OtrobustError
+from otrobust.reporting import plots
 
 pytest.importorskip("matplotlib")
 

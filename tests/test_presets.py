@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from otrobust.config import METHOD_NAMES
 from otrobust.errors import OtrobustError
-from otrobust.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE
-from otrobust.reproduce import cost_table, parse_overrides, plan, run_id, scaled_evaluations
+from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE
+from otrobust.experiments.reproduce import cost_table, parse_overrides, plan, run_id, scaled_evaluations
+from otrobust.training.config import METHOD_NAMES
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "SPEC.md"
 PLOTS = {"curves", "eps", "steps", "beta", "tsne"}

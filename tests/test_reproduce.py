@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from otrobust import runs
-from otrobust.cli import main
-from otrobust.config import TrainConfig, config_from_dict, validate
+from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.presets import PRESETS, Evaluation
-from otrobust.reproduce import evaluate_run, plan, reproduce, run_status, train_planned
-from otrobust.train import train
+from otrobust.experiments.presets import PRESETS, Evaluation
+from otrobust.experiments.reproduce import evaluate_run, plan, reproduce, run_status, train_planned
+from otrobust.store import files
+from otrobust.store.checkpoint import load_checkpoint, load_model, resolve_checkpoint
+from otrobust.store.files import FAULT_ENV, read_jsonl
+from otrobust.training.config import TrainConfig, config_from_dict, validate
+from otrobust.training.loop import train
 
 FAST = ("table1", "table2-cifar10", "fig6", "fig7")  # built once for the tests below; every other preset has its own
 
@@ -109,7 +111,7 @@ def test_every_run_is_audited_and_every_table_carries_the_verdict(smoke_out):
 
 
 def test_a_failed_audit_is_flagged_in_the_table_and_exits_1(smoke_out, monkeypatch, capsys):
-    import otrobust.reproduce as rp
+    import otrobust.experiments.reproduce as rp
 
     real = rp.audit_run
 
@@ -142,19 +144,19 @@ def test_a_second_call_retrains_reevaluates_and_reaudits_nothing(smoke_out):
 
 
 def test_an_unfinished_run_is_resumed(tmp_path, monkeypatch):
-    from otrobust.train import Interrupted
+    from otrobust.training.loop import Interrupted
 
     (p,) = plan(PRESETS["fig6"], "smoke", tmp_path, overrides={"epochs": 2})[:1]
-    monkeypatch.setenv(runs.FAULT_ENV, "validation:1:SIGINT")  # stopped after its first epoch
-    monkeypatch.setattr(runs, "_fault_counts", {})
+    monkeypatch.setenv(FAULT_ENV, "validation:1:SIGINT")  # stopped after its first epoch
+    monkeypatch.setattr(files, "_fault_counts", {})
     with pytest.raises(Interrupted):
         train(p.config, show_progress=False, log=lambda s: None)
-    monkeypatch.delenv(runs.FAULT_ENV)
+    monkeypatch.delenv(FAULT_ENV)
     assert run_status(p) == "partial"
     logs = []
     assert train_planned(p, logs.append) == "partial"
     assert any("resuming" in line for line in logs) and run_status(p) == "done"
-    assert [r["epoch"] for r in runs.read_jsonl(p.run_dir / "metrics.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in read_jsonl(p.run_dir / "metrics.jsonl")] == [1, 2]
 
 
 def test_dry_run_lists_runs_and_costs_without_training(tmp_path, capsys):
@@ -202,9 +204,9 @@ def test_l2_threat_model_trains_and_evaluates_end_to_end(tmp_path):
     test = load_dataset("digits", "test", size=32)
     rows = evaluate_run(tmp_path / "l2", Evaluation("l2", ("pgd",), eps=(0.5, 1.5), steps=(3,)), cfg, test)
     assert [(r["metric"], r["eps"]) for r in rows] == [("clean", None), ("pgd", 0.5), ("pgd", 1.5)]
-    from otrobust.evaluate import build_attacks
+    from otrobust.evaluation.evaluate import build_attacks
 
-    model = runs.load_model(tmp_path / "l2")
+    model = load_model(tmp_path / "l2")
     x_adv = build_attacks(["pgd"], eps=1.5, steps=3, norm="l2")["pgd"](model, test.x, test.y)
     assert float((x_adv - test.x).flatten(1).norm(dim=1).max()) <= 1.5 + 1e-4
 
@@ -242,9 +244,9 @@ def test_an_image_folder_dataset_takes_its_shape_from_the_images(tmp_path):
     cfg = TrainConfig(dataset="folder", data_dir=str(tmp_path / "data"), model="small-cnn", method="trades",
                       val_size=6, epochs=1, batch_size=9, steps=1, val_steps=1, out=str(tmp_path / "run"))
     train(cfg, show_progress=False, log=lambda s: None)
-    model = runs.load_model(tmp_path / "run")
+    model = load_model(tmp_path / "run")
     assert model(torch.rand(2, 3, 12, 12)).shape == (2, 3)
-    _, meta, _ = runs.load_checkpoint(runs.resolve_checkpoint(tmp_path / "run"))
+    _, meta, _ = load_checkpoint(resolve_checkpoint(tmp_path / "run"))
     assert {k: meta["architecture"][k] for k in ("num_classes", "in_channels", "image_size")} == {
         "num_classes": 3, "in_channels": 3, "image_size": 12}
     test = load_dataset("folder", "test", tmp_path / "data")

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from otrobust.cli import main
-from otrobust.run_lock import LOCK_NAME, lock_owner, run_lock
+from otrobust.cli.main import main
+from otrobust.store.lock import LOCK_NAME, lock_owner, run_lock
 
 FLAGS = ["train", "--dataset", "digits", "--method", "standard", "--train-size", "32", "--val-size", "16",
          "--batch-size", "16", "--epochs", "1", "--val-steps", "1", "--no-progress", "--device", "cpu"]

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from otrobust import TrainConfig, load_model, runs
-from otrobust.cli import main
+from otrobust import TrainConfig, load_model
+from otrobust.cli.main import main
 from otrobust.errors import OtrobustError
+from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from otrobust.store.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temp_files
 
 TINY = ["--train-size", "32", "--val-size", "16", "--batch-size", "16", "--steps", "1", "--val-steps", "1",
         "--epochs", "1", "--no-progress", "--device", "cpu"]
@@ -39,7 +41,7 @@ class _Payload:
 
 def _plant(run_dir: Path, marker: Path) -> Path:
     """A run directory whose checkpoints are pickles (raw, and torch.save's zip); returns a ``.pt`` path."""
-    folder = run_dir / runs.CHECKPOINT_DIR
+    folder = run_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True)
     (folder / "best.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     torch.save({"state_dict": _Payload(marker)}, folder / "last.safetensors")
@@ -60,7 +62,7 @@ def test_malicious_pickle_checkpoints_are_refused_everywhere(tmp_path, capsys):
     marker = tmp_path / "PWNED"
     run_dir = tmp_path / "run"
     pt = _plant(run_dir, marker)
-    for path in (run_dir, pt, run_dir / runs.CHECKPOINT_DIR / "last.safetensors"):
+    for path in (run_dir, pt, run_dir / CHECKPOINT_DIR / "last.safetensors"):
         with pytest.raises(OtrobustError, match="not a valid otrobust checkpoint"):
             load_model(path)
     attempts = [
@@ -93,26 +95,26 @@ def _flip(data: bytes, needle: bytes, replacement: bytes) -> bytes:
 
 
 def test_a_flipped_byte_in_weights_or_metadata_is_detected(run, tmp_path):
-    data = runs.checkpoint_path(run, "last").read_bytes()
+    data = checkpoint_path(run, "last").read_bytes()
     header = 8 + int.from_bytes(data[:8], "little")
     path = tmp_path / "bad.safetensors"
     path.write_bytes(data[:header + 100] + bytes([data[header + 100] ^ 1]) + data[header + 101:])
     with pytest.raises(OtrobustError, match="checksum mismatch"):
-        runs.load_checkpoint(path)
+        load_checkpoint(path)
     path.write_bytes(_flip(data, b'\\"epoch\\": 1', b'\\"epoch\\": 7'))  # still valid JSON, still parses
     with pytest.raises(OtrobustError, match="checksum mismatch"):
-        runs.load_checkpoint(path)
+        load_checkpoint(path)
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(OtrobustError, match="not a valid otrobust checkpoint"):
-        runs.load_checkpoint(path)
+        load_checkpoint(path)
 
 
 def test_checkpoint_round_trip_keeps_nested_state(tmp_path):
     state = {"w": torch.arange(6.0).reshape(2, 3)}
     extra = {"optim": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
                        "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0]}]}, "none": None}
-    runs.save_checkpoint(tmp_path / "c.safetensors", state, {"epoch": 2}, extra)
-    got_state, meta, got_extra = runs.load_checkpoint(tmp_path / "c.safetensors")
+    save_checkpoint(tmp_path / "c.safetensors", state, {"epoch": 2}, extra)
+    got_state, meta, got_extra = load_checkpoint(tmp_path / "c.safetensors")
     assert torch.equal(got_state["w"], state["w"]) and meta == {"epoch": 2}
     assert got_extra["optim"]["param_groups"] == extra["optim"]["param_groups"]
     assert torch.equal(got_extra["optim"]["state"][0]["exp_avg"], torch.ones(2)) and got_extra["none"] is None
@@ -123,8 +125,8 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
     (tmp_path / "plain").write_text("x")
-    runs.atomic_write_text(tmp_path / "atomic.json", "{}")
-    runs.append_jsonl(tmp_path / "log.jsonl", {})
+    atomic_write_text(tmp_path / "atomic.json", "{}")
+    append_jsonl(tmp_path / "log.jsonl", {})
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes["atomic.json"] == modes["log.jsonl"] == modes["plain"], modes
     assert os.access(tmp_path / "atomic.json", os.R_OK)
@@ -132,15 +134,15 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 
 def test_torn_log_line_and_stale_temp_files(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    runs.append_jsonl(log, {"epoch": 1})
+    append_jsonl(log, {"epoch": 1})
     with open(log, "a") as f:
         f.write('{"epoch": 2, "tra')
-    assert runs.read_jsonl(log) == [{"epoch": 1}]
-    (tmp_path / runs.CHECKPOINT_DIR).mkdir()
-    stale = [tmp_path / ".config.json.x1.tmp", tmp_path / runs.CHECKPOINT_DIR / ".last.safetensors.x2.tmp"]
+    assert read_jsonl(log) == [{"epoch": 1}]
+    (tmp_path / CHECKPOINT_DIR).mkdir()
+    stale = [tmp_path / ".config.json.x1.tmp", tmp_path / CHECKPOINT_DIR / ".last.safetensors.x2.tmp"]
     for p in stale:
         p.write_bytes(b"half")
-    assert sorted(runs.remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert not any(p.exists() for p in stale) and log.exists()
 
 
@@ -150,14 +152,14 @@ def test_run_directory_records_versions_config_seed_and_command_line(run):
     assert set(config) == set(TrainConfig().to_dict())
     assert config["eps"] == 8 / 255 and config["model"] == "small-cnn" and config["seed"] == 3
     assert config["step_size"] == pytest.approx(2.5 * (8 / 255) / 1)  # resolved, not left as null
-    record = runs.read_jsonl(run / "provenance.jsonl")[0]
+    record = read_jsonl(run / "provenance.jsonl")[0]
     assert {"python", "torch", "numpy", "safetensors", "otrobust", "git_commit", "git_dirty", "platform", "cwd",
             "time", "torch_threads"} <= set(record)
     assert record["argv"] == ["otrobust", "train", *TINY, "--method", "got-trades-lm", "--eps", "8/255", "--seed",
                               "3", "--out", str(run)]
     assert record["seed"] == 3 and record["event"] == "start" and record["device"] == "cpu"
     assert record["config"] == config
-    _, meta, _ = runs.load_checkpoint(runs.checkpoint_path(run, "best"))
+    _, meta, _ = load_checkpoint(checkpoint_path(run, "best"))
     assert meta["config"] == config and meta["versions"]["torch"] == torch.__version__
     assert meta["architecture"] == {"model": "small-cnn", "num_classes": 10, "in_channels": 1, "image_size": 8,
                                     "latent": "penultimate", "dataset": "digits"}
@@ -169,7 +171,7 @@ def test_resume_appends_a_provenance_record(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     assert main(["train", "--resume", "--out", str(copy), "--epochs", "2", "--no-progress"]) == 0
-    records = runs.read_jsonl(copy / "provenance.jsonl")
+    records = read_jsonl(copy / "provenance.jsonl")
     assert [r["event"] for r in records] == ["start", "resume"] and records[1]["config"]["epochs"] == 2
 
 

@@ -9,15 +9,23 @@ import json
 import pytest
 import torch
 
-from otrobust import attacks, runs
-from otrobust.attacks import _ascent_step, _step_and_project_, frozen_parameters, pgd, project, trades_adversary
-from otrobust.cli import build_parser, config_from_args
-from otrobust.config import TrainConfig
+from otrobust.attacks import gradient
+from otrobust.attacks.gradient import (
+    _ascent_step,
+    _step_and_project_,
+    frozen_parameters,
+    pgd,
+    project,
+    trades_adversary,
+)
+from otrobust.cli.main import build_parser, config_from_args
 from otrobust.errors import OtrobustError
-from otrobust.methods import METHODS, StepContext
 from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
-from otrobust.train import amp_dtype, train, use_channels_last
+from otrobust.store.checkpoint import load_checkpoint
+from otrobust.training.config import TrainConfig
+from otrobust.training.loop import amp_dtype, train, use_channels_last
+from otrobust.training.methods import METHODS, StepContext
 
 CPU = torch.device("cpu")
 
@@ -54,7 +62,7 @@ def test_attacks_freeze_the_weights_only_while_they_run(monkeypatch):
         raise RuntimeError("boom")
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     # Same kernels, same input gradients: freezing changes no value.
-    monkeypatch.setattr(attacks, "frozen_parameters", contextlib.nullcontext)
+    monkeypatch.setattr(gradient, "frozen_parameters", contextlib.nullcontext)
     torch.manual_seed(0)
     tracked = pgd(model, x, y, 0.3, 0.1, 2)
     assert torch.equal(frozen, tracked)
@@ -146,7 +154,7 @@ def test_fp16_with_loss_scaling_and_channels_last_train_and_resume_without_them(
     _quiet_train(TrainConfig(**{**small, "epochs": 2}, out=str(out), resume=True))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    weights, _, _ = runs.load_checkpoint(out / "checkpoints" / "last.safetensors")
+    weights, _, _ = load_checkpoint(out / "checkpoints" / "last.safetensors")
     assert all(t.is_contiguous() and torch.isfinite(t).all() for t in weights.values())
 
 
@@ -157,6 +165,6 @@ def test_compiled_training_matches_eager_within_float_tolerance(tmp_path):
     compiled = _quiet_train(TrainConfig(**cfg, compile=True, out=str(tmp_path / "compiled")))
     for key in ("train_loss", "ot", "val_clean"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5)
-    a, _, _ = runs.load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.safetensors")
-    b, _, _ = runs.load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.safetensors")
+    a, _, _ = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.safetensors")
+    b, _, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from otrobust import study
-from otrobust.presets import STUDIES
-from otrobust.reproduce import plan, reproduce
-from otrobust.train import build_model, epoch_order
+from otrobust.experiments import study
+from otrobust.experiments.presets import STUDIES
+from otrobust.experiments.reproduce import plan, reproduce
+from otrobust.training.loop import build_model, epoch_order
 
 
 def _row(run, seed, acc, metric="pgd", evaluation="pgd"):

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from otrobust import load_model, runs
-from otrobust.config import TrainConfig
+from otrobust import load_model
 from otrobust.errors import OtrobustError
-from otrobust.train import ot_weight_at, split_train_val, train
+from otrobust.store import files
+from otrobust.store.checkpoint import load_checkpoint
+from otrobust.store.files import FAULT_ENV
+from otrobust.training.config import TrainConfig
+from otrobust.training.loop import ot_weight_at, split_train_val, train
 
 TINY = dict(dataset="digits", train_size=256, val_size=64, epochs=2, batch_size=64, steps=2, val_steps=2)
 
@@ -33,7 +36,7 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert {"train_loss", "val_clean", "val_pgd", "ot", "ot_weight"} <= set(lines[0])
     assert lines[-1] == last
-    _, meta, _ = runs.load_checkpoint(run / "checkpoints" / "best.safetensors")
+    _, meta, _ = load_checkpoint(run / "checkpoints" / "best.safetensors")
     best_epoch = max(lines, key=lambda r: (r["val_pgd"], r["val_clean"]))["epoch"]
     assert meta["epoch"] == best_epoch
     prov = json.loads((run / "provenance.jsonl").read_text().splitlines()[0])
@@ -84,8 +87,8 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
     for r in full + resumed:
         r.pop("seconds")
     assert resumed == full
-    w_full, _, _ = runs.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    w_res, _, _ = runs.load_checkpoint(killed / "checkpoints" / "last.safetensors")
+    w_full, _, _ = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    w_res, _, _ = load_checkpoint(killed / "checkpoints" / "last.safetensors")
     assert all(torch.equal(w_full[k], w_res[k]) for k in w_full)
 
 
@@ -114,14 +117,14 @@ def test_ot_weight_warmup_and_validation_split():
 def test_a_new_learning_rate_on_resume_is_applied(tmp_path, monkeypatch, optimizer, schedule):
     import shutil
 
-    from otrobust.train import Interrupted
+    from otrobust.training.loop import Interrupted
 
     base = dict(method="standard", optimizer=optimizer, schedule=schedule, lr=1e-3, epochs=4)
-    monkeypatch.setenv(runs.FAULT_ENV, "validation:1:SIGINT")  # stop after epoch 1, as Ctrl-C would
-    monkeypatch.setattr(runs, "_fault_counts", {})
+    monkeypatch.setenv(FAULT_ENV, "validation:1:SIGINT")  # stop after epoch 1, as Ctrl-C would
+    monkeypatch.setattr(files, "_fault_counts", {})
     with pytest.raises(Interrupted):
         train(_tiny(tmp_path, "a", **base), show_progress=False, log=lambda s: None)
-    monkeypatch.delenv(runs.FAULT_ENV)
+    monkeypatch.delenv(FAULT_ENV)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     lines: list[str] = []
     kept = train(_tiny(tmp_path, "a", resume=True, **base), show_progress=False, log=lambda s: None)

@@ -2,16 +2,16 @@
 
 __version__ = "0.1.0"
 
-from otrobust.attacks import bn_mode, fgsm, pgd, pgd_trace, project, trades_adversary  # noqa: E402
-from otrobust.audit import AuditReport, AuditSettings, audit_model  # noqa: E402
-from otrobust.config import TrainConfig  # noqa: E402
+from otrobust.attacks.gradient import bn_mode, fgsm, pgd, pgd_trace, project, trades_adversary  # noqa: E402
 from otrobust.data import DATASETS, ImageData, load_dataset  # noqa: E402
 from otrobust.errors import OtrobustError  # noqa: E402
-from otrobust.evaluate import EvalResult, build_attacks, evaluate_model  # noqa: E402
-from otrobust.methods import METHODS  # noqa: E402
+from otrobust.evaluation.audit import AuditReport, AuditSettings, audit_model  # noqa: E402
+from otrobust.evaluation.evaluate import EvalResult, build_attacks, evaluate_model  # noqa: E402
 from otrobust.models import MODELS, LatentHook, LatentModel, create_model, latent_forward  # noqa: E402
 from otrobust.ot import GOTRegularizer, ground_cost, label_mask, semidual_ot, sinkhorn_ot  # noqa: E402
-from otrobust.runs import load_model  # noqa: E402
+from otrobust.store.checkpoint import load_model  # noqa: E402
+from otrobust.training.config import TrainConfig  # noqa: E402
+from otrobust.training.methods import METHODS  # noqa: E402
 
 __all__ = [
     "AuditReport",

@@ -1,5 +1,5 @@
 import sys
 
-from otrobust.cli import main
+from otrobust.cli.main import main
 
 sys.exit(main())

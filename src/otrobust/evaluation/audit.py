@@ -9,23 +9,19 @@ sign test at 5 %), so an honest model does not fail on chance.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.attacks import fgsm, input_gradient, margin_loss, pgd, pgd_trace
+from otrobust.attacks.gradient import fgsm, input_gradient, margin_loss, pgd, pgd_trace
 from otrobust.data.base import ImageData
 from otrobust.errors import NoInputGradient, OtrobustError
-from otrobust.evaluate import EvalResult, binomial_interval, evaluate_model
-from otrobust.runs import atomic_write_bytes, atomic_write_text
+from otrobust.evaluation.evaluate import EvalResult, binomial_interval, evaluate_model
 
 STATUSES = ("pass", "warn", "fail", "skip")
 TRIVIAL_LINF = 0.5  # every [0, 1] image is within ℓ∞ 0.5 of the uniform grey image
@@ -415,7 +411,7 @@ def _versus_white_box(a: _Audit, name: str, other: torch.Tensor, what: str, ref:
 
 def check_black_box(a: _Audit) -> Check:
     """A black-box attack (Square) must not beat the white-box ones (Carlini §5.5)."""
-    from otrobust.autoattack import single_attack
+    from otrobust.attacks.autoattack import single_attack
 
     s = a.s
     square = a.run("square", single_attack("square", s.eps, s.norm, seed=s.seed, n_queries=s.square_queries))
@@ -475,7 +471,7 @@ def check_labels(a: _Audit) -> Check:
 def check_autoattack(a: _Audit) -> Check:
     """Run AutoAttack (reference code) and surface its own warnings; attacks that need more classes than the
     data has (the DLR-based APGD-T on 2 or 3 classes) are left out and named."""
-    from otrobust.autoattack import autoattack, is_severe, too_few_classes
+    from otrobust.attacks.autoattack import autoattack, is_severe, too_few_classes
 
     s = a.s
     runner = (autoattack(s.eps, s.norm, "fast", seed=s.seed, n_iter=s.aa_iter, n_targets=3) if s.aa_iter
@@ -567,7 +563,7 @@ def accuracy_curve(model: nn.Module, data: ImageData, eps_list: list[float], *, 
                    norm: str = "linf", steps: int = 20, seed: int = 0, batch_size: int = 256,
                    device: torch.device | str = "cpu") -> list[float]:
     """Worst-case accuracy over PGD-CE and PGD-CW at each ε (0 means clean), against ``labels``."""
-    from otrobust.evaluate import build_attacks
+    from otrobust.evaluation.evaluate import build_attacks
 
     out = []
     for eps in eps_list:
@@ -576,86 +572,3 @@ def accuracy_curve(model: nn.Module, data: ImageData, eps_list: list[float], *, 
         res = evaluate_model(model, data, attacks, labels=labels, batch_size=batch_size, device=device)
         out.append(res.accuracy("worst") if attacks else res.accuracy("clean"))
     return out
-
-
-def plot_accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], stem: Path, *, title: str,
-                         bound: float | None = None, norm: str = "linf", legend: str = "best") -> list[Path]:
-    """Accuracy (%) against ε, one line per entry of ``curves``; writes ``stem``.png and ``stem``.svg.
-    ``legend`` is a matplotlib location or ``below`` (under the axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    for label, (eps, acc) in curves.items():
-        ax.plot(eps, [100 * v for v in acc], marker="o", label=label)
-    if bound is not None and norm == "linf":
-        ax.axhline(100 * bound, color="grey", linestyle="--", linewidth=1,
-                   label=f"largest class share {100 * bound:.1f}%: the most any classifier keeps at ε ≥ 0.5")
-        ax.axvline(TRIVIAL_LINF, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel(f"{'ℓ∞' if norm == 'linf' else 'ℓ2'} radius ε")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if legend == "below":  # outside the axes, where it cannot hide a curve
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
-    else:
-        ax.legend(fontsize=8, loc=legend)
-    fig.tight_layout()
-    stem = Path(stem)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:  # rendered in memory, then written atomically (a failed write is one OtrobustError)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=path.suffix[1:], bbox_inches="tight")
-        atomic_write_bytes(path, buffer.getvalue())
-    plt.close(fig)
-    return paths
-
-
-def to_markdown(report: AuditReport) -> str:
-    """The audit as Markdown: threat model, one row per check, then each check's evidence."""
-    from otrobust.report import markdown_table
-
-    t = report.threat
-    marks = {"pass": "pass", "warn": "WARN", "fail": "**FAIL**", "skip": "skip"}
-    lines = ["# Robustness evaluation audit", "",
-             f"Threat model: {t['norm']}, ε = {t['eps']:.4g}, n = {t['n']} (first n test images), "
-             f"labels = {t['labels']}, seed = {t['seed']}; PGD {t['steps']} steps, {t['restarts']} restarts"
-             + (", quick budget" if t.get("quick") else "") + ".",
-             f"Model: {t.get('model', 'given in memory')}.",
-             f"Clean accuracy {_pct(t['clean_accuracy'])}. Verdict: "
-             + ("**FAIL** — do not trust robust accuracy from this evaluation." if report.failed else
-                "no check failed.") + f" ({report.seconds:.0f} s)", "",
-             markdown_table(["check", "status", "finding"],
-                            [[c.name, marks[c.status], c.finding] for c in report.checks]), ""]
-    if report.curve:
-        lo_hi = report.curve["ci95"]
-        rows = [[f"{e:.4g}", f"{100 * v:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]"]
-                for e, v, (lo, hi) in zip(report.curve["eps"], report.curve["accuracy"], lo_hi, strict=True)]
-        lines += ["## Accuracy vs ε (true labels, worst of PGD-CE and PGD-CW)", "",
-                  markdown_table(["ε", "accuracy %", "95% CI"], rows), "",
-                  f"Trivial bound (largest class share): {_pct(report.curve['trivial_bound'])}.", "",
-                  "![accuracy vs eps](accuracy_vs_eps.png)", ""]
-    lines += ["## Evidence", ""]
-    for c in report.checks:
-        lines += [f"### {c.name} — {c.status}", "", c.finding, "", f"Reference: {c.reference}", "", "```json",
-                  json.dumps(c.evidence, indent=1, default=str), "```", ""]
-    return "\n".join(lines)
-
-
-def write_report(report: AuditReport, out_dir: str | Path) -> list[Path]:
-    """Write ``audit.md``, ``audit.json`` and the accuracy-vs-ε plot (PNG + SVG) into ``out_dir`` (created if
-    needed); a folder that cannot be written is one OtrobustError."""
-    out = Path(out_dir)
-    written = [out / "audit.md", out / "audit.json"]
-    atomic_write_text(written[0], to_markdown(report))
-    atomic_write_text(written[1], json.dumps(report.to_dict(), indent=2, default=str))
-    if report.curve:
-        c = report.curve
-        t = report.threat
-        written += plot_accuracy_curves({"PGD-CE + PGD-CW, true labels": (c["eps"], c["accuracy"])},
-                                        out / "accuracy_vs_eps", bound=c["trivial_bound"], norm=t["norm"],
-                                        title=f"accuracy vs ε ({t['norm']}, n = {t['n']}, true labels)")
-    return written

@@ -4,7 +4,7 @@ Layout under ``out`` (restartable; nothing finished is redone)::
 
     <out>/<scale>/runs/<dataset>-<model>-<method>-<hash>/   one training run, shared by every preset that
                                                            needs the same settings; evals/ caches its evaluations
-                                                           audit-<key>/ its audit report (otrobust.audit)
+                                                           audit-<key>/ its audit report (otrobust.evaluation.audit)
     <out>/<scale>/<preset>/results.csv, results.md, audits.json, figures/
 
 Unfinished training runs are resumed from their last checkpoint; finished ones are skipped; an
@@ -26,11 +26,12 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from otrobust import runs
-from otrobust.config import TrainConfig, coerce_value, config_from_dict
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, STUDIES, Evaluation, Preset, Run
+from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, STUDIES, Evaluation, Preset, Run
+from otrobust.store.checkpoint import checkpoint_path, load_model, resolve_checkpoint
+from otrobust.store.files import atomic_write_bytes, atomic_write_text, read_jsonl
+from otrobust.training.config import TrainConfig, coerce_value, config_from_dict
 
 SCALES = ("smoke", "full")
 RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
@@ -81,7 +82,7 @@ def forward_flops(model_name: str, dataset: str, latent: str = "penultimate") ->
 
 def train_units(cfg: TrainConfig) -> float:
     """Forward-equivalents per training image per epoch (attack steps + the loss's passes, AWP's extra pass)."""
-    from otrobust.methods import base_method
+    from otrobust.training.methods import base_method
 
     base = base_method(cfg.method)
     passes = 1 if base == "standard" or (base == "pgd-at" and cfg.clean_weight == 0
@@ -205,7 +206,7 @@ def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = Non
 
 def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overrides: dict[str, Any] | None,
               device: str, seed_index: int, same_seed: dict[str, PlannedRun]) -> PlannedRun:
-    from otrobust.train import resolve
+    from otrobust.training.loop import resolve
 
     values, note = dict(run.config), ""
     if scale == "smoke":
@@ -221,7 +222,7 @@ def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overr
         if run.init_from not in same_seed:
             raise OtrobustError(f"run {run.name!r} starts from {run.init_from!r}, which the preset does not "
                                 "list before it")
-        values["init"] = str(runs.checkpoint_path(same_seed[run.init_from].run_dir, "last"))
+        values["init"] = str(checkpoint_path(same_seed[run.init_from].run_dir, "last"))
     values["data_dir"] = dataset_dir(values["dataset"], data_dir) if scale == "full" or note == "" else None
     cfg = resolve(config_from_dict({**values, "device": device}))
     cfg = dataclasses.replace(cfg, out=str(Path(out) / scale / "runs" / run_id(cfg)))
@@ -242,10 +243,10 @@ def scaled_evaluations(preset: Preset, scale: str) -> list[Evaluation]:
 
 def run_status(p: PlannedRun) -> str:
     """``done`` (every epoch logged and a best checkpoint), ``partial`` (a checkpoint to resume) or ``new``."""
-    if len(runs.read_jsonl(p.run_dir / "metrics.jsonl")) >= p.config.epochs and \
-            runs.checkpoint_path(p.run_dir, "best").exists():
+    if len(read_jsonl(p.run_dir / "metrics.jsonl")) >= p.config.epochs and \
+            checkpoint_path(p.run_dir, "best").exists():
         return "done"
-    return "partial" if runs.checkpoint_path(p.run_dir, "last").exists() else "new"
+    return "partial" if checkpoint_path(p.run_dir, "last").exists() else "new"
 
 
 def cost_table(preset: Preset, planned: list[PlannedRun], evaluations: list[Evaluation]) -> list[list[Any]]:
@@ -274,7 +275,7 @@ COST_ASSUMPTION = (f"cost model: 1 unit = one forward pass of one image, backwar
 # ---------------------------------------------------------------- training and evaluation
 def train_planned(p: PlannedRun, log: Callable[[str], None] = print) -> str:
     """Train (or resume, or skip) one planned run; returns the status it had."""
-    from otrobust.train import train
+    from otrobust.training.loop import train
 
     status = run_status(p)
     check_same_settings(p)
@@ -310,18 +311,18 @@ def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, devic
     Results are cached in ``run_dir/evals`` per checkpoint and settings.
     """
     options = dict(attack_options or {})
-    ckpt = runs.resolve_checkpoint(run_dir)
+    ckpt = resolve_checkpoint(run_dir)
     cache = Path(run_dir) / "evals" / f"{ev.name}-{_eval_key(ev, ckpt, cfg, options)}"
     if cache.with_suffix(".json").exists():
         return json.loads(cache.with_suffix(".json").read_text())
-    model = runs.load_model(ckpt, device)
+    model = load_model(ckpt, device)
     data = test.first(ev.n)
     if ev.kind == "features":
         _save_features(model, data, cfg, ev, cache.with_suffix(".npz"), device, seed)
         rows = []
     else:
         rows = _accuracy_rows(model, data, ev, cfg, options, device, seed)
-    runs.atomic_write_text(cache.with_suffix(".json"), json.dumps(rows, indent=1))
+    atomic_write_text(cache.with_suffix(".json"), json.dumps(rows, indent=1))
     return rows
 
 
@@ -329,7 +330,7 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
                    seed: int) -> list[dict[str, Any]]:
     import torch
 
-    from otrobust.evaluate import binomial_interval, build_attacks, evaluate_model
+    from otrobust.evaluation.evaluate import binomial_interval, build_attacks, evaluate_model
 
     rows: list[dict[str, Any]] = []
     for i, (eps, steps) in enumerate(product(ev.eps or (cfg.eps,), ev.steps or (None,))):
@@ -374,7 +375,7 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
     import numpy as np
     import torch
 
-    from otrobust.evaluate import build_attacks
+    from otrobust.evaluation.evaluate import build_attacks
 
     attack = build_attacks(["pgd"], eps=cfg.eps, steps=ev.steps[-1], norm=cfg.norm)["pgd"]
     torch.manual_seed(seed)
@@ -389,26 +390,27 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
             parts[key].append(t.cpu().numpy())
     buf = io.BytesIO()
     np.savez(buf, **{k: np.concatenate(v) for k, v in parts.items()})
-    runs.atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- results
 def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None, device="cpu",
               log: Callable[[str], None] = print, n: int | None = None) -> dict[str, Any]:
-    """Audit the run's best checkpoint on ``n`` test images (default: by scale) (otrobust.audit; cached in
+    """Audit the run's best checkpoint on ``n`` test images (default: by scale) (otrobust.evaluation.audit; cached in
     ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
     fail, failed_checks, report}``."""
-    from otrobust.audit import AuditSettings, audit_model, write_report
+    from otrobust.evaluation.audit import AuditSettings, audit_model
+    from otrobust.reporting.audit import write_report
 
-    ckpt = runs.resolve_checkpoint(p.run_dir)
+    ckpt = resolve_checkpoint(p.run_dir)
     n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
     settings = AuditSettings.make(p.config.eps, p.config.norm, quick=scale == "smoke",
                                   **(SMOKE["audit"] if scale == "smoke" else {}))
     out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"
     if not (out / "audit.json").exists():
         log(f"auditing {p.run.name} on {min(n, len(test))} test images")
-        report = audit_model(runs.load_model(ckpt, device), test.first(n), settings, device=device,
-                             surrogate=runs.load_model(surrogate, device) if surrogate else None,
+        report = audit_model(load_model(ckpt, device), test.first(n), settings, device=device,
+                             surrogate=load_model(surrogate, device) if surrogate else None,
                              threat_extra={"dataset": p.config.dataset, "model": f"{p.config.model} from {ckpt}"})
         write_report(report, out)
     summary = json.loads((out / "audit.json").read_text())
@@ -426,7 +428,7 @@ def surrogate_for(planned: list[PlannedRun], p: PlannedRun) -> Path | None:
     for q in planned:
         if (q is not p and q.config.method == "standard" and q.config.dataset == p.config.dataset
                 and q.config.model == p.config.model and run_status(q) == "done"):
-            return runs.resolve_checkpoint(q.run_dir)
+            return resolve_checkpoint(q.run_dir)
     return None
 
 
@@ -553,12 +555,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] | 
     writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    runs.atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- figures
 def _panel(p: PlannedRun) -> str:
-    from otrobust.presets import DATASET_LABELS
+    from otrobust.experiments.presets import DATASET_LABELS
 
     dataset = p.run.config.get("dataset", p.config.dataset)
     label = DATASET_LABELS.get(dataset, dataset)
@@ -588,12 +590,12 @@ def _paper_panels(preset: Preset, planned, x: str) -> dict[str, dict[str, list[t
 def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
                  evaluations: list[Evaluation], fig_dir: Path) -> list[Path]:
     """The preset's figures (``preset.plots``) from its results rows, features files and learning curves."""
-    from otrobust import plots
+    from otrobust.reporting import plots
 
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
     if "curves" in preset.plots:  # the first seed's curves
-        histories = {names[p.run.name]: runs.read_jsonl(p.run_dir / "metrics.jsonl") for p in planned
+        histories = {names[p.run.name]: read_jsonl(p.run_dir / "metrics.jsonl") for p in planned
                      if p.seed_index == 0}
         files += plots.plot_learning_curves(histories, fig_dir / "learning_curves", title=f"Learning curves, {title}")
     if "eps" in preset.plots:
@@ -606,7 +608,7 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
                                               fig_dir / "accuracy_vs_steps",
                                               title=f"Robust accuracy vs PGD steps, {title}")
     if "label-sweep" in preset.plots:
-        from otrobust import study
+        from otrobust.experiments import study
 
         panels = study.sweep_panels(study.seed_summary(rows), names, LABEL_SWEEPS)
         files += plots.plot_accuracy_vs_eps(panels, fig_dir / "accuracy_vs_eps_label_protocols",
@@ -637,8 +639,8 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
 
 
 def _with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]]) -> str:
-    """results.md with the multi-seed summary and paired differences (otrobust.study) after its introduction."""
-    from otrobust import study
+    """results.md with the multi-seed summary and paired differences (experiments.study) after its introduction."""
+    from otrobust.experiments import study
 
     paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
     text = study.study_markdown(study.seed_summary(rows),
@@ -718,11 +720,12 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
               audit: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> Path | None:
     """Train, evaluate and audit every run of preset ``name`` (``seeds`` times, with seeds 0, 1, …); write
     results.csv, results.md, audits.json and figures. With several seeds results.md leads with each run's mean ±
-    standard deviation over seeds and each run's paired difference from its baseline (:mod:`otrobust.study`).
+    standard deviation over seeds and each run's paired difference from its baseline
+    (:mod:`otrobust.experiments.study`).
 
     Returns the results folder (None for ``dry_run``, which only lists the runs and their estimated cost).
     """
-    from otrobust.train import pick_device
+    from otrobust.training.loop import pick_device
 
     preset = get_preset(name)
     planned = plan(preset, scale, out, data_dir, overrides, device, seeds)
@@ -743,7 +746,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
     rows, audits = _evaluate_and_audit(preset, scale, planned, evaluations, audit, pick_device(device), log)
     result_dir = Path(out) / scale / preset.name
     write_csv(result_dir / "results.csv", rows, RESULT_FIELDS)
-    runs.atomic_write_text(result_dir / "audits.json", json.dumps(audits, indent=1))
+    atomic_write_text(result_dir / "audits.json", json.dumps(audits, indent=1))
     try:
         figures = make_figures(preset, scale, planned, rows, evaluations, result_dir / "figures")
     except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
@@ -752,7 +755,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
     markdown = results_markdown(preset, scale, planned, rows, figures, result_dir, audits)
     if seeds > 1 or any(r.baseline for r in preset.runs):
         markdown = _with_study(markdown, preset, planned, rows)
-    runs.atomic_write_text(result_dir / "results.md", markdown)
+    atomic_write_text(result_dir / "results.md", markdown)
     log(f"results: {result_dir / 'results.md'}, {result_dir / 'results.csv'}"
         + (f", {len(figures) // 2} figures in {result_dir / 'figures'}" if figures else ""))
     return result_dir

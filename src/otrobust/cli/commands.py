@@ -9,19 +9,20 @@ from pathlib import Path
 
 import torch
 
-from otrobust import runs
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluate import build_attacks, evaluate_model
-from otrobust.report import eval_table, markdown_table
+from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.reporting.tables import eval_table, markdown_table
+from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, load_model, resolve_checkpoint
+from otrobust.store.files import atomic_write_text, check_writable, read_jsonl
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """``otrobust eval``: clean, per-attack and worst-case accuracy of a saved model on the first --n test
     images, each with a 95 % interval, under a threat model stated in every output, each attack's budget
     beside its row; the JSON keeps every wall-clock time in one ``timing`` object."""
-    from otrobust.evaluate import attack_budgets, eval_record
-    from otrobust.train import pick_device
+    from otrobust.evaluation.evaluate import attack_budgets, eval_record
+    from otrobust.training.loop import pick_device
 
     for flag, value in (("--aa-iter", args.aa_iter), ("--aa-queries", args.aa_queries)):
         if value is not None and value < 1:
@@ -49,7 +50,7 @@ def run_eval(args: argparse.Namespace) -> int:
                   # wall-clock times only here, so that two evaluations of one checkpoint differ in nothing else
                   "timing": {"seconds": round(seconds, 3),
                              "attack_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}}
-        runs.atomic_write_text(Path(args.json_path), json.dumps(record, indent=2))
+        atomic_write_text(Path(args.json_path), json.dumps(record, indent=2))
         print(f"wrote {args.json_path}")
     if args.robustbench:
         _write_robustbench(args, result, dataset, eps, meta, ckpt, aa_standard)
@@ -93,7 +94,7 @@ def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, a
 
 def _write_robustbench(args: argparse.Namespace, result, dataset: str, eps: float, meta: dict, ckpt: Path,
                        aa_standard: bool) -> None:
-    from otrobust.evaluate import robustbench_summary
+    from otrobust.evaluation.evaluate import robustbench_summary
 
     arch = meta.get("architecture", {})
     summary = robustbench_summary(result, dataset=dataset, eps=eps, norm=args.norm,
@@ -101,13 +102,13 @@ def _write_robustbench(args: argparse.Namespace, result, dataset: str, eps: floa
     if not aa_standard:
         summary["unreliable"] = True
         summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
-    runs.atomic_write_text(Path(args.robustbench), json.dumps(summary, indent=2))
+    atomic_write_text(Path(args.robustbench), json.dumps(summary, indent=2))
     print(f"wrote {args.robustbench}")
 
 
 def _run_name(ckpt: Path) -> str:
     """The run directory's name for ``RUN/checkpoints/best.safetensors``, else the file's stem."""
-    return ckpt.parent.parent.name if ckpt.parent.name == runs.CHECKPOINT_DIR else ckpt.stem
+    return ckpt.parent.parent.name if ckpt.parent.name == CHECKPOINT_DIR else ckpt.stem
 
 
 def _load_for_evaluation(args: argparse.Namespace, device):
@@ -115,9 +116,9 @@ def _load_for_evaluation(args: argparse.Namespace, device):
 
     The test images must have the classes, channels and size the checkpoint records: the geometry of the
     images actually loaded is compared, so a dataset whose geometry depends on its files (``folder``) fits."""
-    ckpt = runs.resolve_checkpoint(args.path)
-    _, meta, _ = runs.load_checkpoint(ckpt)
-    model = runs.load_model(ckpt, device)
+    ckpt = resolve_checkpoint(args.path)
+    _, meta, _ = load_checkpoint(ckpt)
+    model = load_model(ckpt, device)
     arch = meta["architecture"]
     trained = meta.get("config", {})
     dataset = args.dataset or arch["dataset"]
@@ -142,9 +143,10 @@ def run_audit(args: argparse.Namespace) -> int:
     """``otrobust audit``: the evaluation sanity checks; writes the report and returns 1 if any check fails."""
     import sys
 
-    from otrobust.audit import AuditSettings, audit_model, to_markdown, train_surrogate, write_report
+    from otrobust.evaluation.audit import AuditSettings, audit_model, train_surrogate
     from otrobust.models import create_model
-    from otrobust.train import pick_device
+    from otrobust.reporting.audit import to_markdown, write_report
+    from otrobust.training.loop import pick_device
 
     if args.n < 1:
         raise OtrobustError(f"--n must be at least 1, got {args.n}")
@@ -155,14 +157,14 @@ def run_audit(args: argparse.Namespace) -> int:
                                   seed=args.seed, batch_size=args.batch_size)
     arch = meta["architecture"]
     out = _audit_folder(args, ckpt)
-    runs.check_writable(out)  # before the checks run: their verdict must not be lost to a read-only --out
+    check_writable(out)  # before the checks run: their verdict must not be lost to a read-only --out
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     surrogate = None
     if args.surrogate:
-        surrogate = runs.load_model(args.surrogate, device)
+        surrogate = load_model(args.surrogate, device)
     else:
         trained = meta.get("config", {})
         data_dir = args.data_dir or (trained.get("data_dir") if dataset == trained.get("dataset") else None)
@@ -199,8 +201,8 @@ DEMO_METHODS = ("standard", "trades", "got-trades-lm")  # no defence, the baseli
 def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -> int:
     """Train no defence, TRADES and GOT-TRADES-LM on the bundled digits with the defaults; print clean and PGD-20
     accuracy side by side."""
-    from otrobust.config import TrainConfig
-    from otrobust.train import train
+    from otrobust.training.config import TrainConfig
+    from otrobust.training.loop import train
 
     epochs = epochs or DEMO_EPOCHS
     spec = get_dataset_spec("digits")
@@ -208,11 +210,11 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
     rows = []
     for method in DEMO_METHODS:
         run_dir = Path(out) / method
-        resume = runs.checkpoint_path(run_dir, "last").exists()
+        resume = checkpoint_path(run_dir, "last").exists()
         print(f"== training {method} on digits ({epochs} epochs)" + (" — resuming" if resume else ""))
         train(TrainConfig(dataset="digits", method=method, epochs=epochs, out=str(run_dir), seed=seed, resume=resume),
               log=lambda s: None)
-        model = runs.load_model(run_dir)
+        model = load_model(run_dir)
         torch.manual_seed(seed)
         res = evaluate_model(model, test, build_attacks(["pgd"], eps=spec.default_eps, steps=20))
         rows.append([method, 100 * res.accuracy("clean"), 100 * res.accuracy("worst")])
@@ -223,9 +225,9 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    """``otrobust reproduce``: list the presets, or run one (see otrobust.reproduce)."""
-    from otrobust.presets import PRESETS, STUDIES
-    from otrobust.reproduce import parse_overrides, reproduce
+    """``otrobust reproduce``: list the presets, or run one (see otrobust.experiments.reproduce)."""
+    from otrobust.experiments.presets import PRESETS, STUDIES
+    from otrobust.experiments.reproduce import parse_overrides, reproduce
 
     if args.preset is None:
         print(markdown_table(["preset", "paper", "runs", "what"],
@@ -250,13 +252,13 @@ REPORT_FIELDS = ("run", "dataset", "model", "method", "norm", "eps", "epochs", "
 
 def _run_summary(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     """(summary row, metrics history, cached evaluation rows) of one run directory."""
-    from otrobust.config import load_config_file
+    from otrobust.training.config import load_config_file
 
     if not (run_dir / "config.json").is_file():
         raise OtrobustError(f"{str(run_dir)!r} is not a run directory (no config.json); pass folders made by "
                             "otrobust train or reproduce")
     cfg = load_config_file(run_dir / "config.json")
-    history = runs.read_jsonl(run_dir / "metrics.jsonl")
+    history = read_jsonl(run_dir / "metrics.jsonl")
     best = max(history, key=lambda r: (r.get("val_pgd", 0), r.get("val_clean", 0))) if history else {}
     row = {"run": run_dir.name, "dataset": cfg.get("dataset"), "model": cfg.get("model"),
            "method": cfg.get("method"), "norm": cfg.get("norm"), "eps": cfg.get("eps"),
@@ -272,7 +274,7 @@ def _run_summary(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
 
 def run_report(args: argparse.Namespace) -> int:
     """``otrobust report``: one table (Markdown + CSV) and learning curves for any set of run directories."""
-    from otrobust.reproduce import format_eps, write_csv
+    from otrobust.experiments.reproduce import format_eps, write_csv
 
     out = Path(args.out)
     rows, histories, evals = [], {}, []
@@ -297,14 +299,14 @@ def run_report(args: argparse.Namespace) -> int:
                                 [[format_eps(r.get(k)) if k == "eps" else "–" if r.get(k) is None else r.get(k)
                                   for k in eval_fields[:7]] for r in evals])]
     try:
-        from otrobust.plots import plot_learning_curves
+        from otrobust.reporting.plots import plot_learning_curves
 
         figures = plot_learning_curves(histories, out / "learning_curves")
         text += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
     except OtrobustError as exc:
         figures = []
         print(f"warning: no learning curves: {exc}")
-    runs.atomic_write_text(out / "report.md", "\n".join(text) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(text) + "\n")
     print("\n".join(text[4:5]))
     print(f"\nwrote {out / 'report.md'}, {out / 'report.csv'}" + (f" and {len(figures)} figure files" if figures
                                                                     else ""))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from otrobust.attacks import autoattack as aa
+from otrobust.attacks.gradient import NORMS, fgsm, pgd, step_sizes
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
 
@@ -208,9 +210,6 @@ def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: f
     attacked at the same time, see ``attacks.attack_workers``) set the PGD attacks; ``seed`` and the ``aa_*``
     overrides (cheaper, non-standard runs) set the AutoAttack ones.
     """
-    from otrobust import autoattack as aa
-    from otrobust.attacks import NORMS, fgsm, pgd, step_sizes
-
     if norm not in NORMS:
         raise OtrobustError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
     if not eps >= 0:
@@ -247,7 +246,7 @@ def attack_budgets(names: list[str], *, eps: float, steps: int = 20, step_size: 
                    aa_queries: int | None = None) -> dict[str, str]:
     """How hard each attack of :func:`build_attacks` (called with the same arguments) tries, one line per name:
     steps, step size and restarts for PGD, iterations or queries for the AutoAttack ones."""
-    from otrobust.autoattack import STANDARD_ITERATIONS, STANDARD_QUERIES
+    from otrobust.attacks.autoattack import STANDARD_ITERATIONS, STANDARD_QUERIES
 
     step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
     iterations = f"{aa_iter or STANDARD_ITERATIONS} iterations"

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from otrobust.config import TrainConfig, config_from_dict, load_config_file, parse_number
 from otrobust.errors import OtrobustError
+from otrobust.training.config import TrainConfig, config_from_dict, load_config_file, parse_number
 
 NUMBER_FIELDS = {"eps", "step_size", "lr", "ot_weight", "theta", "lam", "adv_weight", "clean_weight",
                  "phi_lr", "weight_decay", "momentum", "ot_warmup_epochs", "eps_warmup_epochs", "awp_gamma",
@@ -211,7 +211,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from otrobust.train import train
+    from otrobust.training.loop import train
 
     cfg = config_from_args(args)
     train(cfg, show_progress=args.progress, argv=getattr(args, "command_line", None))
@@ -238,38 +238,38 @@ def check_eval_args(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from otrobust.commands import run_eval
+    from otrobust.cli.commands import run_eval
 
     check_eval_args(args)
     return run_eval(args)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from otrobust.commands import run_audit
+    from otrobust.cli.commands import run_audit
 
     return run_audit(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from otrobust.commands import run_demo
+    from otrobust.cli.commands import run_demo
 
     return run_demo(epochs=args.epochs, out=args.out, seed=args.seed)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from otrobust.commands import run_reproduce
+    from otrobust.cli.commands import run_reproduce
 
     return run_reproduce(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from otrobust.commands import run_report
+    from otrobust.cli.commands import run_report
 
     return run_report(args)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from otrobust.commands import run_data_download
+    from otrobust.cli.commands import run_data_download
 
     return run_data_download(args)
 
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print("otrobust: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a training run (of train or reproduce) stopped by a signal, its checkpoint saved
-        from otrobust.train import Interrupted
+        from otrobust.training.loop import Interrupted
 
         if not isinstance(exc, Interrupted):
             raise

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from otrobust.attacks import require_input_gradient
+from otrobust.attacks.gradient import require_input_gradient
 from otrobust.errors import OtrobustError
 
 REFERENCE = "pyautoattack==0.2.0"

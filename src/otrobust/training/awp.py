@@ -27,8 +27,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from otrobust.methods import StepContext, adversarial_examples
 from otrobust.models.latent import unwrap
+from otrobust.training.methods import StepContext, adversarial_examples
 
 
 def perturbable_weights(model: nn.Module) -> dict[str, nn.Parameter]:

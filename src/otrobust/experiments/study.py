@@ -1,7 +1,8 @@
 """Multi-seed studies: each run's mean ± standard deviation over seeds, and its paired difference from a baseline.
 
-Rows are ``results.csv`` rows (:func:`otrobust.reproduce.result_row`): one per run, seed, evaluation and metric,
-accuracies in %. Two rows measure the same thing when they agree on :data:`KEY` apart from the run and the seed.
+Rows are ``results.csv`` rows (:func:`otrobust.experiments.reproduce.result_row`): one per run, seed, evaluation
+and metric, accuracies in %. Two rows measure the same thing when they agree on :data:`KEY` apart from the run
+and the seed.
 A paired difference compares a run with its baseline *seed by seed* (same seed: same initial weights and data
 order), so the spread between seeds, which is often larger than the effect, cancels.
 """
@@ -85,7 +86,7 @@ def study_markdown(summary: list[dict[str, Any]], diffs: list[dict[str, Any]], n
                    paper: dict[tuple[str, str], float] | None = None) -> str:
     """The study's Markdown: a headline table (clean, PGD, AutoAttack: mean ± sd over seeds, the paper's number),
     the paired differences, and every measurement's mean ± sd with its per-seed values."""
-    from otrobust.report import markdown_table
+    from otrobust.reporting.tables import markdown_table
 
     paper = paper or {}
     order = list(dict.fromkeys(r["run"] for r in summary))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.attacks import bn_mode, pgd, trades_adversary
+from otrobust.attacks.gradient import bn_mode, pgd, trades_adversary
 from otrobust.errors import OtrobustError
 from otrobust.models.latent import latent_forward
 from otrobust.ot import GOTRegularizer

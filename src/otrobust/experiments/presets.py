@@ -1,7 +1,7 @@
 """One preset per experiment of the GOT paper: the runs, how they are evaluated, the paper's settings and
 the numbers it reports. Data only; ``reproduce.py`` runs them.
 
-A run is a set of :class:`~otrobust.config.TrainConfig` overrides at full scale (the paper's settings,
+A run is a set of :class:`~otrobust.training.config.TrainConfig` overrides at full scale (the paper's settings,
 or a deviation stated in the preset's ``notes``). Runs with identical settings are trained once and
 shared between presets (``table1``'s GOT-PGD-S is also ``table4``'s penultimate-layer run and
 ``fig2``'s curve). The ``smoke`` scale is derived from the full one by :data:`SMOKE`.
@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from otrobust.config import TrainConfig
-from otrobust.methods import DEFAULT_OT_WEIGHT
+from otrobust.training.config import TrainConfig
+from otrobust.training.methods import DEFAULT_OT_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ SMOKE: dict[str, Any] = {
     "features_n": 40,
     "steps_divisor": 20,  # PGD-k becomes PGD-max(1, k // 20): a steps sweep 10..100 becomes 1..5
     "attack_options": {"aa_iter": 2, "aa_queries": 10, "aa_targets": 1},  # a cheap, non-standard AutoAttack
-    "audit_n": 32,  # the audit of every run (otrobust.audit) on this many test images, with this budget:
+    "audit_n": 32,  # the audit of every run (otrobust.evaluation.audit) on this many test images, with this budget:
     "audit": {"steps": 5, "restarts": 2, "unbounded_steps": 20, "square_queries": 50, "aa_iter": 5},
 }
 

@@ -6,6 +6,7 @@ and used through ``matplotlib.figure.Figure``, never pyplot, so no global backen
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from collections.abc import Sequence
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError
+from otrobust.store.files import atomic_write_bytes
 
 # {panel title: {line label: [(x, accuracy %), ...]}}
 Panels = dict[str, dict[str, list[tuple[float, float]]]]
 
 
-def _figure(n_panels: int, width: float = 5.2, height: float = 4.0, extra_width: float = 0.0):
+def new_figure(n_panels: int, width: float = 5.2, height: float = 4.0, extra_width: float = 0.0):
+    """A matplotlib ``Figure`` (object API: no pyplot state) with ``n_panels`` axes, at most 3 per row."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -40,12 +43,15 @@ def _title(fig, title: str) -> None:
     fig.suptitle(textwrap.fill(title, width=max(30, int(fig.get_figwidth() * 9))), fontsize=13)
 
 
-def _save(fig, stem: Path) -> list[Path]:
+def save_figure(fig, stem: Path) -> list[Path]:
+    """Write ``fig`` as ``stem``.png (150 dpi) and ``stem``.svg, each rendered in memory and then written
+    atomically, so that a failed write is one OtrobustError and never half a file."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    for path in paths:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+        atomic_write_bytes(path, buffer.getvalue())
     return paths
 
 
@@ -58,7 +64,7 @@ def _line_panels(panels: Panels, stem: Path, *, x_label: str, y_label: str, titl
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _figure(len(panels), extra_width=2.6)  # room for the legend on the right
+    fig, axes = new_figure(len(panels), extra_width=2.6)  # room for the legend on the right
     legend: dict[str, Any] = {}
     any_paper = False
     for ax, (panel, lines) in zip(axes, panels.items(), strict=True):
@@ -90,7 +96,7 @@ def _line_panels(panels: Panels, stem: Path, *, x_label: str, y_label: str, titl
         legend["paper (dashed, same colour)"] = Line2D([], [], color="0.3", linestyle="--", marker="x")
     fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=9, framealpha=0.9)
     _title(fig, title)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_accuracy_vs_eps(panels: Panels, stem: Path, *, title: str = "Robust accuracy vs attack radius",
@@ -125,7 +131,7 @@ def plot_tsne(panels: dict[str, dict[str, Any]], stem: Path, *, class_names: Seq
 
     if not panels:
         raise OtrobustError("nothing to plot for the t-SNE figure")
-    fig, axes = _figure(len(panels), width=5.6, height=5.2)
+    fig, axes = new_figure(len(panels), width=5.6, height=5.2)
     from matplotlib import colormaps  # after _figure, which explains a missing matplotlib
 
     handles = {}
@@ -159,7 +165,7 @@ def plot_tsne(panels: dict[str, dict[str, Any]], stem: Path, *, class_names: Seq
     fig.legend([*shapes, *handles.values()], ["clean", "adversarial", *handles], loc="outside right center",
                fontsize=9, title="marker / class", markerscale=1.5)
     _title(fig, title)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 CURVE_METRICS = (("val_clean", "validation clean accuracy (%)", 100.0),
@@ -175,7 +181,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
         raise OtrobustError("no run has a finished epoch to plot")
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _figure(len(CURVE_METRICS), width=4.8, height=3.8, extra_width=2.6)
+    fig, axes = new_figure(len(CURVE_METRICS), width=4.8, height=3.8, extra_width=2.6)
     last_epoch = max(r["epoch"] for records in histories.values() for r in records)
     for ax, (key, label, scale) in zip(axes, CURVE_METRICS, strict=True):
         for run, records in histories.items():
@@ -195,4 +201,4 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=9, framealpha=0.9)
     _title(fig, title)
-    return _save(fig, stem)
+    return save_figure(fig, stem)

@@ -20,14 +20,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from otrobust import distributed, runs
-from otrobust.attacks import pgd
-from otrobust.awp import awp_gamma_at, with_awp
-from otrobust.config import TrainConfig, check_eps, validate
+from otrobust import distributed
+from otrobust.attacks.gradient import pgd
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
 from otrobust.errors import OtrobustError
-from otrobust.evaluate import evaluate_model
-from otrobust.methods import (
+from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.models import create_model, unwrap
+from otrobust.ot import GOTRegularizer
+from otrobust.store.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from otrobust.store.files import append_jsonl, atomic_write_text, fault_point, remove_stale_temp_files
+from otrobust.store.lock import run_lock
+from otrobust.store.provenance import provenance, versions
+from otrobust.store.resume import check_nothing_lost, check_resume_compatible
+from otrobust.training.awp import awp_gamma_at, with_awp
+from otrobust.training.config import TrainConfig, check_eps, validate
+from otrobust.training.methods import (
     DEFAULT_OT_WEIGHT,
     StepContext,
     get_method,
@@ -35,9 +48,6 @@ from otrobust.methods import (
     ot_variant,
     zero_step_warning,
 )
-from otrobust.models import create_model, unwrap
-from otrobust.ot import GOTRegularizer
-from otrobust.run_lock import run_lock
 
 
 class Interrupted(Exception):
@@ -215,7 +225,7 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
             batch //= 2
             torch.cuda.empty_cache()
             torch.manual_seed(seed)
-    runs.fault_point("validation")
+    fault_point("validation")
     return {"val_clean": res.accuracy("clean"), "val_pgd": res.accuracy("worst")}
 
 
@@ -258,14 +268,14 @@ def _save(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state
     extra = {"optim": opt.state_dict(), "phi": reg.state_dict() if reg is not None else None,
              "phi_optim": phi_opt.state_dict() if phi_opt is not None else None,
              "sched": sched.state_dict() if sched is not None else None}
-    meta = {"architecture": _arch(cfg, spec), "config": cfg.to_dict(), "versions": runs.versions(), **state}
-    runs.save_checkpoint(runs.checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
+    meta = {"architecture": _arch(cfg, spec), "config": cfg.to_dict(), "versions": versions(), **state}
+    save_checkpoint(checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
 
 
 def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None) -> Path:
     """Create (or re-open with --resume) the run directory; record the resolved config and provenance."""
     run_dir = Path(cfg.out)
-    has_run = runs.checkpoint_path(run_dir, "last").exists()
+    has_run = checkpoint_path(run_dir, "last").exists()
     if has_run and not cfg.resume:
         raise OtrobustError(f"{str(run_dir)!r} already holds a run; add --resume to continue it "
                             f"or choose another --out")
@@ -273,11 +283,11 @@ def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OtrobustError(f"cannot create run directory {str(run_dir)!r}: {exc.strerror or exc}") from None
-    runs.remove_stale_temp_files(run_dir)  # left by a run killed mid-write
-    runs.atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    record = runs.provenance(argv)
+    remove_stale_temp_files(run_dir)  # left by a run killed mid-write
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    record = provenance(argv)
     record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, config=cfg.to_dict())
-    runs.append_jsonl(run_dir / "provenance.jsonl", record)
+    append_jsonl(run_dir / "provenance.jsonl", record)
     return run_dir
 
 
@@ -318,9 +328,9 @@ def _changed_hyperparameters(saved: dict[str, Any], cfg: TrainConfig, opt, phi_o
 def _restore(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt, sched, state: dict[str, Any]) -> list[str]:
     """Load weights, optimiser/φ/scheduler state and the loop counters from ``last`` (for --resume); returns
     the hyperparameters that --resume changed (see :func:`_changed_hyperparameters`)."""
-    weights, meta, extra = runs.load_checkpoint(last)
-    runs.check_resume_compatible(meta.get("config") or {}, cfg.to_dict(), str(last))
-    runs.load_weights(unwrap(model), weights, meta, str(last))
+    weights, meta, extra = load_checkpoint(last)
+    check_resume_compatible(meta.get("config") or {}, cfg.to_dict(), str(last))
+    load_weights(unwrap(model), weights, meta, str(last))
     try:
         opt.load_state_dict(extra["optim"])
         if reg is not None and extra.get("phi") is not None:
@@ -342,7 +352,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
 
     Under ``torchrun`` (RANK/WORLD_SIZE set) every process runs this with the same settings: data-parallel
     training on shards of each global batch of ``--batch-size``; rank 0 alone writes the run directory. A second
-    run on the same ``--out`` while this one is alive is refused (otrobust.run_lock).
+    run on the same ``--out`` while this one is alive is refused (otrobust.store.lock).
     """
     cfg = resolve(cfg)
     info = distributed.env_info()
@@ -359,7 +369,7 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *, show_progress: bool | None,
            log, argv: list[str] | None) -> dict[str, Any]:
-    runs.check_nothing_lost(Path(cfg.out), cfg.resume)  # before anything in the run directory is written
+    check_nothing_lost(Path(cfg.out), cfg.resume)  # before anything in the run directory is written
     spec = get_dataset_spec(cfg.dataset)
     full_train = load_dataset(cfg.dataset, "train", cfg.data_dir)
     spec = with_data_geometry(spec, full_train)
@@ -382,19 +392,19 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
     opt, phi_opt, sched = build_optimizers(cfg, model, reg, steps_per_epoch)
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_score": None, "accum": None}
-    last = runs.checkpoint_path(run_dir, "last")
+    last = checkpoint_path(run_dir, "last")
     if cfg.resume and last.exists():
         changes = _restore(last, cfg, model, reg, opt, phi_opt, sched, state)
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}"
             + "".join(f"\n  with {line}" for line in changes))
     elif cfg.init:
-        weights, meta, _ = runs.load_checkpoint(runs.resolve_checkpoint(cfg.init))
-        runs.load_weights(unwrap(model), weights, meta, cfg.init)
+        weights, meta, _ = load_checkpoint(resolve_checkpoint(cfg.init))
+        load_weights(unwrap(model), weights, meta, cfg.init)
         log(f"initialised from {cfg.init}")
     if info.is_main:  # rank 0 alone writes the run directory
         run_dir = prepare_run_dir(cfg, argv, str(device))
         # The log is rebuilt from the checkpoint so that a crash between the two writes cannot duplicate lines.
-        runs.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
     model, eval_model = distributed.wrap_model(model, info, device, compile=cfg.compile)
     autocast_dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
@@ -481,7 +491,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                 if scaler is None and not gradients_finite(model, reg):
                     skip_or_stop("gradient (the loss was finite)", epoch, step)
                     continue
-                runs.fault_point("step")
+                fault_point("step")
                 for o in (opt, phi_opt):
                     if o is not None:
                         o.step() if scaler is None else scaler.step(o)
@@ -535,7 +545,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
                 if improved:
                     _save(run_dir, "best", cfg, model, reg, opt, phi_opt, sched, new_state, spec)
                 _save(run_dir, "last", cfg, model, reg, opt, phi_opt, sched, new_state, spec)
-                runs.append_jsonl(run_dir / "metrics.jsonl", record)
+                append_jsonl(run_dir / "metrics.jsonl", record)
             state = new_state
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  train acc {record['train_acc']:.3f}"
                 f"  val clean {record['val_clean']:.3f}  val PGD-{cfg.val_steps} {record['val_pgd']:.3f}"

@@ -1,0 +1,1 @@
+"""Reporting: Markdown tables and every figure (matplotlib's object API only)."""

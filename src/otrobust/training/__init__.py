@@ -1,0 +1,1 @@
+"""Training: ``TrainConfig``, the objectives (one entry per method), AWP, and the training loop."""
