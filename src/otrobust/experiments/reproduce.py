@@ -395,16 +395,16 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
 
 # ---------------------------------------------------------------- results
 def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None, device="cpu",
-              log: Callable[[str], None] = print, n: int | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] = print, n: int | None = None, quick: bool = False) -> dict[str, Any]:
     """Audit the run's best checkpoint on ``n`` test images (default: by scale) (otrobust.evaluation.audit; cached in
     ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
-    fail, failed_checks, report}``."""
+    fail, failed_checks, report}``. ``quick`` audits with the CPU budget at the full scale too."""
     from otrobust.evaluation.audit import AuditSettings, audit_model
     from otrobust.reporting.audit import write_report
 
     ckpt = resolve_checkpoint(p.run_dir)
     n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
-    settings = AuditSettings.make(p.config.eps, p.config.norm, quick=scale == "smoke",
+    settings = AuditSettings.make(p.config.eps, p.config.norm, quick=quick or scale == "smoke",
                                   **(SMOKE["audit"] if scale == "smoke" else {}))
     out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"
     if not (out / "audit.json").exists():
@@ -703,7 +703,7 @@ def _evaluate_and_audit(preset: Preset, scale: str, planned: list[PlannedRun], e
         verdict = None
         if audit and applies(p, (), preset.audit_seeds):
             audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log,
-                                    n=preset.audit_n))
+                                    n=preset.audit_n, quick=preset.audit_quick))
             verdict = audits[-1]["verdict"]
             log(f"audit of {p.run.name}: {verdict}" + (f" ({', '.join(audits[-1]['failed_checks'])})"
                                                          if verdict == "fail" else ""))
