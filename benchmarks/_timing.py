@@ -75,7 +75,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int, devic
 def restarting(model: torch.nn.Module, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` preceded by resetting ``model`` to the weights it has now, so that every repetition times the
     same computation: models trained by different objectives drift apart (GOT with a large β collapses,
-    SPEC §5), and the speed of the same kernels depends on the values they see."""
+    docs/method.md §5), and the speed of the same kernels depends on the values they see."""
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def run():
@@ -215,7 +215,7 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
 
 
 def cw_cnn(device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """The Carlini–Wagner MNIST CNN (SPEC §2) from otrobust's registry, same weights for every contender."""
+    """The Carlini–Wagner MNIST CNN (docs/method.md §3) from otrobust's registry, same weights for every contender."""
     from otrobust.models import create_model
 
     torch.manual_seed(seed)

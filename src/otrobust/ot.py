@@ -1,4 +1,4 @@
-r"""The GOT optimal-transport regulariser (SPEC §1), as plain functions and one module.
+r"""The GOT optimal-transport regulariser (docs/method.md §1), as plain functions and one module.
 
 Notation follows the paper: benign latents ``z_i`` and predictions ``p_i`` (rows, ``i = 1..B``),
 adversarial ``z^a_j``, ``p^a_j`` (columns), ground cost ``C_ij``, entropic regularisation ``θ``
@@ -125,13 +125,14 @@ class GOTRegularizer(nn.Module):
         latent_dim: D, size of ``z``.
         variant: ``"s"`` (all pairs) or ``"lm"`` (label matching: only pairs with ``y_i = y_j``).
         solver: ``"semidual"`` (the paper's learned potential) or ``"sinkhorn"`` (exact, no parameters).
-        theta, lam, dx, dy: SPEC §1.
-        phi_grad: let the model's gradient flow through ``φ(z_i)`` (as the paper); if False the
-            potential sees ``z`` detached and the model is reached through the cost only.
+        theta, lam, dx, dy: docs/method.md §1.
+        phi_grad: let the model's gradient flow through ``φ(z_i)`` (as the paper). False (the default, as
+            ``TrainConfig.phi_grad``): the potential sees ``z`` detached and the model is reached through the
+            cost only.
     """
 
     def __init__(self, latent_dim: int, variant: str = "lm", solver: str = "semidual", theta: float = 0.1,
-                 lam: float = 1.0, dx: str = "cos", dy: str = "kl", phi_grad: bool = True):
+                 lam: float = 1.0, dx: str = "cos", dy: str = "kl", phi_grad: bool = False):
         super().__init__()
         for name, value, choices in (("variant", variant, VARIANTS), ("solver", solver, SOLVERS),
                                      ("dx", dx, DX_CHOICES), ("dy", dy, DY_CHOICES)):

@@ -34,7 +34,8 @@ def _number(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
+    """A whole-number flag. Its range is the setting's own check (TrainConfig names the flag and the bound)."""
     try:
         value = int(text)
     except ValueError:
@@ -54,7 +55,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif f.name in NUMBER_FIELDS:
             parser.add_argument(flag, type=_number, default=argparse.SUPPRESS, help=help_text)
         elif "int" in str(f.type):
-            parser.add_argument(flag, type=_positive_int, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, type=_whole_number, default=argparse.SUPPRESS, help=help_text)
         else:
             parser.add_argument(flag, type=str, choices=choices, default=argparse.SUPPRESS, help=help_text)
 

@@ -30,22 +30,20 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None, 
 
 
 def iterate_batches(data: ImageData, batch_size: int, *, shuffle: bool = False,
-                    generator: torch.Generator | None = None, augment: str = "none",
-                    drop_last: bool = False, device: torch.device | str | None = None,
+                    generator: torch.Generator | None = None, device: torch.device | str | None = None,
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x (B, C, H, W), y (B,))`` batches on ``device``; the order depends only on ``generator``."""
+    """Yield ``(x (B, C, H, W), y (B,))`` batches on ``device``, the last one smaller when ``batch_size`` does not
+    divide the data; the order depends only on ``generator``. Augmentation is the caller's (the training loop
+    draws it per step, so that a resumed run repeats it)."""
     x, y = data.x, data.y
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     n = len(y)
     order = torch.randperm(n, generator=generator).to(x.device) if shuffle else None
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for start in range(0, stop, batch_size):
+    for start in range(0, n, batch_size):
         if order is None:
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         else:
             idx = order[start:start + batch_size]
             xb, yb = x[idx], y[idx]
-        if augment == "crop-flip":
-            xb = random_crop_flip(xb, generator)
         yield xb, yb

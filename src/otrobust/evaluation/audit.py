@@ -449,7 +449,7 @@ def _chunks(data: ImageData, batch_size: int, device):
 
 def check_labels(a: _Audit) -> Check:
     """On clean-correct examples the true and the predicted label are the same, so both label sources
-    must give the same verdict; elsewhere predicted labels inflate accuracy (SPEC §4)."""
+    must give the same verdict; elsewhere predicted labels inflate accuracy (docs/method.md §4)."""
     true = a.pgd()
     predicted = a.pgd(labels="predicted")
     cc = a.clean
@@ -457,7 +457,7 @@ def check_labels(a: _Audit) -> Check:
     ev = {"true_label_accuracy": _acc(true), "predicted_label_accuracy": _acc(predicted),
           "inflation_points": round(100 * (_acc(predicted) - _acc(true)), 2),
           "disagreements_on_clean_correct": disagree, "clean_correct": int(cc.sum())}
-    ref = "SPEC §4; Carlini et al. §4.2"
+    ref = "docs/method.md §4; Carlini et al. §4.2"
     if disagree > max(1, 0.05 * int(cc.sum())):
         return Check("labels", "fail", f"true- and predicted-label attacks disagree on {disagree} clean-correct "
                      "examples, where the two labels are equal: the evaluation is not reproducible", ev, ref)

@@ -6,7 +6,7 @@ or a deviation stated in the preset's ``notes``). Runs with identical settings a
 shared between presets (``table1``'s GOT-PGD-S is also ``table4``'s penultimate-layer run and
 ``fig2``'s curve). The ``smoke`` scale is derived from the full one by :data:`SMOKE`.
 
-Paper numbers are in %, as printed (SPEC §3 for Tables 1–2; the OCR'd paper for the rest). Metrics:
+Paper numbers are in %, as printed (docs/method.md §3 for Tables 1–2; the paper itself for the rest). Metrics:
 ``clean``, ``pgd`` (PGD with the evaluation's steps), ``autoattack``.
 """
 
@@ -110,7 +110,7 @@ SMOKE: dict[str, Any] = {
 PAPER_WARMUP_EPOCHS = 2.0
 WARMUP_NOTE = (f"beta = 10 as in the paper, ramped linearly from 0 over the first {PAPER_WARMUP_EPOCHS:g} epochs "
                "(the paper has no warm-up): with beta = 10 from the first step the OT term collapsed a CW CNN on "
-               "MNIST to one constant prediction (SPEC §5). otrobust's own defaults are beta = "
+               "MNIST to one constant prediction (docs/method.md §5). otrobust's own defaults are beta = "
                f"{DEFAULT_OT_WEIGHT['lm']:g} (label matching) or {DEFAULT_OT_WEIGHT['s']:g} (standard) and "
                + (f"a {TrainConfig.ot_warmup_epochs:g}-epoch warm-up" if TrainConfig.ot_warmup_epochs else "no warm-up")
                + " (see the README); the presets set both explicitly. --set ot_warmup_epochs=0 runs the paper's "
@@ -139,7 +139,7 @@ MNIST_SETTINGS = {"model": "CW CNN (conv32-conv32-pool-conv64-conv64-pool-fc200-
                   "labels attacked": "predicted (not true) labels"}
 MNIST_NOTES = (WARMUP_NOTE, EVAL_NOTE,
                "lr 1e-3 for every method: the paper's 1e-6 for the label-matching runs reads like fine-tuning "
-               "(SPEC §5); to follow it, train GOT-*-S first and --set lr=1e-6 init=RUN_DIR",
+               "(docs/method.md §5); to follow it, train GOT-*-S first and --set lr=1e-6 init=RUN_DIR",
                "batch size 128 (not stated in the paper); 500 training images held out for validation")
 
 # CIFAR-10/100 and SVHN, ResNet-18 (Appendix A.3): SGD, wd 2e-4, attack k = 20, eps = 8/255, eta = 2/255.
@@ -155,7 +155,7 @@ CIFAR_SETTINGS = {"model": "ResNet-18 (CIFAR variant)", "optimizer": "SGD moment
                   "labels attacked": "predicted (not true) labels"}
 CIFAR_NOTES = (WARMUP_NOTE, EVAL_NOTE,
                "SGD lr 0.1, x0.1 at epochs 50 and 75 (the field's norm for training from scratch); the paper prints "
-               "lr 1e-4, which reads like fine-tuning (SPEC §5): --set lr=1e-4 runs it literally",
+               "lr 1e-4, which reads like fine-tuning (docs/method.md §5): --set lr=1e-4 runs it literally",
                "batch size 128 (not stated in the paper); 500 training images held out for validation")
 
 
@@ -338,7 +338,7 @@ TABLE6 = {"pgd-at": (98.77, 97.36, 95.15, 33.47, 4.65, 0.8, 0.26),
 SWEEP_NOTE = ("the paper's sweeps keep the PGD step fixed: with eta = 0.01 and 40 steps an attack moves at most 0.4 "
               "from its random start, and Table 6's GOT rows are constant from eps = 0.4 to 0.7; ours scale the step "
               "as 2.5 * eps / steps, so accuracy must fall towards 0 at large eps for an unbroken evaluation "
-              "(SPEC §4)")
+              "(docs/method.md §4)")
 SWEEP_NOTE_CIFAR = ("the paper's sweeps keep the PGD step fixed (eta = 0.003 in Figure 3's caption: 20 steps move at "
                     "most 0.06 from the random start, and the GOT rows of Tables 7-8 stop changing at about eps = "
                     "0.06); ours scale the step as 2.5 * eps / steps")

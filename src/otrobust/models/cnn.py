@@ -10,7 +10,7 @@ from otrobust.models.registry import register_model
 
 class SplitCNN(LatentModel):
     """A conv trunk, then fully connected layers; the latent is either the flattened trunk output
-    (``middle``: the last max-pool, SPEC Table 4) or the last hidden FC layer (``penultimate``)."""
+    (``middle``: the last max-pool, the paper's Table 4) or the last hidden FC layer (``penultimate``)."""
 
     def __init__(self, trunk: nn.Sequential, trunk_dim: int, hidden: list[int], num_classes: int,
                  latent: str):

@@ -54,7 +54,7 @@ class LatentModel(nn.Module):
 
 class TappedResNet(LatentModel):
     """A residual network whose ``_trunk(x)`` returns (pooled middle-stage features, pooled final features) and
-    whose ``fc`` maps the final features to logits. ``latent = "middle"`` taps the middle stage (SPEC Table 4):
+    whose ``fc`` maps the final features to logits. ``latent = "middle"`` taps the middle stage (the paper's Table 4):
     a tap, not a cut, so ``forward_head`` only exists for the penultimate latent."""
 
     latent: str

@@ -1,7 +1,7 @@
 """Figures as PNG + SVG. Each function takes plain data, draws one figure and returns the files written.
 
-matplotlib is imported inside each function (it is an optional dependency: ``pip install otrobust[plots]``)
-and used through ``matplotlib.figure.Figure``, never pyplot, so no global backend state is touched.
+matplotlib (a dependency of otrobust) is imported when a figure is first drawn, so that importing the package
+stays fast, and used through ``matplotlib.figure.Figure``, never pyplot, so no global backend state is touched.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def new_figure(n_panels: int, width: float = 5.2, height: float = 4.0, extra_wid
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise OtrobustError("plots need matplotlib: pip install 'otrobust[plots]'") from None
+        raise OtrobustError("plots need matplotlib, which otrobust depends on: pip install matplotlib") from None
     cols = min(n_panels, 3)
     rows = math.ceil(n_panels / cols)
     fig = Figure(figsize=(width * cols + extra_width, height * rows), layout="constrained")

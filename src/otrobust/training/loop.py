@@ -102,7 +102,7 @@ def gradients_finite(model: nn.Module, reg: nn.Module | None = None) -> bool:
     return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
 
 
-def use_channels_last(setting: str, device: torch.device) -> bool:
+def use_channels_last(setting: str) -> bool:
     """``--channels-last``: ``auto`` turns it on. CUDA tensor cores want NHWC; on CPU oneDNN's NHWC convolutions
     were 1.1-1.3x faster for every model measured (benchmarks/README.md)."""
     return setting != "off"
@@ -128,7 +128,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 
 def ot_weight_at(cfg: TrainConfig, epoch_progress: float) -> float:
-    """β after the linear warm-up: the OT term pulls every latent to one point (SPEC §5) unless
+    """β after the linear warm-up: the OT term pulls every latent to one point (docs/method.md §5) unless
     cross-entropy has first separated the classes, so it is phased in."""
     if cfg.ot_warmup_epochs <= 0:
         return cfg.ot_weight
@@ -190,7 +190,7 @@ def build_model(cfg: TrainConfig, device: torch.device,
     return model, reg
 
 
-def build_optimizers(cfg: TrainConfig, model: nn.Module, reg: GOTRegularizer | None, steps_per_epoch: int):
+def build_optimizers(cfg: TrainConfig, model: nn.Module, reg: GOTRegularizer | None):
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
@@ -217,7 +217,7 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
     while True:
         try:
             res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=batch, device=device,
-                                 nhwc=use_channels_last(cfg.channels_last, torch.device(device)))
+                                 nhwc=use_channels_last(cfg.channels_last))
             break
         except torch.cuda.OutOfMemoryError:
             if batch <= 16:
@@ -385,11 +385,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *
         train_data = ImageData(train_data.x.to(device), train_data.y.to(device), train_data.num_classes)
     run_dir = Path(cfg.out)  # written only once the model and any checkpoint have loaded
     model, reg = build_model(cfg, device, spec)
-    channels_last = use_channels_last(cfg.channels_last, device)
+    channels_last = use_channels_last(cfg.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    opt, phi_opt, sched = build_optimizers(cfg, model, reg, steps_per_epoch)
+    opt, phi_opt, sched = build_optimizers(cfg, model, reg)
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_score": None, "accum": None}
     last = checkpoint_path(run_dir, "last")

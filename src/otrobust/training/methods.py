@@ -1,6 +1,6 @@
 """Training objectives: one function per method, same signature ``(model, x, y, ctx) -> (loss, logs)``.
 
-GOT methods are their base objective (PGD-AT or TRADES) plus ``ot_weight · W_θ`` (SPEC §1).
+GOT methods are their base objective (PGD-AT or TRADES) plus ``ot_weight · W_θ`` (docs/method.md §1).
 """
 
 from __future__ import annotations
