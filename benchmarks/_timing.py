@@ -172,6 +172,7 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
     finiteness checks of the loss and the gradients, backward, optimiser and φ steps, the per-step
     loss/accuracy bookkeeping), with train.py's defaults: channels-last on, the attack in pieces by device
     (``attack_chunk``, ``attack_workers`` and ``forward_chunk`` None)."""
+    from otrobust.attacks.gradient import default_step_size
     from otrobust.ot import GOTRegularizer
     from otrobust.training.loop import gradients_finite
     from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
@@ -185,7 +186,7 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
     phi_opt = torch.optim.Adam(reg.potential_parameters(), lr=1e-3, maximize=True) \
         if reg is not None and reg.potential_parameters() else None
     method = get_method(method_name)
-    ctx = StepContext(eps=eps, step_size=step_size or 2.5 * eps / max(steps, 1), steps=steps, regularizer=reg,
+    ctx = StepContext(eps=eps, step_size=step_size or default_step_size(eps, steps), steps=steps, regularizer=reg,
                       clean_weight=clean_weight, ot_weight=ot_weight, attack_chunk=attack_chunk,
                       attack_workers=attack_workers, forward_chunk=forward_chunk,
                       reuse_clean=not has_mode_dependent_layers(model) if reuse_clean is None else reuse_clean)

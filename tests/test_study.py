@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from otrobust.experiments import study
-from otrobust.experiments.presets import STUDIES
 from otrobust.experiments.reproduce import plan, reproduce
+from otrobust.experiments.studies import STUDIES
 from otrobust.training.loop import build_model, epoch_order
 
 

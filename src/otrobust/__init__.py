@@ -12,18 +12,21 @@ from otrobust.ot import GOTRegularizer, ground_cost, label_mask, semidual_ot, si
 from otrobust.store.checkpoint import load_model  # noqa: E402
 from otrobust.training.config import TrainConfig  # noqa: E402
 from otrobust.training.methods import METHODS  # noqa: E402
+from otrobust.training.registry import METHOD_SPECS, MethodSpec  # noqa: E402
 
 __all__ = [
     "AuditReport",
     "AuditSettings",
     "DATASETS",
     "METHODS",
+    "METHOD_SPECS",
     "MODELS",
     "EvalResult",
     "GOTRegularizer",
     "ImageData",
     "LatentHook",
     "LatentModel",
+    "MethodSpec",
     "OtrobustError",
     "TrainConfig",
     "__version__",

@@ -7,6 +7,7 @@ from otrobust.attacks.gradient import (
     SCHEDULES,
     PGDResult,
     bn_mode,
+    default_step_size,
     fgsm,
     frozen_parameters,
     input_gradient,
@@ -19,5 +20,6 @@ from otrobust.attacks.gradient import (
     trades_adversary,
 )
 
-__all__ = ["LOSSES", "NORMS", "SCHEDULES", "PGDResult", "bn_mode", "fgsm", "frozen_parameters", "input_gradient",
-           "margin_loss", "pgd", "pgd_trace", "project", "require_input_gradient", "step_sizes", "trades_adversary"]
+__all__ = ["LOSSES", "NORMS", "SCHEDULES", "PGDResult", "bn_mode", "default_step_size", "fgsm", "frozen_parameters",
+           "input_gradient", "margin_loss", "pgd", "pgd_trace", "project", "require_input_gradient", "step_sizes",
+           "trades_adversary"]

@@ -63,6 +63,12 @@ def frozen_parameters(model: nn.Module):
             p.requires_grad_(True)
 
 
+def default_step_size(eps: float, steps: int) -> float:
+    """The PGD step when none is given: ``2.5 · ε / steps`` (Madry et al.), so that ``steps`` steps can cross the
+    ε-ball from its centre to its edge and back; ``steps`` = 0 is treated as 1."""
+    return 2.5 * eps / max(steps, 1)
+
+
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """Project ``x_adv`` onto the ε-ball around ``x`` (ℓ∞ or ℓ2, per example) intersected with [0, 1]."""
     delta = x_adv - x

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from otrobust.attacks.gradient import default_step_size
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
@@ -39,7 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
     aa_standard = args.aa_iter is None and args.aa_queries is None
     threat = {"norm": args.norm, "eps": eps, "n": len(test), "labels": args.labels, "seed": args.seed,
               "dataset": dataset, "steps": args.steps, "restarts": args.restarts, "schedule": args.schedule,
-              "step_size": args.step_size if args.step_size is not None else 2.5 * eps / max(args.steps, 1),
+              "step_size": args.step_size if args.step_size is not None else default_step_size(eps, args.steps),
               "autoattack_standard": aa_standard}
     budgets = attack_budgets(args.attack, **budget)
     _print_eval(result, threat, budgets, seconds, aa_standard)
@@ -226,8 +227,9 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
 
 def run_reproduce(args: argparse.Namespace) -> int:
     """``otrobust reproduce``: list the presets, or run one (see otrobust.experiments.reproduce)."""
-    from otrobust.experiments.presets import PRESETS, STUDIES
+    from otrobust.experiments.presets import PRESETS
     from otrobust.experiments.reproduce import parse_overrides, reproduce
+    from otrobust.experiments.studies import STUDIES
 
     if args.preset is None:
         print(markdown_table(["preset", "paper", "runs", "what"],

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.attacks.gradient import fgsm, input_gradient, margin_loss, pgd, pgd_trace
+from otrobust.attacks.gradient import default_step_size, fgsm, input_gradient, margin_loss, pgd, pgd_trace
 from otrobust.data.base import ImageData
 from otrobust.errors import NoInputGradient, OtrobustError
 from otrobust.evaluation.evaluate import EvalResult, binomial_interval, evaluate_model
@@ -125,7 +125,7 @@ class _Audit:
 
     def __init__(self, model: nn.Module, data: ImageData, settings: AuditSettings, device, log):
         self.model, self.data, self.s, self.device, self.log = model, data, settings, device, log
-        self.step = 2.5 * settings.eps / settings.steps
+        self.step = default_step_size(settings.eps, settings.steps)
         self.results: dict[str, torch.Tensor] = {}
         self.curve: dict = {}
 
@@ -146,7 +146,7 @@ class _Audit:
         steps = steps or self.s.steps
         eps = self.s.eps if eps is None else eps
         key = f"pgd-{loss}-{steps}x{restarts}@{eps:.6g}" + ("" if labels == "true" else "-predicted")
-        size = 2.5 * eps / steps
+        size = default_step_size(eps, steps)
         return self.run(key, lambda m, x, y: pgd(m, x, y, eps, size, steps, restarts=restarts, loss=loss,
                                                  norm=self.s.norm), labels)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from otrobust.attacks import autoattack as aa
-from otrobust.attacks.gradient import NORMS, fgsm, pgd, step_sizes
+from otrobust.attacks.gradient import NORMS, default_step_size, fgsm, pgd, step_sizes
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
 
@@ -223,7 +223,7 @@ def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: f
         raise OtrobustError(f"--steps {steps} is too few for {', '.join(iterative)}: an iterative attack needs at "
                             "least 1 step (with 0 only its random start is tried, which says nothing about "
                             "robustness); use e.g. --steps 20")
-    step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    step = default_step_size(eps, steps) if step_size is None else step_size
     overrides = dict(seed=seed, n_iter=aa_iter, n_queries=aa_queries, n_targets=aa_targets)
 
     def make(name: str) -> Attack:
@@ -248,7 +248,7 @@ def attack_budgets(names: list[str], *, eps: float, steps: int = 20, step_size: 
     steps, step size and restarts for PGD, iterations or queries for the AutoAttack ones."""
     from otrobust.attacks.autoattack import STANDARD_ITERATIONS, STANDARD_QUERIES
 
-    step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    step = default_step_size(eps, steps) if step_size is None else step_size
     iterations = f"{aa_iter or STANDARD_ITERATIONS} iterations"
     queries = f"{aa_queries or STANDARD_QUERIES} queries"
 

@@ -4,7 +4,8 @@ the numbers it reports. Data only; ``reproduce.py`` runs them.
 A run is a set of :class:`~otrobust.training.config.TrainConfig` overrides at full scale (the paper's settings,
 or a deviation stated in the preset's ``notes``). Runs with identical settings are trained once and
 shared between presets (``table1``'s GOT-PGD-S is also ``table4``'s penultimate-layer run and
-``fig2``'s curve). The ``smoke`` scale is derived from the full one by :data:`SMOKE`.
+``fig2``'s curve). The ``smoke`` scale is derived from the full one by :data:`~otrobust.experiments.spec.SMOKE`.
+Our own studies, run the same way, are in :mod:`otrobust.experiments.studies`.
 
 Paper numbers are in %, as printed (docs/method.md §3 for Tables 1–2; the paper itself for the rest). Metrics:
 ``clean``, ``pgd`` (PGD with the evaluation's steps), ``autoattack``.
@@ -12,101 +13,14 @@ Paper numbers are in %, as printed (docs/method.md §3 for Tables 1–2; the pap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from otrobust.experiments.spec import SMOKE, Evaluation, PaperValue, Preset, Run
 from otrobust.training.config import TrainConfig
-from otrobust.training.methods import DEFAULT_OT_WEIGHT
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: a unique ``name`` in the preset, the paper's ``label`` for it, TrainConfig overrides.
-
-    ``baseline``: the run this one is compared with, seed by seed (the paired difference of a multi-seed study).
-    ``init_from``: start from the final checkpoint of that run of the same seed (fine-tuning); it is listed
-    earlier in the preset, so it is trained first.
-    """
-
-    name: str
-    label: str
-    config: dict[str, Any]
-    baseline: str | None = None
-    init_from: str | None = None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Every (eps, steps) pair of these attacks on the first ``n`` test images (all when None).
-
-    ``eps`` empty: the run's training radius; ``steps`` empty for attacks without a step count
-    (AutoAttack). ``kind="features"`` saves penultimate features of clean and PGD examples for a
-    t-SNE plot instead of accuracies. ``runs`` empty: every run of the preset.
-    """
-
-    name: str
-    attacks: tuple[str, ...] = ("pgd",)
-    eps: tuple[float, ...] = ()
-    steps: tuple[int, ...] = (20,)
-    n: int | None = None
-    kind: str = "accuracy"
-    runs: tuple[str, ...] = ()
-    labels: str = "true"  # "predicted": the paper's protocol, reported as such
-    step_size: float | None = None  # PGD step; None: 2.5 * eps / steps
-    seeds: tuple[int, ...] = ()  # which seeds of a multi-seed study (0 = the first); empty: every seed
-
-
-@dataclass(frozen=True)
-class PaperValue:
-    """A number the paper reports for ``run`` (``metric`` at ``eps``/``steps`` when it is a sweep point).
-
-    ``run`` may name no run of the preset (a comparison row from another paper, or a method otrobust
-    does not implement); it is then listed as "paper only".
-    """
-
-    run: str
-    metric: str
-    value: float
-    eps: float | None = None
-    steps: int | None = None
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One experiment of the paper."""
-
-    name: str
-    description: str
-    reference: str
-    runs: tuple[Run, ...]
-    evaluations: tuple[Evaluation, ...]
-    paper_settings: dict[str, Any]
-    paper_results: tuple[PaperValue, ...] = ()
-    notes: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ("curves",)  # of: curves, eps, steps, beta, tsne, label-sweep
-    audit_seeds: tuple[int, ...] = ()  # which seeds of a multi-seed study are audited; empty: every seed
-    audit_n: int | None = None  # test images per audit at the full scale (None: reproduce's default)
-    audit_quick: bool = False  # audit with its CPU budget (otrobust.evaluation.audit.QUICK) at the full scale too
-
-    def run(self, name: str) -> Run:
-        return next(r for r in self.runs if r.name == name)
-
+from otrobust.training.registry import DEFAULT_OT_WEIGHT, METHOD_SPECS
+from otrobust.training.registry import GOT_METHODS as REGISTRY_GOT_METHODS
 
 # ---------------------------------------------------------------- shared settings
-# How the smoke scale shrinks a full-scale run and its evaluation (CPU, seconds per run).
-SMOKE: dict[str, Any] = {
-    "train": {"train_size": 64, "val_size": 32, "epochs": 1, "batch_size": 32, "steps": 2, "val_steps": 1},
-    "models": {"resnet18": "wrn-16-1", "preact-resnet18": "wrn-16-1", "wrn-34-10": "wrn-16-1",
-               "wrn-28-10": "wrn-16-1"},
-    "stand_in": "digits",  # the bundled dataset used when no --data-dir is given
-    "eval_n": 48,
-    "features_n": 40,
-    "steps_divisor": 20,  # PGD-k becomes PGD-max(1, k // 20): a steps sweep 10..100 becomes 1..5
-    "attack_options": {"aa_iter": 2, "aa_queries": 10, "aa_targets": 1},  # a cheap, non-standard AutoAttack
-    "audit_n": 32,  # the audit of every run (otrobust.evaluation.audit) on this many test images, with this budget:
-    "audit": {"steps": 5, "restarts": 2, "unbounded_steps": 20, "square_queries": 50, "aa_iter": 5},
-}
-
 PAPER_WARMUP_EPOCHS = 2.0
 WARMUP_NOTE = (f"beta = 10 as in the paper, ramped linearly from 0 over the first {PAPER_WARMUP_EPOCHS:g} epochs "
                "(the paper has no warm-up): with beta = 10 from the first step the OT term collapsed a CW CNN on "
@@ -121,10 +35,9 @@ EVAL_NOTE = ("evaluation attacks use the TRUE labels and a PGD step of 2.5 * eps
              "model's predicted labels with a fixed step); the best checkpoint by validation PGD accuracy is "
              "evaluated")
 
-METHOD_LABELS = {"pgd-at": "PGD-AT", "trades": "TRADES", "mart": "MART", "got-pgd-s": "GOT-PGD-S",
-                 "got-trades-s": "GOT-TRADES-S", "got-pgd-lm": "GOT-PGD-LM", "got-trades-lm": "GOT-TRADES-LM",
-                 "standard": "standard"}
-GOT_METHODS = ("got-pgd-s", "got-trades-s", "got-pgd-lm", "got-trades-lm")
+METHOD_LABELS = {name: spec.label for name, spec in METHOD_SPECS.items()}
+# The paper's column order: both standard-cost variants, then both label-matching ones.
+GOT_METHODS = tuple(sorted(REGISTRY_GOT_METHODS, key=lambda name: METHOD_SPECS[name].ot_variant == "lm"))
 TABLE2_METHODS = ("pgd-at", "trades", *GOT_METHODS)
 
 # MNIST, CW CNN (Appendix A.3): Adam 1e-3, attack k = 40, eps = 0.3, eta = 0.01, 100 epochs.
@@ -181,14 +94,14 @@ def _runs(base: dict[str, Any], methods: tuple[str, ...], prefix: str = "", **ex
                  for m in methods)
 
 
-def _values(rows: dict[str, tuple[float | None, ...]], metrics: tuple[str, ...], prefix: str = "",
+def paper_values(rows: dict[str, tuple[float | None, ...]], metrics: tuple[str, ...], prefix: str = "",
             **where: Any) -> tuple[PaperValue, ...]:
     """PaperValues from a table given as {run: (value per metric)}; None cells (printed '-') are skipped."""
     return tuple(PaperValue(f"{prefix}{run}", metric, v, **where) for run, values in rows.items()
                  for metric, v in zip(metrics, values, strict=True) if v is not None)
 
 
-def _sweep(rows: dict[str, tuple[float, ...]], eps: tuple[float, ...], steps: int, prefix: str = ""):
+def paper_sweep(rows: dict[str, tuple[float, ...]], eps: tuple[float, ...], steps: int, prefix: str = ""):
     """PaperValues of an eps sweep table (robust accuracy under PGD-``steps``)."""
     return tuple(PaperValue(f"{prefix}{run}", "pgd", v, eps=e, steps=steps) for run, values in rows.items()
                  for e, v in zip(eps, values, strict=True))
@@ -214,7 +127,7 @@ TABLE1 = Preset(
     runs=_runs(MNIST, ("pgd-at", "trades", "mart", *GOT_METHODS)),
     evaluations=(Evaluation("pgd", ("pgd",), steps=(40,)), Evaluation("autoattack", ("autoattack",), steps=())),
     paper_settings=MNIST_SETTINGS,
-    paper_results=_values(TABLE1_NUMBERS, NAT_PGD_AA),
+    paper_results=paper_values(TABLE1_NUMBERS, NAT_PGD_AA),
     notes=(*MNIST_NOTES, "ARN (Bui et al. 2020a) is not implemented; its paper numbers are listed for reference"),
 )
 
@@ -244,7 +157,7 @@ def _table2(dataset: str) -> Preset:
         evaluations=(Evaluation("pgd", ("pgd",), steps=(20,)),
                      Evaluation("autoattack", ("autoattack",), steps=(), n=TABLE2_AA_N[dataset])),
         paper_settings=CIFAR_SETTINGS,
-        paper_results=_values(TABLE2_NUMBERS[dataset], NAT_PGD_AA),
+        paper_results=paper_values(TABLE2_NUMBERS[dataset], NAT_PGD_AA),
         notes=CIFAR_NOTES + (("SVHN: lr 0.01 (lr 0.1 is the usual cause of diverging adversarial training on "
                               "SVHN); no flip augmentation",) if dataset == "svhn" else ()),
     )
@@ -280,7 +193,7 @@ TABLE3 = Preset(
     paper_settings={**CIFAR_SETTINGS, "model": "WRN-34-10",
                     "comparison rows": "Proxy, LGBAT, AWP and ATES taken by the paper from RobustBench "
                                        "(Croce et al. 2020)"},
-    paper_results=tuple(v for prefix, rows in TABLE3_NUMBERS.items() for v in _values(rows, NAT_PGD_AA, prefix)),
+    paper_results=tuple(v for prefix, rows in TABLE3_NUMBERS.items() for v in paper_values(rows, NAT_PGD_AA, prefix)),
     notes=(*CIFAR_NOTES,
            "Proxy, LGBAT and ATES are other papers' methods, listed for reference only",
            "AWP row: our TRADES + AWP (gamma 5e-3, 10 warm-up epochs, as the AWP reference code); the paper's "
@@ -298,7 +211,7 @@ TABLE4 = Preset(
           *_runs(MNIST, ("got-pgd-s", "got-trades-s"), "middle/", latent="middle")),
     evaluations=TABLE1.evaluations,
     paper_settings={**MNIST_SETTINGS, "latent": "penultimate, or middle (the output of the last max-pool)"},
-    paper_results=_values({"penultimate/got-pgd-s": (99.37, 96.94, 92.73),
+    paper_results=paper_values({"penultimate/got-pgd-s": (99.37, 96.94, 92.73),
                            "penultimate/got-trades-s": (99.34, 96.82, 92.26),
                            "middle/got-pgd-s": (99.22, 95.32, 86.0),
                            "middle/got-trades-s": (99.24, 94.38, 87.8)}, NAT_PGD_AA),
@@ -324,7 +237,7 @@ TABLE5 = Preset(
     evaluations=TABLE1.evaluations,
     paper_settings={**MNIST_SETTINGS, "d_x / d_y": "cos or l2 / KL or l1"},
     paper_results=tuple(v for m, grid in TABLE5_NUMBERS.items() for (dx, dy), row in grid.items()
-                        for v in _values({f"{dx}-{dy}/{m}": row}, NAT_PGD_AA)),
+                        for v in paper_values({f"{dx}-{dy}/{m}": row}, NAT_PGD_AA)),
     notes=MNIST_NOTES,
 )
 
@@ -350,7 +263,7 @@ FIG2 = Preset(
     evaluations=(Evaluation("eps-sweep", ("pgd",), eps=MNIST_EPS, steps=(40,)),
                  Evaluation("steps-sweep", ("pgd",), eps=(0.3,), steps=STEPS_SWEEP)),
     paper_settings={**MNIST_SETTINGS, "sweep attack": "PGD, eta = 0.01; eps sweep k = 40; steps sweep eps = 0.3"},
-    paper_results=_sweep(TABLE6, MNIST_EPS, 40),
+    paper_results=paper_sweep(TABLE6, MNIST_EPS, 40),
     notes=(*MNIST_NOTES, SWEEP_NOTE, "the steps-sweep curves are only drawn in the paper (no table)"),
     plots=("curves", "eps", "steps"),
 )
@@ -370,7 +283,7 @@ FIG3 = Preset(
     evaluations=(Evaluation("eps-sweep", ("pgd",), eps=CIFAR_EPS, steps=(20,)),
                  Evaluation("steps-sweep", ("pgd",), eps=(8 / 255,), steps=STEPS_SWEEP)),
     paper_settings={**CIFAR_SETTINGS, "sweep attack": "PGD, eta = 0.003; eps sweep k = 20; steps sweep eps = 8/255"},
-    paper_results=_sweep(TABLE8_CIFAR10, CIFAR_EPS, 20),
+    paper_results=paper_sweep(TABLE8_CIFAR10, CIFAR_EPS, 20),
     notes=(*CIFAR_NOTES, SWEEP_NOTE_CIFAR),
     plots=("curves", "eps", "steps"),
 )
@@ -393,7 +306,7 @@ FIG4 = Preset(
           *_runs({**CIFAR, "dataset": "cifar100"}, GOT_METHODS, "cifar100/")),
     evaluations=(Evaluation("eps-sweep", ("pgd",), eps=CIFAR_EPS, steps=(20,)),),
     paper_settings={**CIFAR_SETTINGS, "sweep attack": "PGD-20, eps = 0.02..0.09 (Table 8)"},
-    paper_results=tuple(v for p, rows in TABLE8_OTHERS.items() for v in _sweep(rows, CIFAR_EPS, 20, p)),
+    paper_results=tuple(v for p, rows in TABLE8_OTHERS.items() for v in paper_sweep(rows, CIFAR_EPS, 20, p)),
     notes=(*CIFAR_NOTES, SWEEP_NOTE_CIFAR),
     plots=("curves", "eps"),
 )
@@ -416,7 +329,7 @@ FIG5 = Preset(
     runs=tuple(r for r in TABLE3.runs if not r.name.endswith("trades-awp")),
     evaluations=(Evaluation("eps-sweep", ("pgd",), eps=CIFAR_EPS, steps=(20,)),),
     paper_settings={**CIFAR_SETTINGS, "model": "WRN-34-10", "sweep attack": "PGD-20, eps = 0.02..0.09 (Table 7)"},
-    paper_results=tuple(v for p, rows in TABLE7.items() for v in _sweep(rows, CIFAR_EPS, 20, p)),
+    paper_results=tuple(v for p, rows in TABLE7.items() for v in paper_sweep(rows, CIFAR_EPS, 20, p)),
     notes=(*CIFAR_NOTES, SWEEP_NOTE_CIFAR, "Table 7's CIFAR-100 GOT-PGD-S value at eps = 0.04 (37.75) is above its "
                                      "eps = 0.03 value, as printed"),
     plots=("curves", "eps"),
@@ -452,81 +365,6 @@ FIG7 = Preset(
     plots=("curves", "beta"),
 )
 
-# ---------------------------------------------------------------- the MNIST study (does GOT beat its base?)
-# Table 1's setting on the 20,000 MNIST training images available offline, sized so that the whole study (3 seeds)
-# trains and evaluates in about 1 hour of a 2-core CPU: every arm with several seeds, GOT compared with its base
-# method seed by seed, and fine-tuning from TRADES as the paper's small learning rates suggest. The evaluation budget
-# (test images per attack) is the part cut hardest; docs/results-mnist.md states each cut.
-STUDY_EPOCHS = 4
-STUDY_FINETUNE_EPOCHS = 2
-STUDY_PGD_N = 1000  # test images for PGD-40, every model
-STUDY_AA_N = 50  # test images for standard AutoAttack, seed 0 of each main arm
-STUDY_AA_OTHERS_N = 50  # and seed 0 of each other arm
-STUDY_SWEEP_N = 100  # test images per eps sweep (seed 0 of every arm)
-STUDY = {"dataset": "mnist", "model": "cw-cnn", "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "eps": 0.3,
-         "steps": 5, "epochs": STUDY_EPOCHS, "val_size": 1000, "val_steps": 10}
-FINETUNE = {"epochs": STUDY_FINETUNE_EPOCHS, "eps_warmup_epochs": 0.0}
-STUDY_MAIN = ("pgd-at", "trades", "got-pgd-lm", "got-trades-lm")
-STUDY_RUNS = (
-    Run("pgd-at", "PGD-AT", {**STUDY, "method": "pgd-at"}),
-    Run("trades", "TRADES", {**STUDY, "method": "trades"}),
-    Run("got-pgd-lm", "GOT-PGD-LM", {**STUDY, "method": "got-pgd-lm"}, baseline="pgd-at"),
-    Run("got-trades-lm", "GOT-TRADES-LM", {**STUDY, "method": "got-trades-lm"}, baseline="trades"),
-    Run("paper/got-trades-lm", "GOT-TRADES-LM, beta = 10 (paper)",
-        {**STUDY, "method": "got-trades-lm", "ot_weight": 10.0, "ot_warmup_epochs": PAPER_WARMUP_EPOCHS},
-        baseline="trades"),
-    Run("ft/trades", f"TRADES + {STUDY_FINETUNE_EPOCHS} epochs TRADES", {**STUDY, **FINETUNE, "method": "trades"},
-        init_from="trades"),
-    Run("ft/got-trades-lm-lr1e-6", f"TRADES + {STUDY_FINETUNE_EPOCHS} epochs GOT-TRADES-LM, beta 10, lr 1e-6",
-        {**STUDY, **FINETUNE, "method": "got-trades-lm", "ot_weight": 10.0, "lr": 1e-6},
-        baseline="ft/trades", init_from="trades"),
-    Run("ft/got-trades-lm", f"TRADES + {STUDY_FINETUNE_EPOCHS} epochs GOT-TRADES-LM, beta 10, lr 1e-3",
-        {**STUDY, **FINETUNE, "method": "got-trades-lm", "ot_weight": 10.0},
-        baseline="ft/trades", init_from="trades"),
-)
-STUDY_OTHERS = tuple(r.name for r in STUDY_RUNS if r.name not in STUDY_MAIN)
-MNIST_STUDY = Preset(
-    name="mnist-study",
-    description="MNIST, CW CNN, eps = 0.3, several seeds: does GOT beat its base method? PGD-AT, TRADES, GOT-PGD-LM "
-                "and GOT-TRADES-LM with otrobust's defaults, the paper's beta = 10, and fine-tuning from TRADES; "
-                "PGD-40, AutoAttack stage by stage, and eps sweeps under both label protocols",
-    reference="Table 1 and Table 6, re-examined",
-    runs=STUDY_RUNS,
-    evaluations=(
-        Evaluation("pgd", ("pgd",), steps=(40,), step_size=0.01, n=STUDY_PGD_N),
-        Evaluation("autoattack", ("autoattack",), steps=(), n=STUDY_AA_N, runs=STUDY_MAIN, seeds=(0,)),
-        Evaluation("autoattack", ("autoattack",), steps=(), n=STUDY_AA_OTHERS_N, runs=STUDY_OTHERS, seeds=(0,)),
-        Evaluation("eps-sweep", ("pgd",), eps=MNIST_EPS, steps=(40,), n=STUDY_SWEEP_N, seeds=(0,)),
-        Evaluation("eps-sweep-fixed-step", ("pgd",), eps=MNIST_EPS, steps=(40,), n=STUDY_SWEEP_N, step_size=0.01,
-                   seeds=(0,)),
-        Evaluation("eps-sweep-predicted", ("pgd",), eps=MNIST_EPS, steps=(40,), n=STUDY_SWEEP_N, step_size=0.01,
-                   labels="predicted", seeds=(0,)),
-    ),
-    paper_settings=MNIST_SETTINGS,
-    paper_results=(*_values({k: TABLE1_NUMBERS[k] for k in STUDY_MAIN}, NAT_PGD_AA),
-                   *_sweep({k: TABLE6[k] for k in STUDY_MAIN}, MNIST_EPS, 40)),
-    notes=(EVAL_NOTE,
-           "all 20,000 MNIST training images available here (the last 1,000 held out for validation), not 60,000; "
-           f"{STUDY_EPOCHS} epochs with a {STUDY['steps']}-step training attack (the paper: 100 epochs, 40 steps), "
-           "so that the three seeds of every arm train and evaluate on a 2-core CPU in about 1 hour",
-           "the four main arms use otrobust's defaults (beta = 1, an eps warm-up over the first 2 epochs); the "
-           f"paper arm sets beta = 10, ramped in over {PAPER_WARMUP_EPOCHS:g} epochs (from the first step it "
-           "collapses the model, docs/method.md §5)",
-           f"fine-tuning: {STUDY_FINETUNE_EPOCHS} more epochs from each seed's final TRADES checkpoint, of TRADES "
-           "(the control, same extra budget) and of GOT-TRADES-LM at beta = 10 with lr 1e-6 (the paper's) and "
-           "1e-3; GOT is compared with the control, not with the checkpoint it started from",
-           f"PGD-40 with the paper's step 0.01 against the true labels on the first {STUDY_PGD_N:,} test images, "
-           f"every model; standard AutoAttack on the first {STUDY_AA_N} for seed 0 of each main arm and the first "
-           f"{STUDY_AA_OTHERS_N} for seed 0 of each other arm; the eps sweeps on the first {STUDY_SWEEP_N} for seed "
-           "0, with the true labels (step 2.5 * eps / 40, and the paper's fixed 0.01) and with the paper's "
-           "predicted labels and step 0.01; the audit (its CPU budget, --quick) on the first 50 for seed 0",
-           "Table 1's paper numbers are for 60,000 images and 100 epochs"),
-    plots=("curves", "label-sweep"),
-    audit_seeds=(0,),
-    audit_n=50,
-    audit_quick=True,
-)
-
 # Rows of the paper's tables that are not runs of ours.
 PAPER_ONLY_LABELS = {"arn": "ARN (Bui et al. 2020a, not implemented)", "proxy": "Proxy (Sehwag et al. 2021)",
                      "lgbat": "LGBAT (Cui et al. 2020)", "ates": "ATES (Sitawarin et al. 2020)"}
@@ -534,5 +372,5 @@ PAPER_ONLY_LABELS = {"arn": "ARN (Bui et al. 2020a, not implemented)", "proxy": 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     TABLE1, _table2("cifar10"), _table2("cifar100"), _table2("svhn"), TABLE3, TABLE4, TABLE5,
     FIG2, FIG3, FIG4, FIG5, FIG6, FIG7)}
-# Experiments of our own, beyond the paper's (run the same way: otrobust reproduce NAME).
-STUDIES: dict[str, Preset] = {p.name: p for p in (MNIST_STUDY,)}
+
+__all__ = ["SMOKE", "Evaluation", "PaperValue", "Preset", "Run", "PRESETS", "PAPER_ONLY_LABELS"]

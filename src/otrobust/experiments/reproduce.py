@@ -26,12 +26,16 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from otrobust.attacks.gradient import default_step_size
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE, STUDIES, Evaluation, Preset, Run
+from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS
+from otrobust.experiments.spec import SMOKE, Evaluation, Preset, Run
+from otrobust.experiments.studies import STUDIES
 from otrobust.store.checkpoint import checkpoint_path, load_model, resolve_checkpoint
 from otrobust.store.files import atomic_write_bytes, atomic_write_text, read_jsonl
 from otrobust.training.config import TrainConfig, coerce_value, config_from_dict
+from otrobust.training.registry import method_spec
 
 SCALES = ("smoke", "full")
 RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
@@ -82,12 +86,10 @@ def forward_flops(model_name: str, dataset: str, latent: str = "penultimate") ->
 
 def train_units(cfg: TrainConfig) -> float:
     """Forward-equivalents per training image per epoch (attack steps + the loss's passes, AWP's extra pass)."""
-    from otrobust.training.methods import base_method
-
-    base = base_method(cfg.method)
-    passes = 1 if base == "standard" or (base == "pgd-at" and cfg.clean_weight == 0
-                                         and not cfg.method.startswith("got-")) else 2
-    units = (0 if base == "standard" else 2 * cfg.steps) + 3 * passes
+    spec = method_spec(cfg.method)
+    one_pass = spec.base == "standard" or (spec.base == "pgd-at" and cfg.clean_weight == 0 and not spec.is_got)
+    passes = 1 if one_pass else 2
+    units = (0 if spec.base == "standard" else 2 * cfg.steps) + 3 * passes
     return units + (3 * passes if cfg.awp_gamma > 0 else 0)
 
 
@@ -354,7 +356,7 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
             clean = name == "clean"
             rows.append({"evaluation": ev.name, "metric": name, "labels": ev.labels, "eps": None if clean else eps,
                          "steps": None if clean else steps,
-                         "step_size": None if clean or steps is None else ev.step_size or 2.5 * eps / steps,
+                         "step_size": None if clean or steps is None else ev.step_size or default_step_size(eps, steps),
                          "n": len(correct), "accuracy": 100 * k / max(len(correct), 1), "ci_low": 100 * lo,
                          "ci_high": 100 * hi, "note": "; ".join(warnings.get(name, []))})
         rows += [{"evaluation": ev.name, "metric": name, "eps": eps, "steps": steps, "n": 0, "accuracy": None,

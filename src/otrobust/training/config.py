@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError, path_kind
+from otrobust.training.registry import METHOD_NAMES
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
-METHOD_NAMES = ("standard", "pgd-at", "trades", "mart", "got-pgd-s", "got-pgd-lm", "got-trades-s",
-                "got-trades-lm")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from otrobust import distributed
-from otrobust.attacks.gradient import pgd
+from otrobust.attacks.gradient import default_step_size, pgd
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, iterate_batches, load_dataset, random_crop_flip
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import evaluate_model
@@ -64,7 +64,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise OtrobustError(f"--norm l2 needs an --eps: the {cfg.dataset} default radius is an l-inf one "
                             "(common l2 radii: 0.5 on CIFAR, 2.0 on MNIST)")
     eps = spec.default_eps if cfg.eps is None else cfg.eps
-    step_size = cfg.step_size if cfg.step_size is not None else 2.5 * eps / max(cfg.steps, 1)
+    step_size = cfg.step_size if cfg.step_size is not None else default_step_size(eps, cfg.steps)
     variant = ot_variant(cfg.method)
     ot_weight = cfg.ot_weight if cfg.ot_weight is not None else DEFAULT_OT_WEIGHT[variant] if variant else 0.0
     return validate(dataclasses.replace(cfg, model=cfg.model or spec.default_model, eps=eps, step_size=step_size,
@@ -158,7 +158,7 @@ def chance_warning(cfg: TrainConfig, epochs_done: int, val_clean: float, val_lab
     if cfg.method != "standard":
         fixes = [f"a longer --eps-warmup-epochs (now {cfg.eps_warmup_epochs:g})", f"a smaller --eps (now {cfg.eps:g})",
                  *fixes]
-    if cfg.method.startswith("got-"):
+    if ot_variant(cfg.method):
         fixes.append(f"a smaller --ot-weight or a longer --ot-warmup-epochs (beta is {cfg.ot_weight:g})")
     return (f"warning: accuracy is at chance level ({100 * val_clean:.1f} %, a constant prediction scores "
             f"{100 * chance:.1f} %) after {epochs_done} epoch{'s' * (epochs_done != 1)}: the model has not started "
@@ -210,7 +210,7 @@ def build_optimizers(cfg: TrainConfig, model: nn.Module, reg: GOTRegularizer | N
 def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, seed: int) -> dict[str, float]:
     """Clean and PGD-``val_steps`` accuracy (true labels) on the held-out training images."""
     torch.manual_seed(seed)
-    step = 2.5 * cfg.eps / max(cfg.val_steps, 1)
+    step = default_step_size(cfg.eps, cfg.val_steps)
     attacks = {"pgd": lambda m, x, y: pgd(m, x, y, cfg.eps, step, cfg.val_steps, norm=cfg.norm,
                                           chunk=cfg.attack_chunk, workers=cfg.attack_workers)}
     batch = 512 if torch.device(device).type != "cuda" else max(len(val), 1)  # GPU: the largest batch that fits

@@ -16,11 +16,14 @@ from otrobust.attacks.gradient import bn_mode, pgd, trades_adversary
 from otrobust.errors import OtrobustError
 from otrobust.models.latent import latent_forward
 from otrobust.ot import GOTRegularizer
+from otrobust.training.registry import (  # noqa: F401  (DEFAULT_OT_WEIGHT, ot_variant: imported from here too)
+    DEFAULT_ADV_WEIGHT,
+    DEFAULT_OT_WEIGHT,
+    METHOD_NAMES,
+    base_method,
+    ot_variant,
+)
 
-DEFAULT_ADV_WEIGHT = {"pgd-at": 1.0, "trades": 6.0, "mart": 6.0}
-# β by OT variant: the standard variant's cost also matches adversarial points to benign points of other classes,
-# a stronger pull towards one latent point than label matching's, so it gets half the weight (README).
-DEFAULT_OT_WEIGHT = {"lm": 1.0, "s": 0.5}
 # Images per piece of a training forward pass on a CPU (models without BN/dropout): a GOT-PGD step of the CW CNN,
 # whose clean and adversarial images make one forward of 256, ran 1.08x faster with pieces of 64, as the
 # activations stay in cache (benchmarks/README.md). GPUs take the whole batch.
@@ -204,16 +207,6 @@ METHODS: dict[str, Callable] = {
 }
 
 
-def ot_variant(method: str) -> str | None:
-    """``"s"`` / ``"lm"`` for GOT methods, None otherwise."""
-    return method.rsplit("-", 1)[1] if method.startswith("got-") else None
-
-
-def base_method(method: str) -> str:
-    """The objective a method adds the OT term to (``got-trades-lm`` -> ``trades``)."""
-    return {"got-pgd": "pgd-at", "got-trades": "trades"}.get(method.rsplit("-", 1)[0], method)
-
-
 def zero_step_warning(method: str, steps: int) -> str | None:
     """The warning for an adversarial ``method`` trained with ``steps`` = 0, whose attack then takes no step:
     PGD-based methods train on uniformly random points of the ε-ball (PGD's random start), TRADES-based ones on
@@ -228,8 +221,9 @@ def zero_step_warning(method: str, steps: int) -> str | None:
 
 
 def get_method(name: str) -> Callable:
+    """The objective of method ``name`` (a name of :data:`otrobust.training.registry.METHOD_SPECS`)."""
     if name not in METHODS:
-        raise OtrobustError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+        raise OtrobustError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}")
     return METHODS[name]
 
 
