@@ -60,12 +60,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=str, choices=choices, default=argparse.SUPPRESS, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="otrobust", description="Adversarial training with an optimal-transport regulariser (GOT), "
-        "and honest robustness evaluation.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train_parser(sub) -> None:
+    """``otrobust train``: a flag per TrainConfig field."""
     tr = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                         description="Train a classifier with one of the methods. Every setting is a flag; "
                         "--config FILE reads them from a JSON file first.")
@@ -74,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show a progress bar (default: when the terminal is interactive)")
     add_config_flags(tr)
 
+
+def _add_eval_parser(sub) -> None:
+    """``otrobust eval``: attack a saved model."""
     ev = sub.add_parser(
         "eval", help="evaluate a trained model's clean and robust accuracy",
         description="Attack a saved model on the first --n test images (RobustBench-style) and report clean "
@@ -116,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(clean and AutoAttack accuracy, eps, norm, n, architecture); needs --attack autoattack")
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 
+
+def _add_audit_parser(sub) -> None:
+    """``otrobust audit``: the gradient-masking checks."""
     au = sub.add_parser(
         "audit", help="check that a robustness evaluation can be trusted (gradient masking, weak attacks)",
         description="Run the sanity checks of Carlini et al. 2019 and Pintor et al. 2022 on a saved model: "
@@ -143,10 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     au.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
 
+
+def _add_demo_parser(sub) -> None:
+    """``otrobust demo``: three methods on the bundled digits."""
     de = sub.add_parser("demo", help="train standard, trades and got-trades-lm on the bundled digits and compare")
     de.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 15)")
     de.add_argument("--out", default="runs/demo", help="where the three runs go (default: runs/demo)")
     de.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="otrobust", description="Adversarial training with an optimal-transport regulariser (GOT), "
+        "and honest robustness evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for add in (_add_train_parser, _add_eval_parser, _add_audit_parser, _add_demo_parser):
+        add(sub)
     add_reproduce_parsers(sub)
     return parser
 
