@@ -1,10 +1,37 @@
-"""Shared fixtures: the real datasets in the ``shared/data`` folder next to the project folder."""
+"""Shared fixtures: the real datasets in the ``shared/data`` folder next to the project folder, a trained digits
+run, and the tiny run settings (``TINY_RUN``, ``tiny_flags``) and the randomised ``Noisy`` model that test files
+import with ``from conftest import``."""
 
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+# The one tiny training run the tests share; files that need other sizes write ``{**TINY_RUN, <changes>}``.
+TINY_RUN = {"dataset": "digits", "train_size": 32, "val_size": 16, "batch_size": 16, "steps": 1, "val_steps": 1,
+            "epochs": 1, "device": "cpu"}
+
+
+def tiny_flags(**overrides) -> list[str]:
+    """``TINY_RUN`` with ``overrides`` as ``otrobust train`` flags, in dict order, then ``--no-progress``.
+
+    An override of ``None`` leaves that flag out, so the default (or a ``--config`` file's value) applies."""
+    settings = {k: v for k, v in {**TINY_RUN, **overrides}.items() if v is not None}
+    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))] + ["--no-progress"]
+
+
+class Noisy(nn.Module):
+    """A randomised model (or defence): Gaussian noise on the input at every call."""
+
+    def __init__(self, model: nn.Module, sigma: float = 0.3):
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x):
+        return self.model(x + self.sigma * torch.randn_like(x))
 
 
 @pytest.fixture(scope="session")

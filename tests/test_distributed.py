@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY_RUN, tiny_flags
 
 from otrobust import distributed
 from otrobust.errors import OtrobustError
@@ -132,15 +133,9 @@ def test_all_gather_with_grad_matches_one_process_with_uneven_shards(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end: torchrun, 2 processes, gloo
-TINY = dict(dataset="digits", train_size=251, val_size=64, batch_size=64, steps=0, val_steps=2, method="got-pgd-lm",
-            device="cpu", ot_warmup_epochs=1.0)
-
-
-def _flags(**kw) -> list[str]:
-    out = []
-    for k, v in kw.items():
-        out += [f"--{k.replace('_', '-')}", str(v)]
-    return out
+# No epochs key: every use gives its own.
+TINY = {k: v for k, v in {**TINY_RUN, "train_size": 251, "val_size": 64, "batch_size": 64, "steps": 0, "val_steps": 2,
+                          "method": "got-pgd-lm", "ot_warmup_epochs": 1.0}.items() if k != "epochs"}
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -172,7 +167,7 @@ def test_two_gloo_processes_match_one_process_and_resume_on_one(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "otrobust", "train", *_flags(**TINY, epochs=1, out=two), "--no-progress"]
+           "-m", "otrobust", "train", *tiny_flags(**TINY, epochs=1, out=two)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(tmp_path / "one-1", two)

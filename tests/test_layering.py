@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "otrobust"
 LAYERS = (
-    ("errors",),
+    ("errors", "settings"),
     ("ot", "distributed"),
     ("models", "data"),
     ("attacks",),

@@ -29,10 +29,8 @@ def attack_workers(workers: int | None, x: torch.Tensor) -> int:
     torch thread (each worker then runs its kernels on its own core), 1 elsewhere.
 
     On a CPU, independent pieces on separate cores share nothing, where a kernel split across cores
-    synchronises at every op. PGD-20 evaluation of the CW CNN in batches of 256 ran 2.07x faster with pieces
-    of 128 on two one-core workers and channels-last than with the whole NCHW batch on two threads; in a
-    128-image training step, two workers of 64 were 1.04x (0.99-1.37) the whole batch (benchmarks/README.md).
-    A model that draws random numbers in its forward pass repeats its attacks exactly only with ``workers=1``."""
+    synchronises at every op (benchmarks/README.md has the measurements). A model that draws random numbers
+    in its forward pass repeats its attacks exactly only with ``workers=1``."""
     if workers is None:
         workers = torch.get_num_threads() if x.device.type == "cpu" else 1
     if workers < 1:

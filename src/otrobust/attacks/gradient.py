@@ -63,6 +63,23 @@ def frozen_parameters(model: nn.Module):
             p.requires_grad_(True)
 
 
+class ExpectedLogits(nn.Module):
+    """Expectation over transformation (EOT, Athalye et al. 2018): the mean logits of ``draws`` forwards of a
+    randomised ``model``, so that a gradient attack follows the expected gradient rather than one draw's."""
+
+    def __init__(self, model: nn.Module, draws: int):
+        super().__init__()
+        self.model, self.draws = model, draws
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(x) for _ in range(self.draws)]).mean(0)
+
+
+def with_eot(attack: Callable, draws: int) -> Callable:
+    """``attack`` run against :class:`ExpectedLogits` of the model it is given."""
+    return lambda model, x, y: attack(ExpectedLogits(model, draws), x, y)
+
+
 def default_step_size(eps: float, steps: int) -> float:
     """The PGD step when none is given: ``2.5 · ε / steps`` (Madry et al.), so that ``steps`` steps can cross the
     ε-ball from its centre to its edge and back; ``steps`` = 0 is treated as 1."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -15,20 +14,10 @@ from otrobust.attacks import autoattack as aa
 from otrobust.attacks.gradient import NORMS, default_step_size, fgsm, pgd, step_sizes
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
+from otrobust.evaluation.statistics import binomial_interval
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> x_adv
 LABEL_SOURCES = ("true", "predicted")
-
-
-def binomial_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval for a proportion (Wilson 1927); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
@@ -43,6 +32,9 @@ class EvalResult:
     # For an attack made of several in sequence (AutoAttack): per stage (``"clean"``, then each attack in order),
     # (N,) bool, right after that stage — so a reader sees which attack did the work.
     stages: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # Predicted classes (N,) int64: on the clean images, and on each attack's adversarial examples.
+    clean_pred: torch.Tensor | None = None
+    predictions: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def stage_accuracies(self, name: str) -> dict[str, float]:
         """Accuracy after each stage of attack ``name`` (empty if it has no stages)."""
@@ -141,6 +133,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     was_training = model.training
     model.eval()
     clean, per_attack = [], {name: [] for name in attacks}
+    clean_pred, adv_pred = [], {name: [] for name in attacks}
     stages: dict[str, dict[str, list[torch.Tensor]]] = {}
     seconds = dict.fromkeys(attacks, 0.0)
     seen = {name: len(getattr(attack, "warnings", ())) for name, attack in attacks.items()}
@@ -159,6 +152,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                 pred = logits.argmax(1)
                 target = y if labels == "true" else pred
                 clean.append((pred == y).cpu())
+                clean_pred.append(pred.cpu())
                 for name, attack in attacks.items():
                     t0 = time.perf_counter()
                     x_adv = attack(model, x, target)
@@ -168,6 +162,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                     if labels == "true":
                         correct &= pred == y
                     per_attack[name].append(correct.cpu())
+                    adv_pred[name].append(adv_logits.argmax(1).cpu())
                     for stage, robust in getattr(attack, "last_stages", {}).items():
                         stages.setdefault(name, {}).setdefault(stage, []).append(robust & (pred == y).cpu())
                     seconds[name] += time.perf_counter() - t0
@@ -179,7 +174,9 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     return EvalResult(torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
                       {k: torch.cat(v) for k, v in per_attack.items()}, labels, seconds,
                       {k: v for k, v in reported.items() if v},
-                      {name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in stages.items()})
+                      {name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in stages.items()},
+                      torch.cat(clean_pred) if clean_pred else torch.zeros(0, dtype=torch.long),
+                      {k: torch.cat(v) for k, v in adv_pred.items()})
 
 
 ATTACKS = ("fgsm", "pgd", "pgd-cw", "pgd-dlr", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "square",

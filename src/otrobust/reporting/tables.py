@@ -1,6 +1,13 @@
-"""Plain-text and Markdown rendering of results (no computation)."""
+"""Plain-text, Markdown and CSV rendering of results (no computation)."""
 
 from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from otrobust.store.files import atomic_write_text
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -12,6 +19,23 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def format_eps(v: float | None) -> str:
+    """8/255 as ``8/255``, other radii as plain numbers, None as a dash."""
+    if v is None:
+        return "–"
+    k = v * 255
+    return f"{round(k)}/255" if 0 < v < 1 and abs(k - round(k)) < 1e-6 else f"{v:g}"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] | list[str]) -> None:
+    """``rows`` as CSV with the columns ``fields`` (other keys dropped), written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = None,
@@ -30,3 +54,30 @@ def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = Non
                                                if threat["labels"] == "predicted" else "")
             + f", seed = {threat['seed']}")
     return head + "\n\n" + markdown_table(["attack", "budget", "accuracy %", "95% CI", "correct", "seconds"], rows)
+
+
+BLACK_BOX_STAGES = ("square",)  # AutoAttack's stages that use no gradient
+
+
+def stage_table(stages: dict[str, float], n: int) -> str:
+    """AutoAttack's progression: robust accuracy (%) after each of its attacks, in order, and how many of the ``n``
+    images each attack broke that the ones before it had not (``stages``: stage -> accuracy in [0, 1], first
+    ``clean``)."""
+    rows, before = [], None
+    for stage, acc in stages.items():
+        broke = "–" if before is None else str(round((before - acc) * n))
+        rows.append([stage if stage != "clean" else "clean (no attack)", f"{100 * acc:.2f}", broke])
+        before = acc
+    return markdown_table(["after", "robust accuracy %", "images it broke"], rows)
+
+
+def black_box_note(stages: dict[str, float], n: int) -> str | None:
+    """A warning when a black-box stage broke images that every gradient-based stage before it left standing: a
+    sign of gradient masking."""
+    names = list(stages)
+    for i, stage in enumerate(names[1:], 1):
+        broke = round((stages[names[i - 1]] - stages[stage]) * n)
+        if stage in BLACK_BOX_STAGES and broke > 0:
+            return (f"{stage}, a black-box attack, broke {broke} image{'s' if broke != 1 else ''} that the "
+                    "gradient-based attacks before it did not: a sign of gradient masking (run otrobust audit)")
+    return None

@@ -19,6 +19,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from otrobust.errors import OtrobustError, path_kind
+from otrobust.models.architecture import Architecture
 from otrobust.store.files import CHECKPOINT_DIR, atomic_write_bytes
 
 FORMAT = "otrobust-checkpoint-1"
@@ -155,35 +156,21 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[st
                             f"the model being loaded") from None
 
 
-ARCH_FIELDS = {"model": str, "num_classes": int, "in_channels": int, "image_size": int, "latent": str,
-               "dataset": str}
-
-
-def checkpoint_architecture(meta: dict[str, Any], source: str) -> dict[str, Any]:
-    """The ``architecture`` record of a checkpoint's meta, checked field by field."""
-    arch = meta.get("architecture")
-    if not isinstance(arch, dict):
-        raise OtrobustError(f"checkpoint {source!r} does not record its architecture")
-    for name, kind in ARCH_FIELDS.items():
-        value = arch.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 < value <= 100_000):
-            raise OtrobustError(f"checkpoint {source!r} has a bad architecture record: {name}={value!r}")
-    return arch
+def checkpoint_architecture(meta: dict[str, Any], source: str) -> Architecture:
+    """The :class:`Architecture` a checkpoint's meta records, checked field by field."""
+    return Architecture.from_dict(meta.get("architecture"), source)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained model from a run directory or checkpoint; returns an ``nn.Module`` in eval mode
     taking [0, 1] images ``(N, C, H, W)`` and returning logits ``(N, M)``."""
-    from otrobust.models import create_model
-
     ckpt = resolve_checkpoint(path)
     state, meta, _ = load_checkpoint(ckpt)
     arch = checkpoint_architecture(meta, str(ckpt))
 
     def build() -> nn.Module:
         try:
-            return create_model(arch["model"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
-                                image_size=arch["image_size"], latent=arch["latent"])
+            return arch.build()
         except ValueError as exc:
             raise OtrobustError(f"checkpoint {str(ckpt)!r} records an impossible architecture: {exc}") from None
 

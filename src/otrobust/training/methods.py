@@ -24,9 +24,8 @@ from otrobust.training.registry import (  # noqa: F401  (DEFAULT_OT_WEIGHT, ot_v
     ot_variant,
 )
 
-# Images per piece of a training forward pass on a CPU (models without BN/dropout): a GOT-PGD step of the CW CNN,
-# whose clean and adversarial images make one forward of 256, ran 1.08x faster with pieces of 64, as the
-# activations stay in cache (benchmarks/README.md). GPUs take the whole batch.
+# Images per piece of a training forward pass on a CPU (models without BN/dropout): pieces small enough for their
+# activations to stay in cache (benchmarks/README.md has the measurement). GPUs take the whole batch.
 CPU_FORWARD_CHUNK = 64
 
 

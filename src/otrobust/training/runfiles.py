@@ -9,6 +9,7 @@ from typing import Any
 from otrobust.data import DatasetSpec, get_dataset_spec
 from otrobust.errors import OtrobustError
 from otrobust.models import unwrap
+from otrobust.models.architecture import Architecture
 from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_weights, save_checkpoint
 from otrobust.store.files import append_jsonl, atomic_write_text, remove_stale_temp_files
 from otrobust.store.provenance import provenance, versions
@@ -19,8 +20,8 @@ from otrobust.training.config import TrainConfig
 def architecture(cfg: TrainConfig, spec: DatasetSpec | None = None) -> dict[str, Any]:
     """What rebuilds the run's model from a checkpoint (``store.checkpoint.load_model`` reads it)."""
     spec = spec or get_dataset_spec(cfg.dataset)
-    return {"model": cfg.model, "num_classes": spec.num_classes, "in_channels": spec.in_channels,
-            "image_size": spec.image_size, "latent": cfg.latent, "dataset": cfg.dataset}
+    return Architecture(cfg.model, spec.num_classes, spec.in_channels, spec.image_size, cfg.latent,
+                        cfg.dataset).to_dict()
 
 
 def save_run_state(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state: dict[str, Any],

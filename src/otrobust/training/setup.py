@@ -16,7 +16,7 @@ from otrobust.attacks.gradient import default_step_size, pgd
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import evaluate_model
-from otrobust.models import create_model
+from otrobust.models.architecture import Architecture
 from otrobust.ot import GOTRegularizer
 from otrobust.store.files import fault_point
 from otrobust.training.config import TrainConfig, check_eps, validate
@@ -69,8 +69,8 @@ def gradients_finite(model: nn.Module, reg: nn.Module | None = None) -> bool:
 
 
 def use_channels_last(setting: str) -> bool:
-    """``--channels-last``: ``auto`` turns it on. CUDA tensor cores want NHWC; on CPU oneDNN's NHWC convolutions
-    were 1.1-1.3x faster for every model measured (benchmarks/README.md)."""
+    """``--channels-last``: ``auto`` turns it on. CUDA tensor cores want NHWC, and oneDNN's NHWC convolutions
+    are the faster ones on a CPU too (benchmarks/README.md has the measurements)."""
     return setting != "off"
 
 
@@ -144,8 +144,8 @@ def build_model(cfg: TrainConfig, device: torch.device,
     spec = spec or get_dataset_spec(cfg.dataset)
     torch.manual_seed(cfg.seed)
     try:
-        model = create_model(cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                             image_size=spec.image_size, latent=cfg.latent).to(device)
+        model = Architecture(cfg.model, spec.num_classes, spec.in_channels, spec.image_size, cfg.latent).build()
+        model = model.to(device)
     except ValueError as exc:  # e.g. an architecture too deep for the dataset's image size
         raise OtrobustError(f"--model {cfg.model} cannot be used with --dataset {cfg.dataset}: {exc}") from None
     variant = ot_variant(cfg.method)

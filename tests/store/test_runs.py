@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 from otrobust import TrainConfig, load_model
 from otrobust.cli.main import main
@@ -17,8 +18,7 @@ from otrobust.errors import OtrobustError
 from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
 from otrobust.store.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temp_files
 
-TINY = ["--train-size", "32", "--val-size", "16", "--batch-size", "16", "--steps", "1", "--val-steps", "1",
-        "--epochs", "1", "--no-progress", "--device", "cpu"]
+TINY = tiny_flags(dataset=None)  # no --dataset flag: a --config file's dataset still applies
 
 
 @pytest.fixture(scope="module")

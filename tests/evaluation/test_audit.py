@@ -4,18 +4,15 @@ import json
 
 import pytest
 import torch
+from conftest import Noisy
 from torch import nn
 
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.audit import (
-    AuditSettings,
-    audit_model,
-    eps_grid,
-    higher_than,
-    one_sided_sign_test,
-)
+from otrobust.evaluation.audit import AuditSettings, audit_model
+from otrobust.evaluation.gradient_checks import eps_grid
+from otrobust.evaluation.statistics import higher_than, one_sided_sign_test
 from otrobust.reporting.audit import to_markdown, write_report
 from otrobust.store.checkpoint import load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 
@@ -45,17 +42,6 @@ class Saturate(nn.Module):
 
     def forward(self, x):
         return self.scale * self.model(x)
-
-
-class Noisy(nn.Module):
-    """A randomised defence: Gaussian noise on the input at every call."""
-
-    def __init__(self, model: nn.Module, sigma: float = 0.3):
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, x):
-        return self.model(x + self.sigma * torch.randn_like(x))
 
 
 class _RandomGradient(torch.autograd.Function):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_flags
 
 from otrobust.cli.main import main
 from otrobust.data import DATASETS, ImageData, get_dataset_spec, load_dataset
@@ -24,8 +25,7 @@ from otrobust.store import files
 from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
 from otrobust.store.files import TEMP_SUFFIX, append_jsonl, atomic_write_bytes, read_jsonl
 
-TINY = ["--train-size", "32", "--val-size", "16", "--batch-size", "16", "--steps", "1", "--val-steps", "1",
-        "--epochs", "1", "--no-progress", "--device", "cpu"]
+TINY = tiny_flags(dataset=None)  # no --dataset flag: a --config file's dataset still applies
 
 
 def _fails(capsys, argv: list[str], match: str) -> str:

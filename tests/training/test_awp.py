@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from torch import nn
 
 from otrobust.errors import OtrobustError
@@ -102,7 +103,9 @@ def test_step_applies_the_gradient_taken_at_the_perturbed_weights():
         assert torch.allclose(p.detach(), original[name] - 0.1 * grads[name], atol=1e-6), name
 
 
-TINY = dict(dataset="digits", train_size=64, val_size=32, epochs=1, batch_size=32, steps=2, val_steps=1)
+# No device key: TrainConfig's default ("auto") applies, as before.
+TINY = {k: v for k, v in {**TINY_RUN, "train_size": 64, "val_size": 32, "batch_size": 32, "steps": 2}.items()
+        if k != "device"}
 
 
 def test_got_trades_lm_with_awp_trains(tmp_path):

@@ -10,7 +10,7 @@ from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE
 from otrobust.experiments.reproduce import cost_table, parse_overrides, plan, run_id, scaled_evaluations
 from otrobust.training.config import METHOD_NAMES
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "SPEC.md"
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "SPEC.md"
 PLOTS = {"curves", "eps", "steps", "beta", "tsne"}
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Noisy
 from torch import nn
 
 from otrobust.attacks import autoattack as aa
@@ -14,17 +15,6 @@ from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.models import create_model
 
 CHEAP = dict(n_iter=5, n_queries=30)  # a few iterations: these tests check plumbing, not strength
-
-
-class Noisy(nn.Module):
-    """A randomised model: Gaussian noise on the input."""
-
-    def __init__(self, model: nn.Module, sigma: float = 0.3):
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, x):
-        return self.model(x + self.sigma * torch.randn_like(x))
 
 
 class Probabilities(nn.Module):
@@ -116,7 +106,7 @@ def test_evaluate_model_collects_autoattack_warnings(trained_digits_model, digit
 
 
 def test_only_the_adapter_imports_the_reference_package():
-    src = Path(__file__).resolve().parents[1] / "src" / "otrobust"
+    src = Path(__file__).resolve().parents[2] / "src" / "otrobust"
     users = [p.relative_to(src).as_posix() for p in src.rglob("*.py") if "pyautoattack" in p.read_text()]
     assert users == ["attacks/autoattack.py"]
 

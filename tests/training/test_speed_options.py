@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_RUN
 
 from otrobust.attacks import gradient
 from otrobust.attacks.gradient import (
@@ -135,8 +136,7 @@ def test_speed_flags_parse_into_the_config():
         build_parser().parse_args(["train", "--amp", "fp8"])
 
 
-TINY = dict(dataset="digits", train_size=128, val_size=64, epochs=1, batch_size=64, steps=1, val_steps=1,
-            method="got-trades-lm", device="cpu")
+TINY = {**TINY_RUN, "train_size": 128, "val_size": 64, "batch_size": 64, "method": "got-trades-lm"}
 
 
 def _quiet_train(cfg):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 
 from otrobust import load_model
 from otrobust.errors import OtrobustError
@@ -19,7 +20,9 @@ from otrobust.store.files import FAULT_ENV
 from otrobust.training.config import TrainConfig
 from otrobust.training.loop import ot_weight_at, split_train_val, train
 
-TINY = dict(dataset="digits", train_size=256, val_size=64, epochs=2, batch_size=64, steps=2, val_steps=2)
+# No device key: TrainConfig's default ("auto") applies, as before.
+TINY = {k: v for k, v in {**TINY_RUN, "train_size": 256, "val_size": 64, "epochs": 2, "batch_size": 64, "steps": 2,
+                          "val_steps": 2}.items() if k != "device"}
 
 
 def _tiny(tmp_path: Path, name: str, **kw) -> TrainConfig:

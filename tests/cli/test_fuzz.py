@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN, tiny_flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -45,9 +46,8 @@ FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 FEW = settings(FUZZ, max_examples=15)
 
-TINY = {"dataset": "digits", "train_size": 32, "val_size": 16, "batch_size": 16, "steps": 1, "val_steps": 1,
-        "epochs": 1, "device": "cpu"}
-TINY_FLAGS = [x for k, v in TINY.items() for x in (f"--{k.replace('_', '-')}", str(v))] + ["--no-progress"]
+TINY = TINY_RUN
+TINY_FLAGS = tiny_flags()
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:

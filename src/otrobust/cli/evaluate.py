@@ -1,0 +1,249 @@
+"""``otrobust eval`` and ``otrobust audit``: load the model under test (an otrobust run, or any model), check it,
+attack it, print and save. Under ``torchrun`` the test images are shared out among the processes and rank 0
+alone prints and writes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from otrobust import distributed
+from otrobust.attacks.gradient import default_step_size, with_eot
+from otrobust.data import get_dataset_spec, load_dataset
+from otrobust.errors import OtrobustError
+from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
+from otrobust.evaluation.runner import BatchCache, run_evaluation, settings_key
+from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
+from otrobust.evaluation.target import Target, check_model, load_target
+from otrobust.reporting.per_example import write_per_example
+from otrobust.reporting.tables import black_box_note, eval_table, stage_table
+from otrobust.store.checkpoint import CHECKPOINT_DIR, load_model
+from otrobust.store.files import atomic_write_text, check_writable
+from otrobust.training.setup import pick_device
+
+
+def _quiet(*args, **kwargs) -> None:
+    """``print`` on the processes other than rank 0."""
+
+
+def run_eval(settings: EvalSettings) -> int:
+    """``otrobust eval``: clean, per-attack and worst-case accuracy of a model on the first --n test images, each
+    with a 95 % interval, under a threat model stated in every output; AutoAttack stage by stage; the JSON keeps
+    every wall-clock time in one ``timing`` object, so that two evaluations differ in nothing else."""
+    info = distributed.env_info()
+    device, joined = distributed.setup(info, pick_device(settings.device))
+    try:
+        code = _evaluate(settings, info, device, print if info.is_main else _quiet)
+        distributed.finish(joined)
+        return code
+    finally:
+        distributed.teardown(joined)
+
+
+def prepare(target: Target, settings, device, say) -> None:
+    """The checks before any attack, and the clean accuracy, printed first."""
+    for warning in check_model(target.model, target.test.x.to(device), target.test.num_classes,
+                               settings.randomized):
+        say(f"warning: {warning}")
+    correct = predict(target.model, target.test.x.to(device), settings.batch_size).cpu() == target.test.y
+    say(f"clean accuracy: {100 * correct.float().mean():.2f}% on the first {len(target.test)} {target.dataset} "
+        f"test images ({target.description})")
+
+
+def _attacks(settings: EvalSettings, eps: float, say) -> dict:
+    names = list(settings.attack)
+    if settings.randomized:  # EOT everywhere: AutoAttack's rand version, and gradients averaged over draws
+        names = ["autoattack-rand" if n == "autoattack" else n for n in names]
+        say(f"randomised model: gradient attacks average {settings.eot_draws} forwards (EOT); autoattack runs as "
+            "autoattack-rand")
+    attacks = build_attacks(names, norm=settings.norm, seed=settings.seed, workers=settings.attack_workers,
+                            **_budget(settings, eps))
+    if settings.randomized:
+        attacks = {n: a if n.startswith(("autoattack", "apgd", "fab", "square")) else with_eot(a, settings.eot_draws)
+                   for n, a in attacks.items()}
+    return attacks
+
+
+def _budget(settings: EvalSettings, eps: float) -> dict:
+    return dict(eps=eps, steps=settings.steps, step_size=settings.step_size, restarts=settings.restarts,
+                schedule=settings.schedule, aa_iter=settings.aa_iter, aa_queries=settings.aa_queries)
+
+
+def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
+    target = load_target(settings, device)
+    prepare(target, settings, device, say)
+    eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
+    attacks = _attacks(settings, eps, say)
+    cache = None
+    if settings.cache_folder:
+        key = settings_key({**settings.result_settings(), "eps": eps}, target.files)
+        folder = Path(settings.cache_folder)
+        if info.is_main:  # first: it clears stale records before anyone reads them
+            cache = BatchCache(folder, key, settings.result_settings(), say)
+        distributed.barrier(info)
+        if not info.is_main:  # after rank 0; on a disk of its own a process checks its own records
+            cache = BatchCache(folder, key, settings.result_settings(), say, first=False)
+        distributed.barrier(info)
+        done = cache.done()
+        if done:
+            say(f"resuming: {done} finished batch{'es' if done != 1 else ''} recorded in {settings.cache_folder}")
+    t0 = time.perf_counter()
+    with _progress_bars(settings, _share(len(target.test), settings.batch_size, info)) as progress:
+        result = run_evaluation(target.model, target.test, attacks, labels=settings.labels,
+                                batch_size=settings.batch_size, device=device, seed=settings.seed, cache=cache,
+                                info=info, progress=progress)
+    seconds = time.perf_counter() - t0
+    if not info.is_main:
+        return 0
+    step_size = settings.step_size if settings.step_size is not None else default_step_size(eps, settings.steps)
+    threat = {"norm": settings.norm, "eps": eps, "n": len(target.test), "labels": settings.labels,
+              "seed": settings.seed, "dataset": target.dataset, "steps": settings.steps,
+              "restarts": settings.restarts, "schedule": settings.schedule, "step_size": step_size,
+              "autoattack_standard": settings.aa_standard, "randomized": settings.randomized}
+    budgets = attack_budgets(list(attacks), **_budget(settings, eps))
+    _print_eval(result, threat, budgets, seconds, settings.aa_standard)
+    _write_outputs(settings, target, result, threat, budgets, seconds, eps)
+    return 0
+
+
+def _share(n: int, batch_size: int, info: distributed.DistInfo) -> int:
+    """How many of ``n`` images this process attacks (whole batches, dealt round-robin)."""
+    starts = list(range(0, n, batch_size))[info.rank::info.world_size]
+    return sum(min(batch_size, n - s) for s in starts)
+
+
+class _progress_bars:
+    """One progress bar per attack (its name, images done, an ETA), on a terminal unless --no-progress."""
+
+    def __init__(self, settings: EvalSettings, total: int):
+        self.on, self.total, self.bars = settings.progress, total, {}
+
+    def __call__(self, name: str, images: int) -> None:
+        if name not in self.bars:
+            from tqdm.auto import tqdm
+
+            for bar in self.bars.values():
+                bar.close()
+            self.bars[name] = tqdm(total=self.total, desc=name, unit="img", leave=False,
+                                   disable=None if self.on is None else not self.on)
+        self.bars[name].update(images)
+
+    def __enter__(self):
+        return self if self.on is not False else None
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, aa_standard: bool) -> None:
+    """The terminal report: the table (with each attack's budget), AutoAttack stage by stage, the worst case,
+    notes and warnings."""
+    print(eval_table(result.summary(), threat, budgets, result.seconds))
+    for name in result.stages:
+        stages = result.stage_accuracies(name)
+        if len(stages) <= 2:  # clean and one attack: the table above says it all
+            continue
+        print(f"\n{name}, attack by attack (each on the images the ones before it left standing):\n")
+        print(stage_table(stages, result.n))
+        note = black_box_note(stages, result.n)
+        if note:
+            print(f"warning: {note}")
+    label_text = ("PREDICTED labels: the paper's protocol, not robustness against the true labels"
+                  if threat["labels"] == "predicted" else "true labels")
+    if result.per_attack:
+        lo, hi = result.interval("worst")
+        print(f"\nrobust accuracy, worst case over {', '.join(result.per_attack)} ({label_text}): "
+              f"{100 * result.accuracy('worst'):.2f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
+    if not aa_standard and any(n.startswith(("autoattack", "apgd", "fab", "square")) for n in result.per_attack):
+        print("note: --aa-iter/--aa-queries make this a cheaper run, NOT standard AutoAttack")
+    for name, texts in result.warnings.items():
+        for text in texts:
+            print(f"warning from {name}: {text}")
+    print(f"time: {seconds:.1f} s")
+
+
+def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict, budgets: dict, seconds: float,
+                   eps: float) -> None:
+    if settings.json_path:
+        record = {"checkpoint": str(target.checkpoint) if target.checkpoint else None, "model": target.description,
+                  "dataset": target.dataset, "architecture": target.architecture, **eval_record(result, threat),
+                  "budgets": budgets,
+                  # wall-clock times only here, so that two evaluations of one model differ in nothing else
+                  "timing": {"seconds": round(seconds, 3),
+                             "attack_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}}
+        atomic_write_text(Path(settings.json_path), json.dumps(record, indent=2))
+        print(f"wrote {settings.json_path}")
+    if settings.per_example:
+        write_per_example(Path(settings.per_example), result, target.test.y)
+        print(f"wrote {settings.per_example}")
+    if settings.robustbench:
+        summary = robustbench_summary(result, dataset=target.dataset, eps=eps, norm=settings.norm,
+                                      architecture=target.architecture, name=_run_name(target))
+        if not settings.aa_standard:
+            summary["unreliable"] = True
+            summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
+        atomic_write_text(Path(settings.robustbench), json.dumps(summary, indent=2))
+        print(f"wrote {settings.robustbench}")
+
+
+def _run_name(target: Target) -> str:
+    """The run directory's name for ``RUN/checkpoints/best.safetensors``, else the file's stem or the factory."""
+    ckpt = target.checkpoint
+    if ckpt is None:
+        return target.architecture
+    return ckpt.parent.parent.name if ckpt.parent.name == CHECKPOINT_DIR else ckpt.stem
+
+
+def run_audit(settings: AuditCommandSettings) -> int:
+    """``otrobust audit``: the evaluation sanity checks; writes the report and returns 1 if any check fails."""
+    from otrobust.evaluation import audit
+    from otrobust.reporting.audit import to_markdown, write_report
+
+    device = pick_device(settings.device)
+    target = load_target(settings, device)
+    prepare(target, settings, device, print)
+    eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
+    budget = settings.budget(eps)
+    out = _audit_folder(settings, target)
+    check_writable(out)  # before the checks run: their verdict must not be lost to a read-only --out
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    surrogate = load_model(settings.surrogate, device) if settings.surrogate else _surrogate(target, settings,
+                                                                                              budget, device, log)
+    report = audit.audit_model(target.model, target.test, budget, surrogate=surrogate, device=device, log=log,
+                               threat_extra={"dataset": target.dataset, "model": target.description})
+    print(to_markdown(report).split("\n## ")[0].rstrip())  # first: a failed write cannot lose the verdict
+    write_report(report, out)
+    print(f"\nreport written to {out}/audit.md")
+    return 1 if report.failed else 0
+
+
+def _surrogate(target: Target, settings: AuditCommandSettings, budget, device, log):
+    """A model of the same architecture, freshly initialised and trained normally for a few epochs (the transfer
+    check's source), or None without training images."""
+    from otrobust.evaluation.audit import train_surrogate
+
+    try:
+        train_set = load_dataset(target.dataset, "train", target.data_dir, size=2000 if settings.quick else 5000)
+    except OtrobustError as exc:
+        log(f"no transfer surrogate: {exc}")
+        return None
+    log(f"training a standard {target.architecture} surrogate on {len(train_set)} {target.dataset} training images")
+    return train_surrogate(target.fresh(), train_set, budget.surrogate_epochs, seed=settings.seed, device=device)
+
+
+def _audit_folder(settings: AuditCommandSettings, target: Target) -> Path:
+    """--out, else RUN_DIR/audit for a run directory, else audit-NAME beside a checkpoint file (or here, for
+    --model)."""
+    if settings.out:
+        return Path(settings.out)
+    if target.checkpoint is None:
+        return Path(f"audit-{target.architecture}")
+    if Path(settings.path).is_dir():
+        return Path(settings.path) / "audit"
+    return target.checkpoint.parent / f"audit-{target.checkpoint.stem}"

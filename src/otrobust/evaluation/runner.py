@@ -1,0 +1,147 @@
+"""An evaluation in fixed batches: each (attack, batch) seeded by its own position, recorded as it finishes,
+and shared out among the processes of a ``torchrun`` job.
+
+Because the random numbers of batch ``b`` of attack ``a`` depend only on ``(seed, b, a)`` and on that batch's
+images, the per-example verdicts are the same whether the batches run in one process or in several, in one
+go or across a kill and a rerun. :class:`BatchCache` keeps the finished batches in a folder (one atomic file
+each); :func:`run_evaluation` skips those, runs this process's share of the rest, and merges every process's
+batches into one :class:`EvalResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from otrobust.data.base import ImageData
+from otrobust.distributed import DistInfo
+from otrobust.evaluation.evaluate import Attack, EvalResult, channels_last, evaluate_model
+from otrobust.store.files import atomic_write_text, remove_stale_temp_files
+
+CLEAN = "clean"  # the pseudo-attack of a clean-only evaluation
+
+
+def batch_seed(seed: int, start: int, attack_index: int) -> int:
+    """The seed of one (attack, batch): a function of its position only (SplitMix-style mixing)."""
+    z = (seed * 0x9E3779B97F4A7C15 + start * 0xBF58476D1CE4E5B9 + attack_index * 0x94D049BB133111EB) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    return (z ^ (z >> 31)) % 2**63
+
+
+def settings_key(settings: dict[str, Any], files: list[Path]) -> str:
+    """A short hash of what an evaluation's results depend on: its settings and the files the model comes from
+    (name, size, modification time)."""
+    stats = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+    text = json.dumps({"settings": settings, "files": stats}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class BatchCache:
+    """Finished batches in ``folder``: ``settings.json`` (the key and the settings it hashes) and one
+    ``batches/<attack>-<start>.json`` per finished (attack, batch). Records made under other settings are
+    removed (``log`` says so): a changed argument starts afresh.
+
+    ``first``: this process opens the folder before any other does (it also removes the temporary files a
+    killed run left); under torchrun rank 0 opens it first and the others after a barrier, which on a shared
+    disk find the key already theirs."""
+
+    def __init__(self, folder: Path, key: str, settings: dict[str, Any], log: Callable[[str], None] = print,
+                 first: bool = True):
+        self.folder, self.batches = Path(folder), Path(folder) / "batches"
+        meta = self.folder / "settings.json"
+        old = json.loads(meta.read_text()).get("key") if meta.is_file() else None
+        if old != key:
+            if old is not None and self.batches.exists():
+                log(f"the settings differ from those of the batches recorded in {self.folder}: starting afresh")
+                shutil.rmtree(self.batches, ignore_errors=True)  # processes on one disk may race here
+            atomic_write_text(meta, json.dumps({"key": key, "settings": settings}, indent=1, default=str))
+        self.batches.mkdir(parents=True, exist_ok=True)
+        if first:
+            remove_stale_temp_files(self.batches)
+
+    def _path(self, attack: str, start: int) -> Path:
+        return self.batches / f"{attack}-{start:09d}.json"
+
+    def get(self, attack: str, start: int) -> dict[str, Any] | None:
+        path = self._path(attack, start)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put(self, attack: str, start: int, record: dict[str, Any]) -> None:
+        atomic_write_text(self._path(attack, start), json.dumps(record))
+
+    def done(self) -> int:
+        return len(list(self.batches.glob("*.json"))) if self.batches.is_dir() else 0
+
+
+def _record(res: EvalResult, name: str) -> dict[str, Any]:
+    """One (attack, batch) as plain lists (JSON)."""
+    if name == CLEAN:
+        return {"clean_pred": res.clean_pred.tolist(), "clean": res.clean.tolist(), "seconds": 0.0}
+    return {"clean_pred": res.clean_pred.tolist(), "clean": res.clean.tolist(),
+            "correct": res.per_attack[name].tolist(), "pred": res.predictions[name].tolist(),
+            "stages": {k: v.tolist() for k, v in res.stages.get(name, {}).items()},
+            "seconds": res.seconds[name], "warnings": res.warnings.get(name, [])}
+
+
+def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack], *, labels: str = "true",
+                   batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
+                   cache: BatchCache | None = None, info: DistInfo | None = None,
+                   progress: Callable[[str, int], None] | None = None) -> EvalResult:
+    """Every attack on every batch of ``data`` (see the module's contract); the same result on every process.
+
+    ``progress(attack, images)`` is called after each batch this process finishes or reads back."""
+    info = info or DistInfo()
+    tasks = list(attacks.items()) or [(CLEAN, None)]
+    starts = list(range(0, len(data), batch_size))
+    mine = starts[info.rank::info.world_size]
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    with channels_last(model, data.x.ndim == 4):  # once for the whole run, not once a batch
+        for index, (name, attack) in enumerate(tasks):
+            for start in mine:
+                record = cache.get(name, start) if cache else None
+                if record is None:
+                    torch.manual_seed(batch_seed(seed, start, index))
+                    batch = data.take(slice(start, start + batch_size))
+                    res = evaluate_model(model, batch, {} if attack is None else {name: attack}, labels=labels,
+                                         batch_size=batch_size, device=device)
+                    record = _record(res, name)
+                    if cache:
+                        cache.put(name, start, record)
+                records[name, start] = record
+                if progress:
+                    progress(name, min(batch_size, len(data) - start))
+    if info.enabled:
+        shares: list[dict | None] = [None] * info.world_size
+        dist.all_gather_object(shares, {f"{n}\0{s}": r for (n, s), r in records.items()})
+        records = {tuple((k.split("\0")[0], int(k.split("\0")[1]))): r for share in shares for k, r in share.items()}
+    return merge(records, [n for n, _ in tasks], starts, labels)
+
+
+def merge(records: dict[tuple[str, int], dict[str, Any]], names: list[str], starts: list[int],
+          labels: str) -> EvalResult:
+    """The :class:`EvalResult` of the whole data from its (attack, batch) records."""
+    def cat(name: str, key: str, dtype) -> torch.Tensor:
+        return torch.tensor([v for s in starts for v in records[name, s][key]], dtype=dtype)
+
+    first = names[0]
+    attacked = [n for n in names if n != CLEAN]
+    stages: dict[str, dict[str, torch.Tensor]] = {}
+    for name in attacked:
+        for stage in records[name, starts[0]].get("stages", {}) if starts else ():
+            stages.setdefault(name, {})[stage] = torch.tensor(
+                [v for s in starts for v in records[name, s]["stages"][stage]], dtype=torch.bool)
+    warnings = {n: list(dict.fromkeys(w for s in starts for w in records[n, s]["warnings"])) for n in attacked}
+    return EvalResult(cat(first, "clean", torch.bool) if starts else torch.zeros(0, dtype=torch.bool),
+                      {n: cat(n, "correct", torch.bool) for n in attacked}, labels,
+                      {n: sum(records[n, s]["seconds"] for s in starts) for n in attacked},
+                      {n: w for n, w in warnings.items() if w}, stages,
+                      cat(first, "clean_pred", torch.long) if starts else torch.zeros(0, dtype=torch.long),
+                      {n: cat(n, "pred", torch.long) for n in attacked})

@@ -1,0 +1,219 @@
+"""A preset's results as rows, Markdown and figures: results.csv, results.md and figures/ (no computation
+beyond arranging what the evaluations and audits returned)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from otrobust.data import get_dataset_spec
+from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
+from otrobust.experiments.presets import PAPER_ONLY_LABELS
+from otrobust.experiments.runner import features_path
+from otrobust.experiments.spec import SMOKE, Evaluation, Preset
+from otrobust.reporting.tables import format_eps, markdown_table
+from otrobust.store.files import read_jsonl
+
+RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
+                 "labels", "eps", "steps", "step_size", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "audit",
+                 "note")
+
+
+def paper_value(preset: Preset, run: str, metric: str, eps: float | None, steps: int | None,
+                train_eps: float | None) -> float | None:
+    """The paper's number for this row: same run and metric, and the same sweep point if it is one."""
+    for v in preset.paper_results:
+        if v.run != run or v.metric != metric:
+            continue
+        want_eps = v.eps if v.eps is not None else (train_eps if metric != "clean" else None)
+        if want_eps is not None and (eps is None or abs(eps - want_eps) > 1e-6):
+            continue
+        if v.steps is not None and v.steps != steps:
+            continue
+        return v.value
+    return None
+
+
+def display_names(planned: list[PlannedRun]) -> dict[str, str]:
+    """Run name -> the paper's label, qualified by the name's prefix where labels repeat."""
+    labels = [p.run.label for p in planned]
+    return {p.run.name: p.run.label if labels.count(p.run.label) == 1 or "/" not in p.run.name
+            else f"{p.run.label} [{p.run.name.split('/')[0]}]" for p in planned}
+
+
+def result_row(preset: Preset, scale: str, p: PlannedRun, row: dict[str, Any], source_eps: float,
+               audit: str | None = None) -> dict[str, Any]:
+    """A results.csv row: the evaluation row with the run's identity, the paper's number and the difference,
+    and the run's audit verdict."""
+    paper = paper_value(preset, p.run.name, row["metric"], row["eps"], row["steps"], source_eps)
+    diff = None if paper is None or row["accuracy"] is None else row["accuracy"] - paper
+    out = {"preset": preset.name, "scale": scale, "run": p.run.name, "seed": p.config.seed, "label": p.run.label,
+           "dataset": p.config.dataset, "model": p.config.model, "method": p.config.method, **row,
+           "paper": paper, "diff": diff, "audit": audit or "not audited"}
+    return {k: out.get(k) for k in RESULT_FIELDS}
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if digits is None else f"{v:.{digits}f}"
+    return str(v)
+
+
+AUDIT_MARKS = {"pass": "pass", "warn": "warn", "fail": "**FAIL**", "not audited": "not audited"}
+
+
+def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
+                     figures: list[Path], out_dir: Path, audits: list[dict[str, Any]] | None = None) -> str:
+    names = display_names(planned)
+    parts = [f"# {preset.name}: {preset.reference} ({scale} scale)", "", preset.description, ""]
+    failed = [a for a in audits or [] if a["verdict"] == "fail"]
+    if audits:
+        parts += [f"**Audit**: {len(audits) - len(failed)} of {len(audits)} runs pass the evaluation audit with no "
+                  "fail" + (f"; **FAILED: {', '.join(names.get(a['run'], a['run']) for a in failed)}** — do not "
+                            "trust their robust accuracy" if failed else "") + " (see *Audit* below).", ""]
+    if scale == "smoke":
+        parts += ["> **Smoke scale**: tiny subsets, one epoch, few attack steps, a tiny model where the paper's is "
+                  "large, and a cheap, non-standard AutoAttack. It checks that the pipeline runs; its numbers are "
+                  "**not comparable** with the paper's.", ""]
+    for note in sorted({p.note for p in planned if p.note}):
+        parts += [f"> **Stand-in data**: {note} (no --data-dir was given); only for the smoke scale.", ""]
+    parts += ["Accuracies in %, against the true labels; 95 % Wilson intervals; `paper` as printed in the paper.",
+              ""]
+    multi_seed = len({r.get("seed") for r in rows}) > 1
+    for ev in dict.fromkeys(r["evaluation"] for r in rows):
+        body = [[names.get(r["run"], r["run"]) + (f" (seed {r['seed']})" if multi_seed else ""), r["metric"],
+                 format_eps(r["eps"]), _fmt(r["steps"]), r["n"],
+                 _fmt(r["accuracy"]), "–" if r["ci_low"] is None else f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
+                 _fmt(r["paper"]), "–" if r["diff"] is None else f"{r['diff']:+.2f}",
+                 AUDIT_MARKS.get(r["audit"], r["audit"]), r["note"] or ""]
+                for r in rows if r["evaluation"] == ev]
+        parts += [f"## Evaluation `{ev}`", "", markdown_table(["run", "metric", "ε", "steps", "n", "ours", "95% CI",
+                                                       "paper", "ours − paper", "audit", "note"], body), ""]
+    run_names = {p.run.name for p in planned}
+    only = [[PAPER_ONLY_LABELS.get(v.run.split("/")[-1], v.run) + (f" [{v.run.split('/')[0]}]" if "/" in v.run
+                                                                   else ""), v.metric, format_eps(v.eps),
+             _fmt(v.steps), _fmt(v.value)] for v in preset.paper_results if v.run not in run_names]
+    if only:
+        parts += ["## Paper only (no run here)", "", markdown_table(["row", "metric", "ε", "steps", "paper"], only), ""]
+    settings = [[names[p.run.name], p.config.dataset, p.config.model, p.config.method, p.config.epochs,
+                 p.config.train_size or "all", p.config.optimizer, _fmt(p.config.lr, None), format_eps(p.config.eps),
+                 p.config.steps, _fmt(p.config.ot_weight, None), _fmt(p.config.ot_warmup_epochs, None),
+                 f"`{p.run_dir}`"] for p in planned]
+    parts += ["## Our settings", "", markdown_table(["run", "dataset", "model", "method", "epochs", "train images",
+                                             "optimiser", "lr", "ε", "attack steps", "β", "β warm-up (epochs)",
+                                             "run directory"], settings), ""]
+    parts += ["## The paper's settings", "", markdown_table(["setting", "value"],
+                                                     [[k, str(v)] for k, v in preset.paper_settings.items()]), ""]
+    parts += ["## Notes", ""] + [f"- {n}" for n in preset.notes] + [""]
+    if audits:
+        budget = (f"smoke budget: {SMOKE['audit_n']} test images, {SMOKE['audit']}" if scale == "smoke" else
+                  f"{FULL_AUDIT_N} test images, PGD-20 x 5 restarts, standard AutoAttack")
+        body = [[names.get(a["run"], a["run"]), AUDIT_MARKS[a["verdict"]], a["pass"], a["warn"], a["fail"],
+                 ", ".join(a["failed_checks"]) or "–", f"[audit.md]({Path(os.path.relpath(a['report'], out_dir))})"]
+                for a in audits]
+        parts += ["## Audit", "", f"`otrobust audit` on each run's best checkpoint ({budget}); a fail means an "
+                  "evaluation failure mode (e.g. gradient masking) was found.", "",
+                  markdown_table(["run", "verdict", "pass", "warn", "fail", "failed checks", "report"], body), ""]
+    if figures:
+        parts += ["## Figures", ""] + [f"![{f.stem}]({f.relative_to(out_dir).as_posix()})" for f in figures
+                                       if f.suffix == ".png"] + [""]
+    return "\n".join(parts)
+
+
+def _panel(p: PlannedRun) -> str:
+    from otrobust.experiments.presets import DATASET_LABELS
+
+    dataset = p.run.config.get("dataset", p.config.dataset)
+    label = DATASET_LABELS.get(dataset, dataset)
+    return f"{label} ({p.config.dataset} stand-in)" if p.note else label
+
+
+def _sweep_panels(planned, rows, evaluation: str, x: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    names, panels = display_names(planned), {}
+    for p in planned:
+        pts = [(r[x], r["accuracy"]) for r in rows if r["run"] == p.run.name and r["evaluation"] == evaluation
+               and r["metric"] == "pgd" and r["accuracy"] is not None]
+        if pts:
+            panels.setdefault(_panel(p), {})[names[p.run.name]] = pts
+    return panels
+
+
+def _paper_panels(preset: Preset, planned, x: str) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    names, panels = display_names(planned), {}
+    for p in planned:
+        pts = [(getattr(v, x), v.value) for v in preset.paper_results if v.run == p.run.name
+               and getattr(v, x) is not None and (x == "eps" or v.eps is None)]
+        if pts:
+            panels.setdefault(_panel(p), {})[names[p.run.name]] = pts
+    return panels
+
+
+def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
+                 evaluations: list[Evaluation], fig_dir: Path) -> list[Path]:
+    """The preset's figures (``preset.plots``) from its results rows, features files and learning curves."""
+    from otrobust.reporting import plots
+
+    names, files = display_names(planned), []
+    title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
+    if "curves" in preset.plots:  # the first seed's curves
+        histories = {names[p.run.name]: read_jsonl(p.run_dir / "metrics.jsonl") for p in planned
+                     if p.seed_index == 0}
+        files += plots.plot_learning_curves(histories, fig_dir / "learning_curves", title=f"Learning curves, {title}")
+    if "eps" in preset.plots:
+        paper = _paper_panels(preset, planned, "eps") if scale == "full" else None
+        files += plots.plot_accuracy_vs_eps(_sweep_panels(planned, rows, "eps-sweep", "eps"),
+                                            fig_dir / "accuracy_vs_eps", title=f"Robust accuracy vs ε, {title}",
+                                            paper=paper)
+    if "steps" in preset.plots:
+        files += plots.plot_accuracy_vs_steps(_sweep_panels(planned, rows, "steps-sweep", "steps"),
+                                              fig_dir / "accuracy_vs_steps",
+                                              title=f"Robust accuracy vs PGD steps, {title}")
+    if "label-sweep" in preset.plots:
+        from otrobust.experiments import study
+
+        panels = study.sweep_panels(study.seed_summary(rows), names, LABEL_SWEEPS)
+        files += plots.plot_accuracy_vs_eps(panels, fig_dir / "accuracy_vs_eps_label_protocols",
+                                            title=f"Robust accuracy vs ε under two label protocols, {title}")
+    if "beta" in preset.plots:
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for p in planned:
+            for r in rows:
+                if r["run"] == p.run.name and r["accuracy"] is not None:
+                    key = "clean" if r["metric"] == "clean" else f"{r['metric'].upper()}-{r['steps']}"
+                    lines.setdefault(key, []).append((p.config.ot_weight, r["accuracy"]))
+        files += plots.plot_accuracy_vs_beta({_panel(planned[0]): lines}, fig_dir / "accuracy_vs_beta",
+                                             title=f"Accuracy vs OT weight β, {title}")
+    if "tsne" in preset.plots:
+        import numpy as np
+
+        ev = next(e for e in evaluations if e.kind == "features")
+        panels = {}
+        for p in planned:
+            path = features_path(p.run_dir, ev)
+            if path is not None:
+                with np.load(path) as f:
+                    panels[names[p.run.name]] = {k: f[k] for k in f.files}
+        spec = get_dataset_spec(planned[0].config.dataset)
+        files += plots.plot_tsne(panels, fig_dir / "tsne", class_names=spec.class_names or None,
+                                 title=f"t-SNE of penultimate features, clean (o) and PGD (x), {title}")
+    return files
+
+
+LABEL_SWEEPS = {"eps-sweep": "true labels, PGD-40, step 2.5·ε/40",
+                "eps-sweep-fixed-step": "true labels, PGD-40, step 0.01 (paper's step)",
+                "eps-sweep-predicted": "predicted labels, PGD-40, step 0.01 (paper's protocol)"}
+
+
+def with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]]) -> str:
+    """results.md with the multi-seed summary and paired differences (experiments.study) after its introduction."""
+    from otrobust.experiments import study
+
+    paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
+    text = study.study_markdown(study.seed_summary(rows),
+                                study.paired_differences(rows, {r.name: r.baseline for r in preset.runs if r.baseline}),
+                                display_names(planned), paper)
+    head, sep, rest = markdown.partition("\n## ")
+    return f"{head}\n{text}\n## {rest}" if sep else f"{markdown}\n{text}"

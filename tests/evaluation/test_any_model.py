@@ -1,0 +1,203 @@
+"""Evaluating and auditing a model otrobust did not train: a factory in a file, a state dict saved with
+torch.save, normalisation in front. Nothing here trains: the model is a nearest-centroid linear classifier whose
+weights are the class means of the digits."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from otrobust.cli.main import main
+from otrobust.data import load_dataset
+from otrobust.errors import OtrobustError
+from otrobust.evaluation.settings import EvalSettings
+from otrobust.evaluation.target import check_model
+from otrobust.store.weights import load_state_dict_file
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+
+class Quantised(nn.Sequential):
+    """Input quantisation: a gradient-masking defence (the rounding has a zero gradient everywhere)."""
+
+    def forward(self, x):
+        return super().forward(torch.round(x * 4) / 4)
+
+
+def linear(num_classes=10, in_channels=1, image_size=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+
+def quantised(num_classes=10, in_channels=1, image_size=8):
+    return Quantised(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+
+def probabilities(num_classes=10, in_channels=1, image_size=8):
+    return nn.Sequential(linear(num_classes, in_channels, image_size), nn.Softmax(dim=1))
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = linear()
+
+    def forward(self, x):
+        return self.inner(x + 0.05 * torch.randn_like(x))
+
+
+def noisy():
+    return Noisy()
+
+
+def three_outputs():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+NOT_A_FACTORY = 3
+'''
+MEAN, STD = 0.3, 0.4
+QUICK = ["--n", "60", "--device", "cpu", "--no-progress"]
+
+
+def _centroids(mean: float = 0.0, std: float = 1.0) -> dict[str, torch.Tensor]:
+    """Weights of ``linear`` that classify ``u = (x - mean) / std`` by the nearest class mean (no training)."""
+    train = load_dataset("digits", "train")
+    u = ((train.x - mean) / std).flatten(1)
+    centres = torch.stack([u[train.y == c].mean(0) for c in range(10)])
+    return {"1.weight": centres, "1.bias": -0.5 * (centres ** 2).sum(1)}
+
+
+def _folded(state: dict[str, torch.Tensor], mean: float, std: float) -> dict[str, torch.Tensor]:
+    """The same classifier on raw [0, 1] pixels: ``W (x - m) / s + b = (W / s) x + (b - W m / s)``."""
+    w, b = state["1.weight"], state["1.bias"]
+    return {"1.weight": w / std, "1.bias": b - (w * mean / std).sum(1)}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("external")
+    (d / "models.py").write_text(MODEL_FILE)
+    torch.save(_centroids(MEAN, STD), d / "normalized.pt")
+    torch.save(_folded(_centroids(MEAN, STD), MEAN, STD), d / "folded.pt")
+    return d
+
+
+def _eval_json(capsys, argv: list[str], path) -> dict:
+    assert main(["eval", *argv, "--json", str(path)]) == 0
+    capsys.readouterr()
+    record = json.loads(path.read_text())
+    record.pop("timing")
+    return record
+
+
+def test_normalize_inside_the_model_equals_the_normalisation_folded_into_its_first_layer(model_dir, tmp_path,
+                                                                                          capsys):
+    common = ["--model", f"{model_dir / 'models.py'}:linear", "--dataset", "digits", "--attack", "pgd", "fgsm",
+              "--steps", "10", *QUICK]
+    inside = _eval_json(capsys, [*common, "--weights", str(model_dir / "normalized.pt"), "--normalize", str(MEAN),
+                                 str(STD), "--per-example", str(tmp_path / "a.csv")], tmp_path / "a.json")
+    folded = _eval_json(capsys, [*common, "--weights", str(model_dir / "folded.pt"), "--per-example",
+                                 str(tmp_path / "b.csv")], tmp_path / "b.json")
+    assert inside["clean_accuracy"] > 0.7  # the centroid classifier is a real model
+    assert inside["attacks"]["clean"] == folded["attacks"]["clean"]
+    for attack in ("pgd", "fgsm"):  # float rounding may move one image's attack, no more
+        assert abs(inside["attacks"][attack]["correct"] - folded["attacks"][attack]["correct"]) <= 1
+    assert inside["robust_accuracy"] < inside["clean_accuracy"]
+
+
+def test_the_audit_passes_the_honest_model_and_fails_input_quantisation(model_dir, tmp_path, capsys):
+    weights = ["--weights", str(model_dir / "folded.pt"), "--dataset", "digits", "--quick", "--steps", "5",
+               "--restarts", "2", "--square-queries", "200", "--aa-iter", "10", "--n", "60", "--device", "cpu"]
+    assert main(["audit", "--model", f"{model_dir / 'models.py'}:linear", *weights,
+                 "--out", str(tmp_path / "honest")]) == 0
+    assert main(["audit", "--model", f"{model_dir / 'models.py'}:quantised", *weights,
+                 "--out", str(tmp_path / "masked")]) == 1
+    checks = {c["name"]: c["status"] for c in json.loads((tmp_path / "masked" / "audit.json").read_text())["checks"]}
+    assert checks["gradients"] == "fail"
+    assert "clean accuracy" in capsys.readouterr().out
+
+
+def _fails(capsys, argv: list[str], match: str) -> None:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("otrobust: error:") and match in err[0], err
+
+
+@pytest.mark.parametrize("factory, extra, match", [
+    ("nowhere.py:linear", [], "no file"),
+    ("{dir}/models.py:absent", [], "defines no 'absent'; it defines"),
+    ("{dir}/models.py:NOT_A_FACTORY", [], "not a factory"),
+    ("no_such_package.models:linear", [], "no module 'no_such_package'"),
+    ("{dir}/models.py", [], "must be FILE.py:FACTORY"),
+    ("{dir}/models.py:three_outputs", [], "expected logits (16, 10)"),
+    ("{dir}/models.py:noisy", [], "pass --randomized"),
+    ("{dir}/models.py:linear", ["--normalize", "0.5"], "--normalize takes MEAN... STD..."),
+    ("{dir}/models.py:linear", ["--normalize", "0.1", "0.2", "0.3", "0.4"], "give one of each or 1 of each"),
+    ("{dir}/models.py:linear", ["--input-size", "3", "8", "8"], "do not fit dataset 'digits'"),
+])
+def test_bad_models_are_one_line_errors(model_dir, capsys, factory, extra, match):
+    _fails(capsys, ["eval", "--model", factory.format(dir=model_dir), "--dataset", "digits", *extra, *QUICK], match)
+
+
+def test_weights_that_do_not_fit_name_the_first_keys(model_dir, tmp_path, capsys):
+    state = {**_centroids(), "extra.weight": torch.zeros(1)}
+    state["1.weight"] = state["1.weight"][:, :32]
+    torch.save(state, tmp_path / "bad.pt")
+    _fails(capsys, ["eval", "--model", f"{model_dir / 'models.py'}:linear", "--weights", str(tmp_path / "bad.pt"),
+                    "--dataset", "digits", *QUICK],
+           "1 unexpected: extra.weight; 1 of another shape: 1.weight (file [10, 32], model [10, 64])")
+    torch.save({"model": {"1.bias": torch.zeros(10)}}, tmp_path / "nested.pt")  # unwrapped, then 1 missing
+    _fails(capsys, ["eval", "--model", f"{model_dir / 'models.py'}:linear", "--weights",
+                    str(tmp_path / "nested.pt"), "--dataset", "digits", *QUICK], "1 missing: 1.weight")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_pickle_holding_code_is_refused_without_running_it(tmp_path, capsys):
+    torch.save({"1.weight": torch.zeros(10, 64), "payload": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(OtrobustError, match="pickle holding code"):
+        load_state_dict_file(tmp_path / "evil.pt")
+    assert "this must never run" not in capsys.readouterr().out
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(OtrobustError, match="not a PyTorch weights file|pickle holding code"):
+        load_state_dict_file(tmp_path / "evil.bin")
+    assert "this must never run" not in capsys.readouterr().out
+    (tmp_path / "w.safetensors").write_bytes(b"junk")
+    with pytest.raises(OtrobustError, match="not a valid safetensors file"):
+        load_state_dict_file(tmp_path / "w.safetensors")
+
+
+def test_probabilities_are_warned_about_and_a_declared_randomised_model_is_attacked_with_eot(model_dir, capsys):
+    assert main(["eval", "--model", f"{model_dir / 'models.py'}:probabilities", "--dataset", "digits",
+                 "--steps", "2", *QUICK]) == 0
+    assert "outputs are probabilities" in capsys.readouterr().out
+    assert main(["eval", "--model", f"{model_dir / 'models.py'}:noisy", "--dataset", "digits", "--randomized",
+                 "--steps", "2", "--eot-draws", "2", *QUICK]) == 0
+    assert "average 2 forwards (EOT)" in capsys.readouterr().out
+
+
+def test_check_model_on_logits_is_quiet():
+    x = torch.rand(4, 1, 8, 8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    assert check_model(model, x, 10) == []
+    with pytest.raises(OtrobustError, match=r"expected logits \(4, 3\)"):
+        check_model(model, x, 3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, "neither"),
+    ({"path": "run", "model": "m.py:f"}, "both"),
+    ({"path": "run", "weights": "w.pt"}, "describe a --model"),
+    ({"model": "m.py:f"}, "--model needs --dataset"),
+    ({"model": "m.py:f", "dataset": "digits", "input_size": [3, 8]}, "--input-size must be C H W or H"),
+])
+def test_model_settings_are_checked_when_made(kwargs, match):
+    with pytest.raises(OtrobustError, match=match):
+        EvalSettings(**kwargs)

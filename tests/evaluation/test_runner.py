@@ -1,0 +1,112 @@
+"""The evaluation in fixed, seeded batches: the same per-example verdicts in one process or two (torchrun,
+gloo), and after a SIGKILL and a rerun; a changed argument starts afresh; two per-example files compared."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from otrobust.cli.main import main
+from otrobust.data import load_dataset
+from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.evaluation.runner import BatchCache, batch_seed, run_evaluation
+from otrobust.store.files import FAULT_ENV
+
+# (--num-images: torchrun takes --n for an abbreviation of its own flags.)
+# AutoAttack cut down to seconds on CPU (the stages still run in order); 6 batches of 8.
+AUTOATTACK = ["--attack", "pgd", "autoattack", "--steps", "5", "--aa-iter", "5", "--aa-queries", "40"]
+SMALL = ["--num-images", "48", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", FAULT_ENV)}
+    env["OMP_NUM_THREADS"] = "1"  # the same float arithmetic in every process
+    return env
+
+
+def _run(args: list[str], *, processes: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "otrobust"] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m",
+        "otrobust"]
+    return subprocess.run([*launch, "eval", *args], env=env or _env(), capture_output=True, text=True, timeout=300)
+
+
+def _without_timing(path) -> dict:
+    record = json.loads(path.read_text())
+    record.pop("timing")
+    return record
+
+
+def test_two_gloo_processes_give_the_one_process_json_per_example(trained_digits_run, tmp_path):
+    for name, processes in (("one", 1), ("two", 2)):
+        proc = _run([str(trained_digits_run), *AUTOATTACK, *SMALL, "--json", str(tmp_path / f"{name}.json"),
+                     "--per-example", str(tmp_path / f"{name}.csv")], processes=processes)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _without_timing(tmp_path / "one.json") == _without_timing(tmp_path / "two.json")
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+    assert len((tmp_path / "one.csv").read_text().splitlines()) == 48 + 1
+    record = _without_timing(tmp_path / "one.json")
+    assert list(record["stages"]["autoattack"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+@pytest.mark.parametrize("nth_write", [3, 9])  # in the first attack's batches (1 done), and in AutoAttack's
+def test_a_sigkill_mid_evaluation_then_the_same_command_gives_the_same_json(trained_digits_run, tmp_path,
+                                                                            nth_write):
+    whole = _run([str(trained_digits_run), *AUTOATTACK, *SMALL, "--json", str(tmp_path / "whole.json")])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    args = [str(trained_digits_run), *AUTOATTACK, *SMALL, "--json", str(tmp_path / "killed.json")]
+    killed = _run(args, env={**_env(), FAULT_ENV: f"write:{nth_write}"})  # SIGKILL half-way through a write
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed.json").exists()
+    again = _run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout
+    assert _without_timing(tmp_path / "killed.json") == _without_timing(tmp_path / "whole.json")
+
+
+def test_a_changed_argument_starts_afresh_and_says_so(trained_digits_run, tmp_path, capsys):
+    args = ["eval", str(trained_digits_run), "--attack", "pgd", "--steps", "2", *SMALL, "--json",
+            str(tmp_path / "e.json")]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "resuming: 6 finished batches" in capsys.readouterr().out
+    assert main([*args, "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "starting afresh" in out and "resuming" not in out
+
+
+def test_batches_in_any_order_or_split_give_one_result(trained_digits_model, tmp_path):
+    data = load_dataset("digits", "test", size=40)
+    attacks = build_attacks(["pgd"], eps=0.2, steps=3)
+    whole = run_evaluation(trained_digits_model, data, attacks, batch_size=8, seed=3)
+    cache = BatchCache(tmp_path / "cache", "k", {}, log=lambda s: None)
+    cached = run_evaluation(trained_digits_model, data, attacks, batch_size=8, seed=3, cache=cache)
+    assert cache.done() == 5
+    read_back = run_evaluation(trained_digits_model, data, {"pgd": None}, batch_size=8, seed=3, cache=cache)
+    for res in (cached, read_back):
+        assert torch.equal(res.per_attack["pgd"], whole.per_attack["pgd"])
+        assert torch.equal(res.predictions["pgd"], whole.predictions["pgd"])
+    # batch 2 alone, seeded by its position, is batch 2 of the whole run
+    torch.manual_seed(batch_seed(3, 16, 0))
+    alone = evaluate_model(trained_digits_model, data.take(slice(16, 24)), attacks)
+    assert torch.equal(alone.per_attack["pgd"], whole.per_attack["pgd"][16:24])
+    assert batch_seed(3, 16, 0) != batch_seed(3, 24, 0) != batch_seed(3, 16, 1)
+
+
+def test_report_compares_two_per_example_files(trained_digits_run, tmp_path, capsys):
+    for name, steps in (("weak", "1"), ("strong", "10")):
+        assert main(["eval", str(trained_digits_run), "--attack", "pgd", "--steps", steps, *SMALL,
+                     "--per-example", str(tmp_path / f"{name}.csv")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "weak.csv"), str(tmp_path / "strong.csv"), "--out",
+                 str(tmp_path / "diff")]) == 0
+    out = capsys.readouterr().out
+    assert "| clean | " in out and "| pgd | " in out
+    row = next(line for line in out.splitlines() if line.startswith("| pgd |")).split("|")
+    only_weak, only_strong = int(row[3]), int(row[4])
+    assert only_weak >= only_strong  # more steps never leave more images standing, image for image
+    assert (tmp_path / "diff" / "diff.md").is_file()
