@@ -32,7 +32,7 @@ def eval_rate(processes: int, args, folder: Path) -> float:
     launch = [sys.executable, "-m", "otrobust"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m",
         "otrobust"]
-    cmd = [*launch, "eval", "--model", args.model, "--dataset", args.dataset, "--n", str(args.n),
+    cmd = [*launch, "eval", "--model", args.model, "--dataset", args.dataset, "--num-images", str(args.n),
            "--batch-size", str(args.batch_size), "--attack", "pgd", "--steps", str(args.steps), "--device", "cpu",
            "--no-progress", "--json", str(out)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
