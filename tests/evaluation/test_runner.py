@@ -68,6 +68,21 @@ def test_a_sigkill_mid_evaluation_then_the_same_command_gives_the_same_json(trai
     assert _without_timing(tmp_path / "killed.json") == _without_timing(tmp_path / "whole.json")
 
 
+def test_a_two_process_audit_reaches_the_one_process_verdicts(trained_digits_run, tmp_path):
+    budget = ["--quick", "--steps", "3", "--restarts", "2", "--unbounded-steps", "5", "--square-queries", "30",
+              "--aa-iter", "3", "--surrogate-epochs", "1", "--num-images", "40", "--batch-size", "8", "--device", "cpu"]
+    reports = []
+    for name, processes in (("one", 1), ("two", 2)):
+        launch = [sys.executable, "-m", "otrobust"] if processes == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "otrobust"]
+        proc = subprocess.run([*launch, "audit", str(trained_digits_run), *budget, "--out", str(tmp_path / name)],
+                              env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode in (0, 1), proc.stderr[-2000:]
+        checks = json.loads((tmp_path / name / "audit.json").read_text())["checks"]
+        reports.append([(c["name"], c["status"], c["finding"], c["evidence"]) for c in checks])
+    assert reports[0] == reports[1]
+
+
 def test_a_changed_argument_starts_afresh_and_says_so(trained_digits_run, tmp_path, capsys):
     args = ["eval", str(trained_digits_run), "--attack", "pgd", "--steps", "2", *SMALL, "--json",
             str(tmp_path / "e.json")]

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from otrobust import distributed
 from otrobust.attacks.gradient import default_step_size, with_eot
 from otrobust.data import get_dataset_spec, load_dataset
@@ -198,25 +200,40 @@ def _run_name(target: Target) -> str:
 
 
 def run_audit(settings: AuditCommandSettings) -> int:
-    """``otrobust audit``: the evaluation sanity checks; writes the report and returns 1 if any check fails."""
+    """``otrobust audit``: the evaluation sanity checks; writes the report and returns 1 if any check fails. Under
+    torchrun every attack's batches are shared out among the processes, and rank 0 alone prints and writes."""
+    info = distributed.env_info()
+    device, joined = distributed.setup(info, pick_device(settings.device))
+    try:
+        code = _audit(settings, info, device)
+        distributed.finish(joined)
+        return code
+    finally:
+        distributed.teardown(joined)
+
+
+def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -> int:
     from otrobust.evaluation import audit
     from otrobust.reporting.audit import to_markdown, write_report
 
-    device = pick_device(settings.device)
+    say = print if info.is_main else _quiet
     target = load_target(settings, device)
-    prepare(target, settings, device, print)
+    prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
     budget = settings.budget(eps)
     out = _audit_folder(settings, target)
-    check_writable(out)  # before the checks run: their verdict must not be lost to a read-only --out
+    check_writable(out)  # before the checks run (on every process, so that all stop): the verdict must not be lost
 
     def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        if info.is_main:
+            print(text, file=sys.stderr, flush=True)
 
     surrogate = load_model(settings.surrogate, device) if settings.surrogate else _surrogate(target, settings,
                                                                                               budget, device, log)
     report = audit.audit_model(target.model, target.test, budget, surrogate=surrogate, device=device, log=log,
-                               threat_extra={"dataset": target.dataset, "model": target.description})
+                               threat_extra={"dataset": target.dataset, "model": target.description}, info=info)
+    if not info.is_main:
+        return 1 if report.failed else 0
     print(to_markdown(report).split("\n## ")[0].rstrip())  # first: a failed write cannot lose the verdict
     write_report(report, out)
     print(f"\nreport written to {out}/audit.md")
@@ -234,6 +251,7 @@ def _surrogate(target: Target, settings: AuditCommandSettings, budget, device, l
         log(f"no transfer surrogate: {exc}")
         return None
     log(f"training a standard {target.architecture} surrogate on {len(train_set)} {target.dataset} training images")
+    torch.manual_seed(settings.seed)  # its initial weights too: the same surrogate on every run and process
     return train_surrogate(target.fresh(), train_set, budget.surrogate_epochs, seed=settings.seed, device=device)
 
 

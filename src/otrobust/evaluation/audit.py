@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otrobust.data.base import ImageData
+from otrobust.distributed import DistInfo
 from otrobust.errors import NoInputGradient
 from otrobust.evaluation.attack_checks import (
     check_autoattack,
@@ -75,13 +76,15 @@ def _run_check(name: str, run: Callable[[], Check]) -> Check:
 
 def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, surrogate: nn.Module | None = None,
                 device: torch.device | str = "cpu", log: Callable[[str], None] | None = None,
-                threat_extra: dict | None = None) -> AuditReport:
-    """Run every check on ``data`` (already cut to the first n examples) and return the report."""
+                threat_extra: dict | None = None, info: DistInfo | None = None) -> AuditReport:
+    """Run every check on ``data`` (already cut to the first n examples) and return the report. ``info``: run
+    the attacks in batches shared out among torchrun's processes (see :class:`AuditState`); every process
+    returns the same report."""
     log = log or (lambda text: None)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    a = AuditState(model, data, settings, device, log)
+    a = AuditState(model, data, settings, device, log, info)
     checks: list[Check] = []
     steps: list[tuple[str, Callable[[], Check]]] = [
         ("determinism", lambda: check_determinism(a)), ("gradients", lambda: check_gradients(a)),

@@ -10,8 +10,10 @@ from torch import nn
 
 from otrobust.attacks.gradient import default_step_size, pgd
 from otrobust.data.base import ImageData
+from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.evaluate import EvalResult, evaluate_model
+from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.runner import run_evaluation
 from otrobust.evaluation.statistics import fraction_true
 
 STATUSES = ("pass", "warn", "fail", "skip")
@@ -90,10 +92,17 @@ def percent(v: float) -> str:
 
 
 class AuditState:
-    """The model, the data and every per-example result computed so far (true labels unless named)."""
+    """The model, the data and every per-example result computed so far (true labels unless named).
 
-    def __init__(self, model: nn.Module, data: ImageData, settings: AuditSettings, device, log):
+    With ``info`` (this process's place in a torchrun job, or one process) every attack runs through
+    :func:`otrobust.evaluation.runner.run_evaluation`: in fixed batches seeded by position, shared out among the
+    processes, so that the results are the same on any number of them. Without it, one seeded pass over the
+    whole data."""
+
+    def __init__(self, model: nn.Module, data: ImageData, settings: AuditSettings, device, log,
+                 info: DistInfo | None = None):
         self.model, self.data, self.s, self.device, self.log = model, data, settings, device, log
+        self.info = info
         self.step = default_step_size(settings.eps, settings.steps)
         self.results: dict[str, torch.Tensor] = {}
         self.curve: dict = {}
@@ -103,9 +112,13 @@ class AuditState:
         if key not in self.results:
             t0 = time.perf_counter()
             torch.manual_seed(self.s.seed)
-            res: EvalResult = evaluate_model(self.model, self.data, {key: attack}, labels=labels,
-                                             batch_size=self.s.batch_size, device=self.device,
-                                             allow_non_finite=True)  # reported by the gradients check
+            if self.info is not None:
+                res = run_evaluation(self.model, self.data, {key: attack}, labels=labels, batch_size=self.s.batch_size,
+                                     device=self.device, seed=self.s.seed, info=self.info, allow_non_finite=True)
+            else:
+                res = evaluate_model(self.model, self.data, {key: attack}, labels=labels,
+                                     batch_size=self.s.batch_size, device=self.device,
+                                     allow_non_finite=True)  # reported by the gradients check
             self.results[key] = res.per_attack[key]
             self.log(f"  {key}: {percent(fraction_true(self.results[key]))} ({time.perf_counter() - t0:.1f}s)")
         return self.results[key]

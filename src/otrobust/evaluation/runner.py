@@ -94,10 +94,11 @@ def _record(res: EvalResult, name: str) -> dict[str, Any]:
 def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack], *, labels: str = "true",
                    batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
                    cache: BatchCache | None = None, info: DistInfo | None = None,
-                   progress: Callable[[str, int], None] | None = None) -> EvalResult:
+                   progress: Callable[[str, int], None] | None = None, allow_non_finite: bool = False) -> EvalResult:
     """Every attack on every batch of ``data`` (see the module's contract); the same result on every process.
 
-    ``progress(attack, images)`` is called after each batch this process finishes or reads back."""
+    ``progress(attack, images)`` is called after each batch this process finishes or reads back;
+    ``allow_non_finite`` as :func:`evaluate_model`'s."""
     info = info or DistInfo()
     tasks = list(attacks.items()) or [(CLEAN, None)]
     starts = list(range(0, len(data), batch_size))
@@ -111,7 +112,7 @@ def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                     torch.manual_seed(batch_seed(seed, start, index))
                     batch = data.take(slice(start, start + batch_size))
                     res = evaluate_model(model, batch, {} if attack is None else {name: attack}, labels=labels,
-                                         batch_size=batch_size, device=device)
+                                         batch_size=batch_size, device=device, allow_non_finite=allow_non_finite)
                     record = _record(res, name)
                     if cache:
                         cache.put(name, start, record)
