@@ -92,7 +92,7 @@ def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -
         if done:
             say(f"resuming: {done} finished batch{'es' if done != 1 else ''} recorded in {settings.cache_folder}")
     t0 = time.perf_counter()
-    with _progress_bars(settings, _share(len(target.test), settings.batch_size, info)) as progress:
+    with _ProgressBars(settings, _share(len(target.test), settings.batch_size, info)) as progress:
         result = run_evaluation(target.model, target.test, attacks, labels=settings.labels,
                                 batch_size=settings.batch_size, device=device, seed=settings.seed, cache=cache,
                                 info=info, progress=progress)
@@ -116,7 +116,7 @@ def _share(n: int, batch_size: int, info: distributed.DistInfo) -> int:
     return sum(min(batch_size, n - s) for s in starts)
 
 
-class _progress_bars:
+class _ProgressBars:
     """One progress bar per attack (its name, images done, an ETA), on a terminal unless --no-progress."""
 
     def __init__(self, settings: EvalSettings, total: int):

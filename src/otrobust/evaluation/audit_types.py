@@ -61,7 +61,7 @@ class AuditSettings:
         if not eps > 0:
             raise OtrobustError(f"--eps must be positive for an audit, got {eps}")
         values = {**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
-        for key in ("steps", "restarts", "unbounded_steps", "square_queries", "batch_size"):
+        for key in ("steps", "restarts", "unbounded_steps", "square_queries", "batch_size", "aa_iter"):
             if key in values and values[key] < 1:
                 raise OtrobustError(f"--{key.replace('_', '-')} must be at least 1, got {values[key]}")
         return cls(eps=eps, norm=norm, quick=quick, **values)

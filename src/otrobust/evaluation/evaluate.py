@@ -113,6 +113,18 @@ def _check_finite(logits: torch.Tensor, start: int) -> None:
                             "no accuracy of it means anything; evaluate another checkpoint")
 
 
+def _attacked(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor,
+              clean_pred: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, predicted class), each (B,), on ``attack``'s examples moving away from ``target``. Non-finite
+    logits count as wrong; with ``clean_pred`` (true labels) so does a clean mistake."""
+    x_adv = attack(model, x, target)
+    with torch.no_grad():
+        logits = model(x_adv)
+    predicted = logits.argmax(1)
+    correct = (predicted == y) & torch.isfinite(logits).all(1)
+    return (correct & (clean_pred == y) if clean_pred is not None else correct), predicted
+
+
 def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack] | None = None, *,
                    labels: str = "true", batch_size: int = 256, device: torch.device | str = "cpu",
                    progress: Callable[[int], None] | None = None, nhwc: bool = True,
@@ -155,14 +167,9 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                 clean_pred.append(pred.cpu())
                 for name, attack in attacks.items():
                     t0 = time.perf_counter()
-                    x_adv = attack(model, x, target)
-                    with torch.no_grad():
-                        adv_logits = model(x_adv)
-                    correct = (adv_logits.argmax(1) == y) & torch.isfinite(adv_logits).all(1)
-                    if labels == "true":
-                        correct &= pred == y
+                    correct, predicted = _attacked(model, attack, x, y, target, pred if labels == "true" else None)
                     per_attack[name].append(correct.cpu())
-                    adv_pred[name].append(adv_logits.argmax(1).cpu())
+                    adv_pred[name].append(predicted.cpu())
                     for stage, robust in getattr(attack, "last_stages", {}).items():
                         stages.setdefault(name, {}).setdefault(stage, []).append(robust & (pred == y).cpu())
                     seconds[name] += time.perf_counter() - t0
