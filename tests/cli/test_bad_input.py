@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -645,3 +646,18 @@ def test_disk_full_in_fsync_and_unwritable_folder(tmp_path, monkeypatch):
         atomic_write_bytes(blocker / "sub" / "x.json", b"{}")
     with pytest.raises(OtrobustError, match="could not write"):
         append_jsonl(blocker / "metrics.jsonl", {"a": 1})
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone (``otrobust ... | head``)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def test_a_closed_pipe_ends_quietly_with_the_shells_status(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["reproduce"]) == 141

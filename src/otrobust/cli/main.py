@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("otrobust: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (otrobust ... | head): stop quietly, as a shell tool does
+        try:  # so that the flush at exit cannot fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+        return 141  # 128 + SIGPIPE
     except Exception as exc:  # a training run (of train or reproduce) stopped by a signal, its checkpoint saved
         from otrobust.training.loop import Interrupted
 
