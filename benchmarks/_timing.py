@@ -240,5 +240,13 @@ def mnist_like(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tenso
     return torch.rand(n, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device)
 
 
+def eval_setup(n: int, device: torch.device, seed: int = 0):
+    """(the CW CNN in eval mode, ``n`` MNIST-size test images as ``ImageData``) for the evaluation benchmarks."""
+    from otrobust.data import ImageData
+
+    x, y = mnist_like(n, device, seed)
+    return cw_cnn(device, seed).eval(), ImageData(x, y, 10)
+
+
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]

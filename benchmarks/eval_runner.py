@@ -16,7 +16,6 @@ from pathlib import Path
 import _timing as T
 import torch
 
-from otrobust.data.base import ImageData
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.evaluation.runner import BatchCache, run_evaluation
 
@@ -28,9 +27,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     device = T.setup(args)
-    model = T.cw_cnn(device, args.seed).eval()
-    x, y = T.mnist_like(args.n, device, args.seed)
-    data = ImageData(x.cpu(), y.cpu(), 10)
+    model, data = T.eval_setup(args.n, device, args.seed)
     attacks = build_attacks(["pgd"], eps=0.3, steps=args.steps)
 
     def recorded():

@@ -62,9 +62,7 @@ def main() -> None:
 
     args = ap.parse_args()
     device = T.setup(args)
-    model = T.cw_cnn(device, args.seed).eval()
-    x, y = T.mnist_like(args.n, device, args.seed)
-    data = ImageData(x, y, 10)
+    model, data = T.eval_setup(args.n, device, args.seed)
     fns = {}
     for b in args.batch_sizes:
         fns[f"otrobust, batch {b}"] = otrobust_eval(model, data, args.eps, args.attack_steps, b, device)

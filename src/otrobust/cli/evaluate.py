@@ -16,13 +16,13 @@ from otrobust.attacks.gradient import default_step_size, with_eot
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
-from otrobust.evaluation.runner import BatchCache, run_evaluation, settings_key
+from otrobust.evaluation.runner import BatchCache, run_evaluation, shard_starts
 from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
 from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.per_example import write_per_example
 from otrobust.reporting.tables import black_box_note, eval_table, stage_table
 from otrobust.store.checkpoint import CHECKPOINT_DIR, load_model
-from otrobust.store.files import atomic_write_text, check_writable
+from otrobust.store.files import atomic_write_text, cache_key, check_writable
 from otrobust.training.setup import pick_device
 
 
@@ -46,10 +46,10 @@ def run_eval(settings: EvalSettings) -> int:
 
 def prepare(target: Target, settings, device, say) -> None:
     """The checks before any attack, and the clean accuracy, printed first."""
-    for warning in check_model(target.model, target.test.x.to(device), target.test.num_classes,
-                               settings.randomized):
+    x = target.test.x.to(device)
+    for warning in check_model(target.model, x, target.test.num_classes, settings.randomized):
         say(f"warning: {warning}")
-    correct = predict(target.model, target.test.x.to(device), settings.batch_size).cpu() == target.test.y
+    correct = predict(target.model, x, settings.batch_size).cpu() == target.test.y
     say(f"clean accuracy: {100 * correct.float().mean():.2f}% on the first {len(target.test)} {target.dataset} "
         f"test images ({target.description})")
 
@@ -80,19 +80,22 @@ def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -
     attacks = _attacks(settings, eps, say)
     cache = None
     if settings.cache_folder:
-        key = settings_key({**settings.result_settings(), "eps": eps}, target.files)
+        recorded = {**settings.result_settings(), "eps": eps}
+        key = cache_key({f"file {i}": f for i, f in enumerate(target.files)}, settings=recorded)
         folder = Path(settings.cache_folder)
         if info.is_main:  # first: it clears stale records before anyone reads them
-            cache = BatchCache(folder, key, settings.result_settings(), say)
+            cache = BatchCache(folder, key, recorded, say)
         distributed.barrier(info)
         if not info.is_main:  # after rank 0; on a disk of its own a process checks its own records
-            cache = BatchCache(folder, key, settings.result_settings(), say, first=False)
+            cache = BatchCache(folder, key, recorded, say, first=False)
         distributed.barrier(info)
         done = cache.done()
         if done:
             say(f"resuming: {done} finished batch{'es' if done != 1 else ''} recorded in {settings.cache_folder}")
     t0 = time.perf_counter()
-    with _ProgressBars(settings, _share(len(target.test), settings.batch_size, info)) as progress:
+    share = sum(min(settings.batch_size, len(target.test) - s)
+                for s in shard_starts(len(target.test), settings.batch_size, info))
+    with _ProgressBar(settings, list(attacks), share) as progress:
         result = run_evaluation(target.model, target.test, attacks, labels=settings.labels,
                                 batch_size=settings.batch_size, device=device, seed=settings.seed, cache=cache,
                                 info=info, progress=progress)
@@ -110,47 +113,41 @@ def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -
     return 0
 
 
-def _share(n: int, batch_size: int, info: distributed.DistInfo) -> int:
-    """How many of ``n`` images this process attacks (whole batches, dealt round-robin)."""
-    starts = list(range(0, n, batch_size))[info.rank::info.world_size]
-    return sum(min(batch_size, n - s) for s in starts)
+class _ProgressBar:
+    """A progress bar over the images this process attacks (the attacks' names, images done, an ETA), on a terminal
+    unless --no-progress."""
 
+    def __init__(self, settings: EvalSettings, attacks: list[str], total: int):
+        self.on, self.desc, self.total, self.bar = settings.progress, ", ".join(attacks) or "clean", total, None
 
-class _ProgressBars:
-    """One progress bar per attack (its name, images done, an ETA), on a terminal unless --no-progress."""
-
-    def __init__(self, settings: EvalSettings, total: int):
-        self.on, self.total, self.bars = settings.progress, total, {}
-
-    def __call__(self, name: str, images: int) -> None:
-        if name not in self.bars:
-            from tqdm.auto import tqdm
-
-            for bar in self.bars.values():
-                bar.close()
-            self.bars[name] = tqdm(total=self.total, desc=name, unit="img", leave=False,
-                                   disable=None if self.on is None else not self.on)
-        self.bars[name].update(images)
+    def __call__(self, images: int) -> None:
+        self.bar.update(images)
 
     def __enter__(self):
-        return self if self.on is not False else None
+        if self.on is False:
+            return None
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="img", leave=False,
+                        disable=None if self.on is None else not self.on)
+        return self
 
     def __exit__(self, *exc) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, aa_standard: bool) -> None:
     """The terminal report: the table (with each attack's budget), AutoAttack stage by stage, the worst case,
     notes and warnings."""
     print(eval_table(result.summary(), threat, budgets, result.seconds))
-    for name in result.stages:
-        stages = result.stage_accuracies(name)
+    for name, stages in result.stages.items():
         if len(stages) <= 2:  # clean and one attack: the table above says it all
             continue
+        robust = {stage: int(correct.sum()) for stage, correct in stages.items()}
         print(f"\n{name}, attack by attack (each on the images the ones before it left standing):\n")
-        print(stage_table(stages, result.n))
-        note = black_box_note(stages, result.n)
+        print(stage_table(robust, result.n))
+        note = black_box_note(robust)
         if note:
             print(f"warning: {note}")
     label_text = ("PREDICTED labels: the paper's protocol, not robustness against the true labels"

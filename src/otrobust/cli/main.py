@@ -42,10 +42,7 @@ def _add_eval_parser(sub) -> None:
         description="Attack a saved model on the first --n test images (RobustBench-style) and report clean "
         "accuracy, each attack's accuracy and the worst case over all of them, each with a 95% binomial "
         "interval. Robust accuracy is counted against the TRUE labels unless --labels predicted is given. "
-        "Attacks: fgsm, pgd (cross-entropy), pgd-cw (CW margin), pgd-dlr (DLR), apgd-ce, apgd-dlr, apgd-t, "
-        "fab (FAB-T), square, autoattack (standard: APGD-CE, APGD-T, FAB-T, Square), autoattack-fast "
-        "(APGD-CE, APGD-T), autoattack-rand (EOT, for randomised models); the AutoAttack ones run the "
-        "reference code.")
+        "The attacks are listed under --attack; the AutoAttack ones run its reference code.")
     add_flags(ev, EvalSettings)
 
 

@@ -94,10 +94,9 @@ def percent(v: float) -> str:
 class AuditState:
     """The model, the data and every per-example result computed so far (true labels unless named).
 
-    With ``info`` (this process's place in a torchrun job, or one process) every attack runs through
-    :func:`otrobust.evaluation.runner.run_evaluation`: in fixed batches seeded by position, shared out among the
-    processes, so that the results are the same on any number of them. Without it, one seeded pass over the
-    whole data."""
+    Every attack runs through :func:`otrobust.evaluation.runner.run_evaluation`: in fixed batches seeded by their
+    position, shared out among the processes of ``info`` (a torchrun job; one process when None), so that the
+    results are the same on any number of them and every run of a key sees the same random starts."""
 
     def __init__(self, model: nn.Module, data: ImageData, settings: AuditSettings, device, log,
                  info: DistInfo | None = None):
@@ -111,14 +110,9 @@ class AuditState:
         """Per-example correctness (N,) under ``attack``, re-seeded so that runs are comparable."""
         if key not in self.results:
             t0 = time.perf_counter()
-            torch.manual_seed(self.s.seed)
-            if self.info is not None:
-                res = run_evaluation(self.model, self.data, {key: attack}, labels=labels, batch_size=self.s.batch_size,
-                                     device=self.device, seed=self.s.seed, info=self.info, allow_non_finite=True)
-            else:
-                res = evaluate_model(self.model, self.data, {key: attack}, labels=labels,
-                                     batch_size=self.s.batch_size, device=self.device,
-                                     allow_non_finite=True)  # reported by the gradients check
+            res = run_evaluation(self.model, self.data, {key: attack}, labels=labels, batch_size=self.s.batch_size,
+                                 device=self.device, seed=self.s.seed, info=self.info,
+                                 allow_non_finite=True)  # reported by the gradients check
             self.results[key] = res.per_attack[key]
             self.log(f"  {key}: {percent(fraction_true(self.results[key]))} ({time.perf_counter() - t0:.1f}s)")
         return self.results[key]

@@ -128,7 +128,7 @@ def _attacked(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
 def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack] | None = None, *,
                    labels: str = "true", batch_size: int = 256, device: torch.device | str = "cpu",
                    progress: Callable[[int], None] | None = None, nhwc: bool = True,
-                   allow_non_finite: bool = False) -> EvalResult:
+                   allow_non_finite: bool = False, attack_seeds: dict[str, int] | None = None) -> EvalResult:
     """Run every attack on every example of ``data`` (model in eval mode).
 
     labels="true": attacks move away from the true label; an example counts as robust only if it is
@@ -137,7 +137,8 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     ``progress`` is called with the number of examples finished after each batch and attack. ``nhwc``: run in
     the channels-last memory format (see :func:`channels_last`).
     Non-finite clean logits (NaN or inf weights) are an OtrobustError unless ``allow_non_finite`` (the audit,
-    which reports them); an attacked input with non-finite logits counts as broken.
+    which reports them); an attacked input with non-finite logits counts as broken. ``attack_seeds``: the seed
+    of the global RNG before each attack on each batch (otherwise the attacks draw on in sequence).
     """
     if labels not in LABEL_SOURCES:
         raise OtrobustError(f"unknown label source {labels!r}; use 'true' or 'predicted'")
@@ -153,9 +154,8 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     with channels_last(model, nhwc):
         try:
             for start in range(0, len(data), batch_size):
-                x = data.x[start:start + batch_size].to(device)
-                if nhwc:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = data.x[start:start + batch_size].to(
+                    device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
                 y = data.y[start:start + batch_size].to(device)
                 with torch.no_grad():
                     logits = model(x)
@@ -167,6 +167,8 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                 clean_pred.append(pred.cpu())
                 for name, attack in attacks.items():
                     t0 = time.perf_counter()
+                    if attack_seeds:
+                        torch.manual_seed(attack_seeds[name])
                     correct, predicted = _attacked(model, attack, x, y, target, pred if labels == "true" else None)
                     per_attack[name].append(correct.cpu())
                     adv_pred[name].append(predicted.cpu())

@@ -10,7 +10,6 @@ batches into one :class:`EvalResult`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -34,14 +33,6 @@ def batch_seed(seed: int, start: int, attack_index: int) -> int:
     z = (seed * 0x9E3779B97F4A7C15 + start * 0xBF58476D1CE4E5B9 + attack_index * 0x94D049BB133111EB) % 2**64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     return (z ^ (z >> 31)) % 2**63
-
-
-def settings_key(settings: dict[str, Any], files: list[Path]) -> str:
-    """A short hash of what an evaluation's results depend on: its settings and the files the model comes from
-    (name, size, modification time)."""
-    stats = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    text = json.dumps({"settings": settings, "files": stats}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class BatchCache:
@@ -91,39 +82,45 @@ def _record(res: EvalResult, name: str) -> dict[str, Any]:
             "seconds": res.seconds[name], "warnings": res.warnings.get(name, [])}
 
 
+def shard_starts(n: int, batch_size: int, info: DistInfo) -> list[int]:
+    """The first image of each batch of ``n`` that this process attacks: whole batches, dealt round-robin."""
+    return list(range(0, n, batch_size))[info.rank::info.world_size]
+
+
 def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack], *, labels: str = "true",
                    batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
                    cache: BatchCache | None = None, info: DistInfo | None = None,
-                   progress: Callable[[str, int], None] | None = None, allow_non_finite: bool = False) -> EvalResult:
+                   progress: Callable[[int], None] | None = None, allow_non_finite: bool = False) -> EvalResult:
     """Every attack on every batch of ``data`` (see the module's contract); the same result on every process.
 
-    ``progress(attack, images)`` is called after each batch this process finishes or reads back;
-    ``allow_non_finite`` as :func:`evaluate_model`'s."""
+    A batch's attacks not yet recorded run in one :func:`evaluate_model` call (one clean pass for all of them).
+    ``progress(images)`` is called after each batch this process finishes or reads back; ``allow_non_finite``
+    as :func:`evaluate_model`'s."""
     info = info or DistInfo()
-    tasks = list(attacks.items()) or [(CLEAN, None)]
-    starts = list(range(0, len(data), batch_size))
-    mine = starts[info.rank::info.world_size]
+    names = list(attacks) or [CLEAN]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     with channels_last(model, data.x.ndim == 4):  # once for the whole run, not once a batch
-        for index, (name, attack) in enumerate(tasks):
-            for start in mine:
-                record = cache.get(name, start) if cache else None
-                if record is None:
-                    torch.manual_seed(batch_seed(seed, start, index))
-                    batch = data.take(slice(start, start + batch_size))
-                    res = evaluate_model(model, batch, {} if attack is None else {name: attack}, labels=labels,
-                                         batch_size=batch_size, device=device, allow_non_finite=allow_non_finite)
-                    record = _record(res, name)
+        for start in shard_starts(len(data), batch_size, info):
+            done = {name: cache.get(name, start) if cache else None for name in names}
+            todo = [name for name in names if done[name] is None]
+            if todo:
+                pending = {name: attacks[name] for name in todo if name != CLEAN}
+                seeds = {name: batch_seed(seed, start, names.index(name)) for name in pending}
+                res = evaluate_model(model, data.take(slice(start, start + batch_size)), pending, labels=labels,
+                                     batch_size=batch_size, device=device, allow_non_finite=allow_non_finite,
+                                     attack_seeds=seeds)
+                for name in todo:
+                    done[name] = _record(res, name)
                     if cache:
-                        cache.put(name, start, record)
-                records[name, start] = record
-                if progress:
-                    progress(name, min(batch_size, len(data) - start))
+                        cache.put(name, start, done[name])
+            records.update(((name, start), record) for name, record in done.items())
+            if progress:
+                progress(min(batch_size, len(data) - start))
     if info.enabled:
         shares: list[dict | None] = [None] * info.world_size
-        dist.all_gather_object(shares, {f"{n}\0{s}": r for (n, s), r in records.items()})
-        records = {tuple((k.split("\0")[0], int(k.split("\0")[1]))): r for share in shares for k, r in share.items()}
-    return merge(records, [n for n, _ in tasks], starts, labels)
+        dist.all_gather_object(shares, records)
+        records = {key: record for share in shares for key, record in share.items()}
+    return merge(records, names, list(range(0, len(data), batch_size)), labels)
 
 
 def merge(records: dict[tuple[str, int], dict[str, Any]], names: list[str], starts: list[int],

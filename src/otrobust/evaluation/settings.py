@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.audit_types import AuditSettings
+from otrobust.evaluation.evaluate import ATTACK_HELP
 from otrobust.settings import setting
 
-ATTACK_HELP = ("one or more attacks; the worst case over all of them is reported. fgsm, pgd (cross-entropy), "
-               "pgd-cw (CW margin), pgd-dlr (DLR), apgd-ce, apgd-dlr, apgd-t, fab (FAB-T), square, autoattack "
-               "(standard: APGD-CE, APGD-T, FAB-T, Square), autoattack-fast (APGD-CE, APGD-T), autoattack-rand "
-               "(EOT, for randomised models)")
+ATTACKS_TEXT = ("one or more attacks; the worst case over all of them is reported: "
+                + "; ".join(f"{name} ({what})" for name, what in ATTACK_HELP.items()))
 
 
 @dataclass(kw_only=True)
@@ -79,7 +78,7 @@ class ModelSettings:
 class EvalSettings(ModelSettings):
     """``otrobust eval``: clean, per-attack and worst-case accuracy under one threat model."""
 
-    attack: list[str] = setting(help=ATTACK_HELP, nargs="+", metavar="NAME", factory=lambda: ["pgd"])
+    attack: list[str] = setting(help=ATTACKS_TEXT, nargs="+", metavar="NAME", factory=lambda: ["pgd"])
     eps: float | None = setting(None, "attack radius, e.g. 0.3 or 8/255", default_text="the dataset's")
     norm: str = setting("linf", "threat model", ("linf", "l2"))
     steps: int = setting(20, "PGD steps")
@@ -167,9 +166,6 @@ class AuditCommandSettings(ModelSettings):
                           "AutoAttack); the report says so")
     surrogate: str | None = setting(None, "checkpoint or run directory of the transfer surrogate",
                                     default_text="a standard model of the same architecture trained briefly here")
-
-    def limits(self) -> list[tuple[str, object, bool, str]]:
-        return [*super().limits(), ("--n", self.n, self.n is not None and self.n >= 1, ">= 1")]
 
     def budget(self, eps: float) -> AuditSettings:
         """The audit's :class:`AuditSettings` at radius ``eps`` (the command's default: the dataset's)."""

@@ -20,7 +20,7 @@ from otrobust.errors import OtrobustError
 from otrobust.evaluation.settings import ModelSettings
 from otrobust.models.external import build_external, load_factory
 from otrobust.models.latent import Normalize
-from otrobust.store.checkpoint import checkpoint_architecture, load_checkpoint, load_model, resolve_checkpoint
+from otrobust.store.checkpoint import checkpoint_architecture, load_model_with_meta
 from otrobust.store.weights import load_into, load_state_dict_file
 
 CHECK_IMAGES = 16  # images the pre-attack checks forward
@@ -49,9 +49,7 @@ def load_target(settings: ModelSettings, device: torch.device | str) -> Target:
     """The model and the first ``settings.n`` test images; OtrobustError in one line when they do not fit."""
     if settings.model is not None:
         return _external(settings, device)
-    ckpt = resolve_checkpoint(settings.path)
-    _, meta, _ = load_checkpoint(ckpt)
-    model = load_model(ckpt, device)
+    model, meta, ckpt = load_model_with_meta(settings.path, device)
     arch = checkpoint_architecture(meta, str(ckpt))
     trained = meta.get("config", {})
     dataset = settings.dataset or arch.dataset
@@ -79,14 +77,14 @@ def _external(settings: ModelSettings, device) -> Target:
                               name=settings.model)
 
     model = fresh()
-    files = [Path(settings.model.rpartition(":")[0])] if settings.model.rpartition(":")[0].endswith(".py") else []
+    where, _, name = settings.model.rpartition(":")
+    files = [Path(where).expanduser()] if where.endswith(".py") else []
     if settings.weights:
         load_into(model, load_state_dict_file(settings.weights), settings.weights)
         files.append(Path(settings.weights).expanduser())
     model = _normalized(model.to(device).eval(), settings.normalize, channels, device)
     what = settings.model + (f" with weights {settings.weights}" if settings.weights else " (its own weights)")
-    return Target(model, test, settings.dataset, settings.data_dir, what, settings.model.rpartition(":")[2], fresh,
-                  files)
+    return Target(model, test, settings.dataset, settings.data_dir, what, name, fresh, files)
 
 
 def _check_geometry(test: ImageData, dataset: str, want: tuple[int, int, int, int], who: str) -> None:

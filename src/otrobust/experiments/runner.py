@@ -8,7 +8,6 @@ checkpoint or other settings recompute and nothing else does.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from itertools import product
@@ -20,7 +19,7 @@ from otrobust.errors import OtrobustError
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun, check_same_settings, run_status
 from otrobust.experiments.spec import SMOKE, Evaluation
 from otrobust.store.checkpoint import load_model, resolve_checkpoint
-from otrobust.store.files import atomic_write_bytes, atomic_write_text
+from otrobust.store.files import atomic_write_bytes, atomic_write_text, cache_key
 from otrobust.training.config import TrainConfig
 
 
@@ -37,11 +36,8 @@ def train_planned(p: PlannedRun, log: Callable[[str], None] = print) -> str:
 
 
 def checkpoint_key(ckpt: Path, **settings: Any) -> str:
-    """A short hash of a checkpoint file (name, size, modification time) and the settings of what was computed
-    from it: the name of its cache entry, which a new checkpoint or other settings make stale."""
-    stat = ckpt.stat()
-    ident = {"ckpt": [ckpt.name, stat.st_size, stat.st_mtime_ns], **settings}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """The cache key of what was computed from checkpoint ``ckpt`` with ``settings``."""
+    return cache_key({"ckpt": ckpt}, **settings)
 
 
 def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, Any]) -> str:

@@ -59,24 +59,24 @@ def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = Non
 BLACK_BOX_STAGES = ("square",)  # AutoAttack's stages that use no gradient
 
 
-def stage_table(stages: dict[str, float], n: int) -> str:
+def stage_table(robust: dict[str, int], n: int) -> str:
     """AutoAttack's progression: robust accuracy (%) after each of its attacks, in order, and how many of the ``n``
-    images each attack broke that the ones before it had not (``stages``: stage -> accuracy in [0, 1], first
-    ``clean``)."""
+    images each attack broke that the ones before it had not (``robust``: stage -> images still robust after it,
+    first ``clean``)."""
     rows, before = [], None
-    for stage, acc in stages.items():
-        broke = "–" if before is None else str(round((before - acc) * n))
-        rows.append([stage if stage != "clean" else "clean (no attack)", f"{100 * acc:.2f}", broke])
-        before = acc
+    for stage, left in robust.items():
+        rows.append([stage if stage != "clean" else "clean (no attack)", f"{100 * left / n:.2f}",
+                     "–" if before is None else str(before - left)])
+        before = left
     return markdown_table(["after", "robust accuracy %", "images it broke"], rows)
 
 
-def black_box_note(stages: dict[str, float], n: int) -> str | None:
+def black_box_note(robust: dict[str, int]) -> str | None:
     """A warning when a black-box stage broke images that every gradient-based stage before it left standing: a
-    sign of gradient masking."""
-    names = list(stages)
-    for i, stage in enumerate(names[1:], 1):
-        broke = round((stages[names[i - 1]] - stages[stage]) * n)
+    sign of gradient masking (``robust`` as :func:`stage_table`'s)."""
+    names = list(robust)
+    for before, stage in zip(names, names[1:], strict=False):
+        broke = robust[before] - robust[stage]
         if stage in BLACK_BOX_STAGES and broke > 0:
             return (f"{stage}, a black-box attack, broke {broke} image{'s' if broke != 1 else ''} that the "
                     "gradient-based attacks before it did not: a sign of gradient masking (run otrobust audit)")

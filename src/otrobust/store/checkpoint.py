@@ -164,6 +164,12 @@ def checkpoint_architecture(meta: dict[str, Any], source: str) -> Architecture:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained model from a run directory or checkpoint; returns an ``nn.Module`` in eval mode
     taking [0, 1] images ``(N, C, H, W)`` and returning logits ``(N, M)``."""
+    return load_model_with_meta(path, device)[0]
+
+
+def load_model_with_meta(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any],
+                                                                                     Path]:
+    """:func:`load_model`, with the checkpoint's metadata and file, from one read of the file."""
     ckpt = resolve_checkpoint(path)
     state, meta, _ = load_checkpoint(ckpt)
     arch = checkpoint_architecture(meta, str(ckpt))
@@ -182,6 +188,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
                             f"but its weights do not fit that architecture")
     model = build()
     load_weights(model, state, meta, str(ckpt))
-    return model.to(device).eval()
+    return model.to(device).eval(), meta, ckpt
 
 

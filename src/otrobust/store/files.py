@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -175,3 +176,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+
+
+def cache_key(files: dict[str, Path], **settings: Any) -> str:
+    """A short hash of files (each by name, size and modification time) and of the settings of what was computed
+    from them: the name of a cache entry, which a changed file or other settings make stale."""
+    ident = {label: [f.name, f.stat().st_size, f.stat().st_mtime_ns] for label, f in files.items()}
+    return hashlib.sha256(json.dumps({**ident, **settings}, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -166,8 +166,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
         self.global_ot = info.enabled and self.reg is not None and cfg.ot_scope == "global"
         self.method = get_method(cfg.method)
-        if zero_step_warning(cfg.method, cfg.steps):
-            log(f"warning: {zero_step_warning(cfg.method, cfg.steps)}")
+        warning = zero_step_warning(cfg.method, cfg.steps)
+        if warning:
+            log(f"warning: {warning}")
         if cfg.awp_gamma > 0:
             self.method = with_awp(self.method, cfg.method)  # adversarial weight perturbation on any objective
         # What every step shares; step_context() adds the values that change from step to step.
@@ -241,7 +242,12 @@ class Trainer:
         ctx = self.step_context(epoch + step / self.steps_per_epoch, shard)
         with self._autocast():
             loss, logs = self.method(self.model, x, y, ctx)
-        finite = bool(torch.isfinite(loss))
+        # One host sync per step: the finiteness check and the running totals, read together before backward
+        # is queued (an .item() after it would wait for the backward and the optimiser step too).
+        loss_value, correct, ot = torch.stack([
+            loss.detach().float(), (logs["logits"].argmax(1) == y).sum().float(),
+            logs["ot"].float() if "ot" in logs else loss.new_zeros((), dtype=torch.float32)]).tolist()
+        finite = math.isfinite(loss_value)
         if info.enabled:  # every process takes the same branch
             finite = not distributed.any_process(not finite, info, self.device)
         if not finite:
@@ -266,10 +272,10 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()
         t = self.totals
-        t["loss"] += float(loss.detach()) * len(y)
-        t["correct"] += int((logs["logits"].argmax(1) == y).sum())
+        t["loss"] += loss_value * len(y)
+        t["correct"] += int(correct)
         t["seen"] += len(y)
-        t["ot"] += float(logs.get("ot", 0.0)) * len(y)
+        t["ot"] += ot * len(y)
         return True
 
     def _skip_or_stop(self, what: str, epoch: int, step: int) -> bool:
