@@ -5,6 +5,7 @@ The smoke runs share one output folder (a session fixture), as presets share ide
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -101,31 +102,30 @@ def test_every_run_is_audited_and_every_table_carries_the_verdict(smoke_out):
     assert [a["run"] for a in audits] == [r.name for r in PRESETS["table1"].runs]
     for a in audits:
         assert a["verdict"] in ("pass", "warn", "fail") and a["pass"] + a["warn"] + a["fail"] >= 10
-        report = json.loads((Path(a["report"]).parent / "audit.json").read_text())
+        report_dir = (smoke_out / "smoke" / a["report"]).parent  # relative to OUT/SCALE: records travel
+        report = json.loads((report_dir / "audit.json").read_text())
         assert report["threat_model"]["n"] == 32 and report["failed"] == (a["verdict"] == "fail")
-        assert (Path(a["report"]).parent / "accuracy_vs_eps.png").is_file()
+        assert (report_dir / "accuracy_vs_eps.png").is_file()
     verdicts = {a["run"]: a["verdict"] for a in audits}
     assert all(r["audit"] == verdicts[r["run"]] for r in _rows(smoke_out, "table1"))
     text = (folder / "results.md").read_text()
-    assert "## Audit" in text and "| audit |" in text and text.count("audit.md)") == len(audits)
+    assert "## Audit" in text and "| audit |" in text and text.count("| `runs/") == len(audits)
 
 
-def test_a_failed_audit_is_flagged_in_the_table_and_exits_1(smoke_out, monkeypatch, capsys):
-    import otrobust.experiments.reproduce as rp
-
-    real = rp.audit_run
-
-    def fail_trades(p, *args, **kwargs):
-        row = real(p, *args, **kwargs)
-        return {**row, "verdict": "fail", "fail": 1, "failed_checks": ["unbounded"]} if p.run.name == "trades" \
-            else row
-
-    monkeypatch.setattr(rp, "audit_run", fail_trades)
-    assert main(["reproduce", "table1", "--out", str(smoke_out), "--device", "cpu"]) == 1
+def test_a_failed_audit_is_flagged_in_the_table_and_exits_1(smoke_out, tmp_path, capsys):
+    # A record whose audit failed (planted by editing the record: the merge reads verdicts from records alone).
+    records = tmp_path / "records"
+    shutil.copytree(smoke_out / "smoke" / "table1" / "records", records)
+    path = records / "s0" / "trades.json"
+    record = json.loads(path.read_text())
+    record["audit"] = {**record["audit"], "verdict": "fail", "fail": 1, "failed_checks": ["unbounded"]}
+    path.write_text(json.dumps(record))
+    assert main(["reproduce", "table1", "--out", str(tmp_path / "merged"), "--merge", "--records", str(records)]) == 1
     assert "AUDIT FAILED for trades: unbounded" in capsys.readouterr().out
-    text = (smoke_out / "smoke" / "table1" / "results.md").read_text()
+    text = (tmp_path / "merged" / "smoke" / "table1" / "results.md").read_text()
     assert "**FAILED: TRADES**" in text and "| TRADES | clean | – | – | 48 |" in text
-    assert all(r["audit"] == "fail" for r in _rows(smoke_out, "table1") if r["run"] == "trades")
+    rows = list(csv.DictReader((tmp_path / "merged" / "smoke" / "table1" / "results.csv").open()))
+    assert all(r["audit"] == "fail" for r in rows if r["run"] == "trades")
 
 
 def test_no_audit_leaves_the_verdict_out(tmp_path):
@@ -138,7 +138,7 @@ def test_no_audit_leaves_the_verdict_out(tmp_path):
 def test_a_second_call_retrains_reevaluates_and_reaudits_nothing(smoke_out):
     logs = []
     reproduce("table1", scale="smoke", out=smoke_out, device="cpu", log=logs.append)
-    assert sum("done, skipped" in line for line in logs) == 7
+    assert sum("done, nothing to do" in line for line in logs) == 7
     assert not any(line.startswith("    epoch") for line in logs)
     assert not any(line.startswith("auditing") for line in logs)
 

@@ -62,7 +62,8 @@ def run_reproduce(settings: ReproduceSettings) -> int:
         return 0
     failed = [a for a in json.loads((result / "audits.json").read_text()) if a["verdict"] == "fail"]
     for a in failed:
-        print(f"AUDIT FAILED for {a['run']}: {', '.join(a['failed_checks'])} (see {a['report']})")
+        print(f"AUDIT FAILED for {a['run']}: {', '.join(a['failed_checks'])} (see "
+              f"{Path(settings.out) / settings.scale / a['report']})")
     return 1 if failed else 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,3 +95,31 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, size: in
             raise OtrobustError(f"--data-dir {str(root)!r} {what}; point it at the folder holding the {name} files")
     data = spec.load(Path(root) if root is not None else None, split)
     return data.first(size)
+
+
+def data_fingerprint(root: str | Path | None) -> str | None:
+    """SHA-256 (first 16 hex digits) over every regular file under ``root``: relative path and contents.
+
+    What a run was trained on, independent of where the folder is: two copies of one dataset agree, another
+    dataset (or an edited file) differs. None for a bundled dataset (``root`` None). Hidden files are skipped.
+    """
+    if root is None:
+        return None
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".")
+                                                                          for part in p.relative_to(root).parts))
+    stamp = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _fingerprint(str(root.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(root: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for rel, _, _ in stamp:
+        digest.update(rel.encode("utf-8", "surrogateescape") + b"\0")
+        with open(Path(root) / rel, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.data import get_dataset_spec
+from otrobust.data.base import data_fingerprint
 from otrobust.errors import OtrobustError
 from otrobust.experiments.presets import PRESETS
 from otrobust.experiments.spec import SMOKE, Evaluation, Preset, Run
@@ -143,14 +144,23 @@ def _identity(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in NOT_IN_RUN_ID}
 
 
-def run_id(cfg: TrainConfig) -> str:
-    """``<dataset>-<model>-<method>-<hash of the settings that differ from TrainConfig's defaults>``.
+def run_id(cfg: TrainConfig, init_id: str | None = None) -> str:
+    """``<dataset>-<model>-<method>-<hash of the settings that differ from TrainConfig's defaults and of the data>``.
 
     Hashing only non-default settings keeps existing run directories valid when a new setting is added;
-    :func:`check_same_settings` guards against a default that changed under an existing run.
+    :func:`check_same_settings` guards against a default that changed under an existing run. The data enters as
+    the fingerprint of its files (:func:`otrobust.data.base.data_fingerprint`), not its path: another
+    ``--data-dir`` holding other files trains anew, a copy of the same files finds the same run. ``init_id`` names
+    the starting checkpoint (a fine-tuning run's parent run and checkpoint) in place of its path, so that the run's
+    folder name does not depend on where the output folder is.
     """
     defaults = TrainConfig().to_dict()
     identity = {k: v for k, v in _identity(cfg.to_dict()).items() if v != defaults[k]}
+    fingerprint = data_fingerprint(cfg.data_dir)
+    if fingerprint is not None:
+        identity["data"] = fingerprint
+    if init_id is not None:
+        identity["init"] = init_id
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.dataset}-{cfg.model}-{cfg.method}-{digest}"
 
@@ -184,6 +194,8 @@ def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = Non
     for i in range(seeds):
         same_seed: dict[str, PlannedRun] = {}
         for run in preset.runs:
+            if run.seeds and i not in run.seeds:
+                continue
             p = _plan_run(run, scale, out, data_dir, overrides, device, i, same_seed)
             same_seed[run.name] = p
             planned.append(p)
@@ -204,14 +216,16 @@ def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overr
             values["model"] = SMOKE["models"].get(values.get("model"), values.get("model"))
     values.update(overrides or {})
     values["seed"] = values.get("seed", 0) + seed_index
+    init_id = None
     if run.init_from is not None:
         if run.init_from not in same_seed:
             raise OtrobustError(f"run {run.name!r} starts from {run.init_from!r}, which the preset does not "
-                                "list before it")
+                                f"list before it for seed index {seed_index}")
         values["init"] = str(checkpoint_path(same_seed[run.init_from].run_dir, "last"))
+        init_id = f"{same_seed[run.init_from].run_dir.name}/last"
     values["data_dir"] = dataset_dir(values["dataset"], data_dir) if scale == "full" or note == "" else None
     cfg = resolve(config_from_dict({**values, "device": device}))
-    cfg = dataclasses.replace(cfg, out=str(Path(out) / scale / "runs" / run_id(cfg)))
+    cfg = dataclasses.replace(cfg, out=str(Path(out) / scale / "runs" / run_id(cfg, init_id)))
     return PlannedRun(run, cfg, note, seed_index)
 
 

@@ -1,10 +1,14 @@
-"""Run a paper preset end to end: train its runs, evaluate them, write results and figures.
+"""Run a paper preset or a study: its units (one run's training, evaluations and audit each, see
+:mod:`otrobust.experiments.units`) one after another, one alone (``--unit``), or launched elsewhere (``--launch``);
+then results and figures from the units' records (``--merge`` does only that).
 
 Layout under ``out`` (restartable; nothing finished is redone)::
 
     <out>/<scale>/runs/<dataset>-<model>-<method>-<hash>/   one training run, shared by every preset that
                                                            needs the same settings; evals/ caches its evaluations
                                                            audit-<key>/ its audit report (otrobust.evaluation.audit)
+    <out>/<scale>/<preset>/records/<unit>.json             each finished unit's record (small, portable)
+    <out>/<scale>/<preset>/units/<unit>/                   a unit's lock while it runs, failed.txt, job.txt
     <out>/<scale>/<preset>/results.csv, results.md, audits.json, figures/
 
 Unfinished training runs are resumed from their last checkpoint; finished ones are skipped; an
@@ -20,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.experiments.planning import (  # noqa: F401  (re-exported: the command's vocabulary)
+    COST_ASSUMPTION,
     FULL_AUDIT_N,
     SCALES,
     PlannedRun,
@@ -37,17 +41,16 @@ from otrobust.experiments.planning import (  # noqa: F401  (re-exported: the com
     run_status,
     scaled_evaluations,
 )
-from otrobust.experiments.results import RESULT_FIELDS, make_figures, result_row, results_markdown, with_study
-from otrobust.experiments.runner import audit_run, evaluate_run, surrogate_for, train_planned  # noqa: F401
-from otrobust.experiments.spec import SMOKE, Evaluation, Preset
-from otrobust.reporting.tables import format_eps, write_csv  # noqa: F401
+from otrobust.experiments.runner import audit_run, evaluate_run, train_planned  # noqa: F401
+from otrobust.experiments.spec import SMOKE
+from otrobust.reporting.tables import format_eps, markdown_table, write_csv  # noqa: F401
 from otrobust.settings import setting
-from otrobust.store.files import atomic_write_text
 
 
 @dataclass(kw_only=True)
 class ReproduceSettings:
-    """``otrobust reproduce``: which preset, at which scale, where; ``preset`` None lists them."""
+    """``otrobust reproduce``: which preset, at which scale, where, and how its units are run; ``preset`` None lists
+    the presets."""
 
     preset: str | None = setting(None, "preset name (omit to list them)", positional=True, nargs="?")
     scale: str = setting("smoke", "smoke: tiny subsets, one epoch, tiny models, the bundled digits as stand-in "
@@ -63,84 +66,141 @@ class ReproduceSettings:
                                    flag="--set", metavar="FIELD=VALUE", factory=list, repeatable=True)
     audit: bool = setting(True, "audit each run's evaluation (its verdict is in every table, and a failed audit "
                           "exits 1)")
+    units: bool = setting(False, "list the plan's units (one run's training, evaluations and audit each): id, what "
+                          "it waits for, estimated cost, status; run nothing")
+    status: bool = setting(False, "how many units are done, running, failed, queued or not started, read from --out")
+    unit: str | None = setting(None, "run exactly this unit (an id from --units); again after a kill it resumes, "
+                               "when it is done it does nothing", metavar="ID")
+    merge: bool = setting(False, "write results.csv, results.md and the figures from the units' records alone (no "
+                          "checkpoint, model or data needed)")
+    records: list[str] = setting(help="with --merge: folders holding records (searched recursively)", nargs="+",
+                                 metavar="DIR", factory=list, default_text="OUT/SCALE/PRESET/records")
+    threads: int | None = setting(None, "torch threads of every unit: it changes a CPU's floating-point results, so "
+                                  "it is fixed per plan and kept in each record", metavar="N",
+                                  default_text="all cores; a core share per worker with --launch local")
+    launch: str | None = setting(None, "run the units elsewhere: local (--workers at a time, as separate processes) "
+                                 "or slurm (job arrays through submitit); then merge", ("local", "slurm"))
+    workers: int = setting(1, "with --launch local: units running at the same time, each pinned to one GPU or to "
+                           "its share of the CPU cores")
+    partition: str | None = setting(None, "SLURM partition", default_text="the cluster's default")
+    account: str | None = setting(None, "SLURM account", default_text="none")
+    gpus_per_unit: int = setting(0, "SLURM: GPUs per unit")
+    cpus_per_unit: int = setting(1, "SLURM: CPU cores per unit (also its --threads unless given)")
+    time_limit: int = setting(24 * 60, "SLURM: time limit per unit job in minutes; a unit that reaches it saves, is "
+                              "requeued and resumes")
+    sbatch: list[str] = setting(help="SLURM: an extra sbatch option KEY=VALUE (e.g. --sbatch qos=long)",
+                                flag="--sbatch", metavar="KEY=VALUE", factory=list, repeatable=True)
+    wait: bool = setting(True, "with --launch slurm: wait for the jobs and merge (--no-wait: submit, print the job "
+                         "ids and return; the merge job writes results.md)")
+
+    def __post_init__(self) -> None:
+        modes = [flag for flag, on in (("--units", self.units), ("--status", self.status), ("--unit", self.unit),
+                                       ("--merge", self.merge), ("--launch", self.launch), ("--dry-run", self.dry_run))
+                 if on]
+        if len(modes) > 1:
+            raise OtrobustError(f"{' and '.join(modes)} do not go together; give one of them")
+        if self.records and not self.merge:
+            raise OtrobustError("--records goes with --merge")
+        for flag, value, low in (("--seeds", self.seeds, 1), ("--workers", self.workers, 1),
+                                 ("--threads", self.threads, 1), ("--gpus-per-unit", self.gpus_per_unit, 0),
+                                 ("--cpus-per-unit", self.cpus_per_unit, 1), ("--time-limit", self.time_limit, 1)):
+            if value is not None and value < low:
+                raise OtrobustError(f"{flag} must be at least {low}, got {value}")
+        if self.seeds > MAX_SEEDS:
+            raise OtrobustError(f"--seeds must be at most {MAX_SEEDS}, got {self.seeds}")
 
     def run(self, log: Callable[[str], None] = print) -> Path | None:
-        """:func:`reproduce` with these settings."""
+        """Do what the flags ask (see :func:`reproduce`); returns the results folder when results were written."""
+        if self.units or self.status:
+            list_units(self, log)
+            return None
         return reproduce(self.preset, scale=self.scale, out=self.out, data_dir=self.data_dir, dry_run=self.dry_run,
                          device=self.device, overrides=parse_overrides(self.overrides), audit=self.audit,
-                         seeds=self.seeds, log=log)
+                         seeds=self.seeds, log=log, settings=self)
 
 
-def _evaluate_and_audit(preset: Preset, scale: str, planned: list[PlannedRun], evaluations: list[Evaluation],
-                        audit: bool, dev, log: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
-    """Audit and evaluate every planned run that an audit or evaluation applies to (cached per checkpoint);
-    returns (results.csv rows, audit summaries)."""
-    multi_seed = any(p.seed_index for p in planned)
-    options = SMOKE["attack_options"] if scale == "smoke" else None
-    rows, tests, audits = [], {}, []
-    for p in planned:
-        key = (p.config.dataset, p.config.data_dir)
-        if key not in tests:
-            audit_n = SMOKE["audit_n"] if scale == "smoke" else preset.audit_n or FULL_AUDIT_N
-            sizes = [ev.n for ev in evaluations] + [audit_n] * audit
-            tests[key] = load_dataset(p.config.dataset, "test", p.config.data_dir,
-                                      size=None if None in sizes else max(sizes))
-        verdict = None
-        if audit and applies(p, (), preset.audit_seeds):
-            audits.append(audit_run(p, scale, tests[key], surrogate=surrogate_for(planned, p), device=dev, log=log,
-                                    n=preset.audit_n, quick=preset.audit_quick))
-            verdict = audits[-1]["verdict"]
-            log(f"audit of {p.run.name}: {verdict}" + (f" ({', '.join(audits[-1]['failed_checks'])})"
-                                                         if verdict == "fail" else ""))
-        for ev in evaluations:
-            if applies(p, ev.runs, ev.seeds):
-                log(f"evaluating {p.run.name}" + (f" seed {p.config.seed}" if multi_seed else "") + f": {ev.name}")
-                for row in evaluate_run(p.run_dir, ev, p.config, tests[key], device=dev, attack_options=options):
-                    rows.append(result_row(preset, scale, p, row, p.config.eps, verdict))
-    return rows, audits
+MAX_SEEDS = 1000
+
+
+def plan_units(settings: ReproduceSettings, log: Callable[[str], None] = print):
+    """(preset, planned runs, scaled evaluations, units, context) of the settings' plan."""
+    from otrobust.experiments.units import UnitContext, build_units, default_threads
+
+    preset = get_preset(settings.preset)
+    planned = plan(preset, settings.scale, settings.out, settings.data_dir, parse_overrides(settings.overrides),
+                   settings.device, settings.seeds)
+    evaluations = scaled_evaluations(preset, settings.scale)
+    units = build_units(preset, planned, evaluations, settings.audit)
+    ctx = UnitContext(preset, settings.scale, Path(settings.out) / settings.scale / preset.name,
+                      settings.threads or default_threads(), settings.device, preset.audit_n, preset.audit_quick, log)
+    return preset, planned, evaluations, units, ctx
+
+
+def list_units(settings: ReproduceSettings, log: Callable[[str], None] = print) -> list[list[Any]]:
+    """``--units`` and ``--status``: every unit with what it waits for, its estimated cost and status."""
+    from otrobust.experiments.units import STATUSES, unit_status
+
+    preset, planned, evaluations, units, ctx = plan_units(settings, log)
+    cost = {id(p): r for p, r in zip(planned, cost_table(preset, planned, evaluations), strict=True)}
+    statuses = {u.id: unit_status(u, ctx) for u in units}
+    rows = [[u.id, ", ".join(u.depends_on) or "–", f"{cost[id(u.planned)][6]:.2g}", f"{cost[id(u.planned)][7]:.2g}",
+             statuses[u.id]] for u in units]
+    if settings.units:
+        log(f"{preset.name}, {settings.scale} scale: {len(units)} units (one run's training, evaluations and audit "
+            f"each), in an order that puts every unit after what it waits for\n")
+        log(markdown_table(["unit", "waits for", "train GPU-h", "eval GPU-h", "status"], rows))
+        log("\nrun one with --unit ID; " + COST_ASSUMPTION)
+    counts = {s: sum(v == s for v in statuses.values()) for s in STATUSES}
+    log(f"{preset.name}, {settings.scale} scale, under {ctx.results_dir}: "
+        + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) + f" (of {len(units)} units)")
+    if settings.status:
+        for s in ("running", "failed", "queued"):
+            if counts[s]:
+                log(f"{s}: " + ", ".join(u.id for u in units if statuses[u.id] == s))
+        for u in units:
+            if statuses[u.id] == "failed":
+                log(f"  {u.id}: {(ctx.state_dir(u) / 'failed.txt').read_text(errors='replace').strip()}")
+    return rows
 
 
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reproduce", data_dir: str | None = None,
               dry_run: bool = False, device: str = "auto", overrides: dict[str, Any] | None = None,
-              audit: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> Path | None:
-    """Train, evaluate and audit every run of preset ``name`` (``seeds`` times, with seeds 0, 1, …); write
-    results.csv, results.md, audits.json and figures. With several seeds results.md leads with each run's mean ±
-    standard deviation over seeds and each run's paired difference from its baseline
+              audit: bool = True, seeds: int = 1, log: Callable[[str], None] = print,
+              settings: ReproduceSettings | None = None) -> Path | None:
+    """Run every unit of preset ``name`` (``seeds`` times, with seeds 0, 1, …) — training, evaluations, audit — and
+    write results.csv, results.md, audits.json and figures from their records. With several seeds results.md leads
+    with each run's mean ± standard deviation over seeds and each run's paired difference from its baseline
     (:mod:`otrobust.experiments.study`).
 
-    Returns the results folder (None for ``dry_run``, which only lists the runs and their estimated cost).
+    ``settings`` (the command's) may instead ask for one unit (``unit``), a merge of records (``merge``), or a
+    launch of the units elsewhere (``launch``). Returns the results folder (None for ``dry_run`` and ``unit``).
     """
-    from otrobust.training.loop import pick_device
+    from otrobust.experiments import merge as merging
+    from otrobust.experiments.units import find_unit, run_unit
 
-    preset = get_preset(name)
-    planned = plan(preset, scale, out, data_dir, overrides, device, seeds)
-    evaluations = scaled_evaluations(preset, scale)
-    if dry_run:
+    if settings is None:
+        settings = ReproduceSettings(preset=name, scale=scale, out=str(out), data_dir=data_dir, dry_run=dry_run,
+                                     device=device, seeds=seeds, audit=audit,
+                                     overrides=[f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()])
+    preset, planned, evaluations, units, ctx = plan_units(settings, log)
+    if settings.dry_run:
         print_plan(preset, scale, planned, evaluations, log)
         return None
+    if settings.merge:
+        records = merging.gather(units, ctx, settings.records or [ctx.records_dir])
+        return merging.write_results(units, ctx, records, log)
     check_data(planned)
     for note in sorted({p.note for p in planned if p.note}):
         log(f"SMOKE: {note}: no --data-dir was given, so the bundled {SMOKE['stand_in']} dataset stands in "
             "(pipeline check only, numbers not comparable with the paper)")
-    for i, p in enumerate(planned, 1):
-        status = run_status(p)
-        what = "done, skipped" if status == "done" else status + ", training"
-        log(f"[{i}/{len(planned)}] {p.run.name}" + (f" seed {p.config.seed}" if seeds > 1 else "")
-            + f": {what} ({p.config.dataset}, {p.config.model}, {p.config.method}) -> {p.run_dir}")
-        train_planned(p, log)
-    rows, audits = _evaluate_and_audit(preset, scale, planned, evaluations, audit, pick_device(device), log)
-    result_dir = Path(out) / scale / preset.name
-    write_csv(result_dir / "results.csv", rows, RESULT_FIELDS)
-    atomic_write_text(result_dir / "audits.json", json.dumps(audits, indent=1))
-    try:
-        figures = make_figures(preset, scale, planned, rows, evaluations, result_dir / "figures")
-    except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
-        log(f"warning: figures not drawn: {exc}")
-        figures = []
-    markdown = results_markdown(preset, scale, planned, rows, figures, result_dir, audits)
-    if seeds > 1 or any(r.baseline for r in preset.runs):
-        markdown = with_study(markdown, preset, planned, rows)
-    atomic_write_text(result_dir / "results.md", markdown)
-    log(f"results: {result_dir / 'results.md'}, {result_dir / 'results.csv'}"
-        + (f", {len(figures) // 2} figures in {result_dir / 'figures'}" if figures else ""))
-    return result_dir
+    if settings.unit is not None:
+        run_unit(find_unit(units, settings.unit), units, ctx)
+        return None
+    if settings.launch is not None:
+        from otrobust.experiments import launch
+
+        return launch.launch(settings, units, ctx, log)
+    for i, u in enumerate(units, 1):
+        log(f"[{i}/{len(units)}] {u.id}")
+        run_unit(u, units, ctx)
+    return merging.write_results(units, ctx, merging.gather(units, ctx, [ctx.records_dir]), log)

@@ -3,17 +3,14 @@ beyond arranging what the evaluations and audits returned)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from otrobust.data import get_dataset_spec
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
 from otrobust.experiments.presets import PAPER_ONLY_LABELS
-from otrobust.experiments.runner import features_path
 from otrobust.experiments.spec import SMOKE, Evaluation, Preset
 from otrobust.reporting.tables import format_eps, markdown_table
-from otrobust.store.files import read_jsonl
 
 RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
                  "labels", "eps", "steps", "step_size", "n", "accuracy", "ci_low", "ci_high", "paper", "diff", "audit",
@@ -101,10 +98,10 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
     settings = [[names[p.run.name], p.config.dataset, p.config.model, p.config.method, p.config.epochs,
                  p.config.train_size or "all", p.config.optimizer, _fmt(p.config.lr, None), format_eps(p.config.eps),
                  p.config.steps, _fmt(p.config.ot_weight, None), _fmt(p.config.ot_warmup_epochs, None),
-                 f"`{p.run_dir}`"] for p in planned]
+                 f"`{p.run_dir.name}`"] for p in planned]
     parts += ["## Our settings", "", markdown_table(["run", "dataset", "model", "method", "epochs", "train images",
                                              "optimiser", "lr", "ε", "attack steps", "β", "β warm-up (epochs)",
-                                             "run directory"], settings), ""]
+                                             "run folder (under runs/)"], settings), ""]
     parts += ["## The paper's settings", "", markdown_table(["setting", "value"],
                                                      [[k, str(v)] for k, v in preset.paper_settings.items()]), ""]
     parts += ["## Notes", ""] + [f"- {n}" for n in preset.notes] + [""]
@@ -112,11 +109,12 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
         budget = (f"smoke budget: {SMOKE['audit_n']} test images, {SMOKE['audit']}" if scale == "smoke" else
                   f"{FULL_AUDIT_N} test images, PGD-20 x 5 restarts, standard AutoAttack")
         body = [[names.get(a["run"], a["run"]), AUDIT_MARKS[a["verdict"]], a["pass"], a["warn"], a["fail"],
-                 ", ".join(a["failed_checks"]) or "–", f"[audit.md]({Path(os.path.relpath(a['report'], out_dir))})"]
+                 ", ".join(a["failed_checks"]) or "–", f"`{a['report'].split('/audit-')[0]}/`"]
                 for a in audits]
         parts += ["## Audit", "", f"`otrobust audit` on each run's best checkpoint ({budget}); a fail means an "
                   "evaluation failure mode (e.g. gradient masking) was found.", "",
-                  markdown_table(["run", "verdict", "pass", "warn", "fail", "failed checks", "report"], body), ""]
+                  markdown_table(["run", "verdict", "pass", "warn", "fail", "failed checks", "audit-*/audit.md in"],
+                                 body), ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{f.stem}]({f.relative_to(out_dir).as_posix()})" for f in figures
                                        if f.suffix == ".png"] + [""]
@@ -152,16 +150,18 @@ def _paper_panels(preset: Preset, planned, x: str) -> dict[str, dict[str, list[t
 
 
 def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
-                 evaluations: list[Evaluation], fig_dir: Path) -> list[Path]:
-    """The preset's figures (``preset.plots``) from its results rows, features files and learning curves."""
+                 evaluations: list[Evaluation], fig_dir: Path, histories: dict[str, list[dict[str, Any]]],
+                 features: dict[str, dict[str, Any]]) -> list[Path]:
+    """The preset's figures (``preset.plots``) from its results rows, the first seed's learning curves
+    (``histories``, per run name) and its t-SNE features (``features``, per run name: arrays by key)."""
     from otrobust.reporting import plots
 
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
     if "curves" in preset.plots:  # the first seed's curves
-        histories = {names[p.run.name]: read_jsonl(p.run_dir / "metrics.jsonl") for p in planned
-                     if p.seed_index == 0}
-        files += plots.plot_learning_curves(histories, fig_dir / "learning_curves", title=f"Learning curves, {title}")
+        curves = {names[p.run.name]: histories[p.run.name] for p in planned
+                  if p.seed_index == 0 and p.run.name in histories}
+        files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
     if "eps" in preset.plots:
         paper = _paper_panels(preset, planned, "eps") if scale == "full" else None
         files += plots.plot_accuracy_vs_eps(_sweep_panels(planned, rows, "eps-sweep", "eps"),
@@ -187,15 +187,8 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
         files += plots.plot_accuracy_vs_beta({_panel(planned[0]): lines}, fig_dir / "accuracy_vs_beta",
                                              title=f"Accuracy vs OT weight β, {title}")
     if "tsne" in preset.plots:
-        import numpy as np
-
-        ev = next(e for e in evaluations if e.kind == "features")
-        panels = {}
-        for p in planned:
-            path = features_path(p.run_dir, ev)
-            if path is not None:
-                with np.load(path) as f:
-                    panels[names[p.run.name]] = {k: f[k] for k in f.files}
+        panels = {names[p.run.name]: features[p.run.name] for p in planned
+                  if p.seed_index == 0 and p.run.name in features}
         spec = get_dataset_spec(planned[0].config.dataset)
         files += plots.plot_tsne(panels, fig_dir / "tsne", class_names=spec.class_names or None,
                                  title=f"t-SNE of penultimate features, clean (o) and PGD (x), {title}")

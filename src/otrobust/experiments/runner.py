@@ -17,6 +17,7 @@ from typing import Any
 from otrobust.attacks.gradient import default_step_size
 from otrobust.errors import OtrobustError
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun, check_same_settings, run_status
+from otrobust.experiments.records import pack_bits
 from otrobust.experiments.spec import SMOKE, Evaluation
 from otrobust.store.checkpoint import load_model, resolve_checkpoint
 from otrobust.store.files import atomic_write_bytes, atomic_write_text, cache_key
@@ -46,14 +47,16 @@ def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, A
     # Which runs and seeds it applies to does not change a result.
     what = {k: v for k, v in dataclasses.asdict(ev).items()
             if k not in ("runs", "seeds") and (k in ("name", "attacks") or v != defaults.get(k))}
-    return checkpoint_key(ckpt, ev=what, eps=cfg.eps, norm=cfg.norm, options=options)
+    # format 2: rows carry each image's correctness
+    return checkpoint_key(ckpt, ev=what, eps=cfg.eps, norm=cfg.norm, options=options, format=2)
 
 
 def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, device="cpu", seed: int = 0,
                  attack_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The one place a preset's evaluation runs: every (eps, steps) pair of ``ev`` on the run's best checkpoint.
 
-    Returns rows ``{evaluation, metric, eps, steps, n, accuracy, ci_low, ci_high, note}`` (accuracies in %);
+    Returns rows ``{evaluation, metric, labels, eps, steps, step_size, n, accuracy, ci_low, ci_high, note, correct}``
+    (accuracies in %; ``correct``: each image's correctness, :func:`otrobust.experiments.records.pack_bits`);
     for ``kind="features"`` it saves ``evals/<key>.npz`` (clean/adversarial latents, labels) and returns [].
     Results are cached in ``run_dir/evals`` per checkpoint and settings.
     """
@@ -104,7 +107,8 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
                          "steps": None if clean else steps,
                          "step_size": None if clean or steps is None else ev.step_size or default_step_size(eps, steps),
                          "n": len(correct), "accuracy": 100 * k / max(len(correct), 1), "ci_low": 100 * lo,
-                         "ci_high": 100 * hi, "note": "; ".join(warnings.get(name, []))})
+                         "ci_high": 100 * hi, "note": "; ".join(warnings.get(name, [])),
+                         "correct": pack_bits(correct.cpu().numpy())})
         rows += [{"evaluation": ev.name, "metric": name, "eps": eps, "steps": steps, "n": 0, "accuracy": None,
                   "ci_low": None, "ci_high": None, "note": f"not run: {why}"} for name, why in missing]
     return rows
@@ -141,18 +145,27 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
     atomic_write_bytes(path, buf.getvalue())
 
 
+def audit_plan(p: PlannedRun, scale: str, n: int | None = None, quick: bool = False):
+    """(test images, AuditSettings) of the audit of ``p`` at ``scale``: the smoke budget on a few images, else ``n``
+    images (default :data:`FULL_AUDIT_N`) with the full budget, or its CPU budget when ``quick``."""
+    from otrobust.evaluation.audit import AuditSettings
+
+    n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
+    return n, AuditSettings.make(p.config.eps, p.config.norm, quick=quick or scale == "smoke",
+                                 **(SMOKE["audit"] if scale == "smoke" else {}))
+
+
 def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None, device="cpu",
               log: Callable[[str], None] = print, n: int | None = None, quick: bool = False) -> dict[str, Any]:
     """Audit the run's best checkpoint on ``n`` test images (default: by scale) (otrobust.evaluation.audit; cached in
     ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
-    fail, failed_checks, report}``. ``quick`` audits with the CPU budget at the full scale too."""
-    from otrobust.evaluation.audit import AuditSettings, audit_model
+    fail, failed_checks, report}``, ``report`` the path of audit.md from the folder above the run folders. ``quick``
+    audits with the CPU budget at the full scale too."""
+    from otrobust.evaluation.audit import audit_model
     from otrobust.reporting.audit import write_report
 
     ckpt = resolve_checkpoint(p.run_dir)
-    n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
-    settings = AuditSettings.make(p.config.eps, p.config.norm, quick=quick or scale == "smoke",
-                                  **(SMOKE["audit"] if scale == "smoke" else {}))
+    n, settings = audit_plan(p, scale, n, quick)
     out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"
     if not (out / "audit.json").exists():
         log(f"auditing {p.run.name} on {min(n, len(test))} test images")
@@ -166,7 +179,7 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
     return {"run": p.run.name, "seed": p.config.seed, "verdict": verdict,
             **{k: counts.get(k, 0) for k in ("pass", "warn", "fail")},
             "failed_checks": [c["name"] for c in summary["checks"] if c["status"] == "fail"],
-            "report": str(out / "audit.md")}
+            "report": f"runs/{p.run_dir.name}/{out.name}/audit.md"}
 
 
 def surrogate_for(planned: list[PlannedRun], p: PlannedRun) -> Path | None:

@@ -17,6 +17,8 @@ class Run:
     ``baseline``: the run this one is compared with, seed by seed (the paired difference of a multi-seed study).
     ``init_from``: start from the final checkpoint of that run of the same seed (fine-tuning); it is listed
     earlier in the preset, so it is trained first.
+    ``seeds``: the seed indices (0 = the first) this run is trained with; empty: every seed of the study (a tuning
+    trial on seed 0 alone, an arm on fresh seeds).
     """
 
     name: str
@@ -24,6 +26,7 @@ class Run:
     config: dict[str, Any]
     baseline: str | None = None
     init_from: str | None = None
+    seeds: tuple[int, ...] = ()  # which seed indices of a multi-seed study train this run; empty: every one
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Preset:
     notes: tuple[str, ...] = ()
     plots: tuple[str, ...] = ("curves",)  # of: curves, eps, steps, beta, tsne, label-sweep
     audit_seeds: tuple[int, ...] = ()  # which seeds of a multi-seed study are audited; empty: every seed
+    audit_runs: tuple[str, ...] = ()  # which runs are audited; empty: every run
     audit_n: int | None = None  # test images per audit at the full scale (None: reproduce's default)
     audit_quick: bool = False  # audit with its CPU budget (otrobust.evaluation.audit.QUICK) at the full scale too
 

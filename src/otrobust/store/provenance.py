@@ -57,6 +57,17 @@ def versions() -> dict[str, Any]:
     }
 
 
+def processor_name() -> str:
+    """The CPU's model name, with " (AMX)" when it has AMX tiles (Linux; else the platform's processor string)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    return name + (" (AMX)" if " amx_bf16" in info else "")
+
+
 def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     """Versions, git commit (if any), the command line, working folder, time and CPU thread count."""
     return {

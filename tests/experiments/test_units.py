@@ -1,0 +1,160 @@
+"""Units and records: ``reproduce --units / --unit / --merge / --status / --launch local``.
+
+One sequential smoke run of the MNIST study (2 seeds, stand-in digits, one thread per unit) is the reference every
+other way of running the same plan must reproduce number for number.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otrobust.cli.main import main
+from otrobust.errors import OtrobustError
+from otrobust.experiments.planning import plan, run_id
+from otrobust.experiments.records import MAX_RECORD_BYTES, pack_bits, read_record, unpack_bits
+from otrobust.experiments.reproduce import ReproduceSettings, plan_units
+from otrobust.experiments.studies import STUDIES
+from otrobust.store.files import FAULT_ENV
+
+STUDY = ["reproduce", "mnist-study", "--scale", "smoke", "--seeds", "2", "--device", "cpu", "--threads", "1"]
+
+
+def _results(out: Path) -> str:
+    return (out / "smoke" / "mnist-study" / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sequential")
+    main([*STUDY, "--out", str(out)])  # exit 1: every smoke-scale audit fails
+    return out
+
+
+def test_units_lists_every_run_and_seed_with_what_it_waits_for(tmp_path, capsys):
+    assert main([*STUDY, "--out", str(tmp_path), "--units"]) == 0
+    text = capsys.readouterr().out
+    for seed in (0, 1):
+        assert f"| s{seed}/ft/trades | s{seed}/trades |" in text and f"| s{seed}/trades | – |" in text
+    assert "s1/tune/" not in text  # the tuning trials run on seed 0 alone
+    assert "20 new (of 20 units)" in text
+
+
+def test_an_unknown_unit_or_a_unit_before_its_parent_is_one_line(tmp_path, capsys):
+    assert main([*STUDY, "--out", str(tmp_path), "--unit", "s5/trades"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown unit 's5/trades'" in err
+    assert main([*STUDY, "--out", str(tmp_path), "--unit", "s0/ft/trades"]) == 2
+    assert "depends on 's0/trades', which is not done" in capsys.readouterr().err
+
+
+def test_one_unit_runs_alone_and_again_does_nothing(sequential, tmp_path, capsys):
+    assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/pgd-at"]) == 0
+    records = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("records/**/*.json"))
+    assert records == [Path("smoke/mnist-study/records/s1/pgd-at.json")]
+    mine = read_record(tmp_path / records[0])
+    reference = read_record(sequential / records[0])
+    assert mine.rows == reference.rows and mine.metrics[0]["val_pgd"] == reference.metrics[0]["val_pgd"]
+    capsys.readouterr()
+    assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/pgd-at"]) == 0
+    assert "done, nothing to do" in capsys.readouterr().out
+
+
+def test_records_copied_alone_merge_into_the_same_results(sequential, tmp_path):
+    shutil.copytree(sequential / "smoke" / "mnist-study" / "records", tmp_path / "copied")
+    assert main([*STUDY, "--out", str(tmp_path / "merged"), "--merge", "--records", str(tmp_path / "copied")]) == 1
+    assert _results(tmp_path / "merged") == _results(sequential)
+    assert "INCOMPLETE" not in _results(sequential)
+    sizes = [p.stat().st_size for p in (tmp_path / "copied").rglob("*.json")]
+    assert len(sizes) == 20 and max(sizes) < 64_000  # small enough to commit
+
+
+def test_a_merge_with_missing_units_names_them_and_writes_what_it_can(sequential, tmp_path, capsys):
+    shutil.copytree(sequential / "smoke" / "mnist-study" / "records", tmp_path / "some")
+    (tmp_path / "some" / "s1" / "got-trades-lm.json").unlink()
+    main([*STUDY, "--out", str(tmp_path / "merged"), "--merge", "--records", str(tmp_path / "some")])
+    assert "1 of 20 units have no record, results.md is INCOMPLETE: s1/got-trades-lm" in capsys.readouterr().out
+    text = _results(tmp_path / "merged")
+    assert "**INCOMPLETE**" in text and "`s1/got-trades-lm`" in text and "## Across seeds" in text
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda r: r["settings"].update(lr=0.002), "lr = 0.002"),
+    (lambda r: r.update(preset="table1"), "preset 'table1'"),
+    (lambda r: r["evaluations"][0].update(n=1000), "evaluation 'pgd' was made with n = 1000"),
+    (lambda r: r.update(unit="s7/trades"), "unit 's7/trades', which this plan does not have"),
+    (lambda r: r.update(format="something-else"), "is not a unit record"),
+    (lambda r: r.update(rows="many"), "rows"),
+])
+def test_a_record_that_does_not_belong_to_the_plan_is_refused_naming_the_field(sequential, tmp_path, capsys,
+                                                                                edit, named):
+    shutil.copytree(sequential / "smoke" / "mnist-study" / "records", tmp_path / "recs")
+    path = tmp_path / "recs" / "s0" / "trades.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    assert main([*STUDY, "--out", str(tmp_path / "merged"), "--merge", "--records", str(tmp_path / "recs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err
+    assert not (tmp_path / "merged" / "smoke" / "mnist-study" / "results.md").exists()
+
+
+def test_a_unit_killed_mid_training_resumes_to_the_same_record(sequential, tmp_path):
+    cmd = [sys.executable, "-m", "otrobust", *STUDY, "--out", str(tmp_path), "--unit", "s0/got-trades-lm"]
+    killed = subprocess.run(cmd, env={**os.environ, FAULT_ENV: "step:2"}, capture_output=True)
+    assert killed.returncode == -9
+    assert main([*STUDY, "--out", str(tmp_path), "--status"]) == 0
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    name = Path("smoke/mnist-study/records/s0/got-trades-lm.json")
+    assert read_record(tmp_path / name).rows == read_record(sequential / name).rows
+
+
+def test_local_workers_give_the_sequential_results(sequential, tmp_path, capsys):
+    assert main([*STUDY, "--out", str(tmp_path), "--launch", "local", "--workers", "2"]) == 1  # smoke audits fail
+    assert "20 of 20 units to run, 2 at a time, 1 thread(s) each" in capsys.readouterr().out
+    assert _results(tmp_path) == _results(sequential)
+    assert main([*STUDY, "--out", str(tmp_path), "--status"]) == 0
+    assert "20 done (of 20 units)" in capsys.readouterr().out
+
+
+def test_flags_that_do_not_go_together_are_one_line():
+    with pytest.raises(OtrobustError, match="--unit and --merge do not go together"):
+        ReproduceSettings(preset="mnist-study", unit="s0/trades", merge=True)
+    with pytest.raises(OtrobustError, match="--records goes with --merge"):
+        ReproduceSettings(preset="mnist-study", records=["x"])
+    with pytest.raises(OtrobustError, match="--seeds must be at most 1000"):
+        ReproduceSettings(preset="mnist-study", seeds=10**9)
+
+
+def test_packed_correctness_round_trips_and_damage_is_refused():
+    flags = [True, False, True] * 7 + [True]
+    assert list(unpack_bits(pack_bits(flags))) == flags
+    with pytest.raises(OtrobustError):
+        unpack_bits("99:AAAA")
+    assert MAX_RECORD_BYTES > 1 << 20
+
+
+def test_units_are_ordered_after_what_they_wait_for():
+    settings = ReproduceSettings(preset="mnist-study", seeds=3, out="unused")
+    *_, units, _ = plan_units(settings, log=lambda s: None)
+    seen = set()
+    for u in units:
+        assert set(u.depends_on) <= seen
+        seen.add(u.id)
+    # 12 units on seed 0 (the tuning trials among them), 8 on each other seed
+    assert len(units) == len({u.id for u in units}) == 28
+
+
+def test_the_data_is_part_of_a_runs_identity(tmp_path):
+    a, b, c = tmp_path / "a" / "mnist", tmp_path / "b" / "mnist", tmp_path / "c" / "mnist"
+    for folder in (a, b, c):
+        folder.mkdir(parents=True)
+        (folder / "file.bin").write_bytes(b"the same images")
+    (c / "file.bin").write_bytes(b"other images")
+    ids = [run_id(plan(STUDIES["mnist-study"], "full", tmp_path / "out", str(folder.parent))[0].config)
+           for folder in (a, b, c)]
+    assert ids[0] == ids[1] != ids[2]  # a copy of the data finds the run, other data trains anew
