@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,55 @@ def test_the_data_is_part_of_a_runs_identity(tmp_path):
     ids = [run_id(plan(STUDIES["mnist-study"], "full", tmp_path / "out", str(folder.parent))[0].config)
            for folder in (a, b, c)]
     assert ids[0] == ids[1] != ids[2]  # a copy of the data finds the run, other data trains anew
+
+
+def _needs_slurm() -> None:
+    from tests.slurm_support import slurm_reachable
+
+    reason = slurm_reachable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def test_slurm_launch_gives_the_sequential_results(sequential, tmp_path, capsys):
+    _needs_slurm()
+    assert main([*STUDY, "--out", str(tmp_path), "--launch", "slurm"]) == 1  # smoke audits fail
+    out = capsys.readouterr().out
+    assert "submitted 20 units to SLURM (14 in array" in out and "6 waiting for others" in out
+    assert _results(tmp_path) == _results(sequential)
+    job_files = list((tmp_path / "smoke" / "mnist-study" / "units").rglob("job.txt"))
+    assert job_files == []  # a finished unit forgets its job
+
+
+def test_a_slurm_job_requeued_mid_training_resumes_to_the_uninterrupted_record(tmp_path):
+    _needs_slurm()
+    from tests.slurm_support import job_state
+
+    base = ["reproduce", "fig6", "--scale", "smoke", "--set", "epochs=60", "--threads", "1", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "plain"), "--unit", "s0/trades"]) == 0
+    assert main([*base, "--out", str(tmp_path / "slurm"), "--launch", "slurm", "--no-wait"]) == 0
+    job = (tmp_path / "slurm" / "smoke" / "fig6" / "units" / "s0" / "trades" / "job.txt").read_text().strip()
+    metrics = next(iter((tmp_path / "slurm" / "smoke" / "runs").glob("*trades*")), tmp_path) / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline, f"the unit's job {job} did not start training ({job_state(job)})"
+        metrics = next(iter((tmp_path / "slurm" / "smoke" / "runs").glob("*trades*")), tmp_path) / "metrics.jsonl"
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    record = tmp_path / "slurm" / "smoke" / "fig6" / "records" / "s0" / "trades.json"
+    while not record.is_file():
+        assert time.monotonic() < deadline + 120, f"no record after the requeue ({job_state(job)})"
+        time.sleep(0.5)
+    resumed, plain = read_record(record), read_record(tmp_path / "plain" / "smoke" / "fig6" / "records" / "s0" /
+                                                      "trades.json")
+    assert resumed.rows == plain.rows and resumed.features == plain.features
+    assert [m["val_pgd"] for m in resumed.metrics] == [m["val_pgd"] for m in plain.metrics]
+    provenance = (metrics.parent / "provenance.jsonl").read_text().splitlines()
+    assert len(provenance) >= 2  # it was started again, and resumed
+
+
+def test_slurm_launch_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    assert main([*STUDY, "--out", str(tmp_path), "--launch", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no SLURM reachable from here (sbatch is not on PATH)" in err

@@ -41,15 +41,15 @@ def launch(settings, units: list[Unit], ctx: UnitContext, log: Callable[[str], N
     if settings.launch == "slurm":
         from otrobust.experiments import slurm
 
-        if not slurm.submit(settings, units, ctx, log):
+        failed = slurm.submit(settings, units, ctx, log)
+        if failed is None:  # submitted without waiting: the merge job writes the results
             return None
-        failed = []
     else:
         failed = run_local(settings, units, ctx, log)
     out = merge.write_results(units, ctx, merge.gather(units, ctx, [ctx.records_dir]), log)
     if failed:
-        raise OtrobustError(f"{len(failed)} unit(s) failed: {', '.join(failed)} (see OUT/SCALE/PRESET/units/<unit>/"
-                            "log.txt and failed.txt); the results of the others are written, marked incomplete")
+        raise OtrobustError(f"{len(failed)} unit(s) failed: {', '.join(failed)} (see their log and failed.txt under "
+                            "OUT/SCALE/PRESET/); the results of the others are written, marked incomplete")
     return out
 
 
