@@ -661,3 +661,46 @@ class _ClosedPipe:
 def test_a_closed_pipe_ends_quietly_with_the_shells_status(monkeypatch):
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert main(["reproduce"]) == 141
+
+
+# ---------------------------------------------------------------- recorded batches (--cache) that are not ours
+EVAL_QUICK = ["--n", "16", "--batch-size", "8", "--steps", "1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"model_type": "bert", "hidden_size": 768}', "not otrobust's record of an evaluation"),
+    ('{"key": "abc"}', "not otrobust's record"),  # a key alone is not our format
+    ('{"format": "otrobust-eval-batches-1", "key": ', "not otrobust's record"),  # ours, truncated
+    (b'\xff\xfe\x00garbage', "not otrobust's record"),
+    ('[1, 2, 3]', "not otrobust's record"),
+])
+def test_a_cache_folder_with_a_foreign_or_corrupt_settings_json_is_refused_and_left_alone(digits_run, tmp_path, capsys,
+                                                                                         content, match):
+    cache = tmp_path / "cache"
+    (cache / "batches").mkdir(parents=True)
+    (cache / "settings.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    (cache / "batches" / "pgd-000000000.json").write_text("someone else's")
+    before = _snapshot(cache)
+    _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, "--cache", str(cache)], match)
+    assert _snapshot(cache) == before
+
+
+def test_a_cache_folder_holding_a_batches_folder_of_its_own_is_refused(digits_run, tmp_path, capsys):
+    (tmp_path / "cache" / "batches").mkdir(parents=True)
+    (tmp_path / "cache" / "batches" / "pgd-000000000.json").write_text("not ours")
+    _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, "--cache", str(tmp_path / "cache")],
+           "holds a batches folder without otrobust's settings.json")
+    assert (tmp_path / "cache" / "batches" / "pgd-000000000.json").read_text() == "not ours"
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, "--cache", str(tmp_path / "file")], "is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_changed_evaluation_removes_only_its_own_records(digits_run, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["eval", str(digits_run), *EVAL_QUICK, "--cache", str(cache)]) == 0
+    (cache / "batches" / "notes.txt").write_text("the user's")
+    assert main(["eval", str(digits_run), *EVAL_QUICK, "--steps", "2", "--cache", str(cache)]) == 0
+    assert "starting afresh" in capsys.readouterr().out
+    assert (cache / "batches" / "notes.txt").read_text() == "the user's"
+    assert len(list((cache / "batches").glob("pgd-*.json"))) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from otrobust.reporting.per_example import write_per_example
 from otrobust.reporting.tables import black_box_note, eval_table, stage_table
 from otrobust.store.checkpoint import CHECKPOINT_DIR, load_model
 from otrobust.store.files import atomic_write_text, cache_key, check_writable
+from otrobust.store.lock import run_lock
 from otrobust.training.setup import pick_device
 
 
@@ -74,6 +76,14 @@ def _budget(settings: EvalSettings, eps: float) -> dict:
 
 
 def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
+    """One evaluation; the recorded batches' folder is locked while it runs (rank 0 holds the lock), so that a
+    second evaluation on the same --json or --cache is refused instead of mixing its batches with these."""
+    folder = settings.cache_folder
+    with run_lock(folder, "--json or --cache") if folder and info.is_main else nullcontext():
+        return _evaluate_locked(settings, info, device, say)
+
+
+def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
     target = load_target(settings, device)
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
