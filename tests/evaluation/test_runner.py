@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
@@ -230,3 +232,49 @@ def test_a_second_evaluation_on_the_same_json_is_refused_while_the_first_runs(tm
                            capture_output=True, text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert _without_timing(tmp_path / "shared.json") == _without_timing(tmp_path / "alone.json")
+
+
+RANKED = '''
+import os
+import sys
+
+from otrobust.cli.main import main
+
+rank = int(os.environ["RANK"])
+sys.exit(main([{command!r}, *{args!r}, *({rank_args!r}[rank])]))
+'''
+
+
+@pytest.mark.parametrize("what", ["num-images", "weights", "audit-eps"])
+def test_torchrun_processes_running_different_evaluations_are_refused(trained_digits_run, digits_tiny_run, tmp_path,
+                                                                      what):
+    """Each machine of a multi-node job is started by hand: a process with another --num-images, other weights or
+    another --eps must stop the job with one line on every process, not merge into a wrong number."""
+    common = ["--batch-size", "8", "--device", "cpu"]
+    command, args, rank_args = {
+        "num-images": ("eval", [str(trained_digits_run), *common, "--no-progress", "--steps", "1"],
+                       [["--num-images", "16"], ["--num-images", "24"]]),
+        "weights": ("eval", [*common, "--no-progress", "--steps", "1", "--num-images", "16"],
+                    [[str(trained_digits_run)], [str(digits_tiny_run)]]),
+        "audit-eps": ("audit", [str(trained_digits_run), *common, "--quick", "--num-images", "16", "--out",
+                                str(tmp_path / "audit")], [["--eps", "0.1"], ["--eps", "0.2"]]),
+    }[what]
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED.format(command=command, args=args, rank_args=rank_args))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("otrobust: error:")]
+    # one line per process (torchrun may stop the second before it prints its own)
+    assert 1 <= len(errors) <= 2 and all("are not running the same" in e for e in errors), proc.stderr[-3000:]
+    assert {"num-images": "n: 16 on rank 0, 24 on rank 1", "weights": "model weights",
+            "audit-eps": "eps: 0.1 on rank 0, 0.2 on rank 1"}[what] in errors[0]
+    assert 'File "' + str(Path(__file__).parents[2] / "src") not in proc.stderr  # no traceback of ours
+    assert not (tmp_path / "audit" / "audit.json").exists()
+
+
+@pytest.fixture(scope="module")
+def digits_tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", *tiny_flags(), "--method", "standard", "--out", str(run)]) == 0
+    return run

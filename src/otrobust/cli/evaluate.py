@@ -4,6 +4,7 @@ alone prints and writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -17,7 +18,7 @@ from otrobust.attacks.gradient import default_step_size, with_eot
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
-from otrobust.evaluation.runner import BatchCache, run_evaluation, shard_starts
+from otrobust.evaluation.runner import BatchCache, fingerprint, run_evaluation, shard_starts
 from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
 from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.per_example import write_per_example
@@ -56,6 +57,17 @@ def prepare(target: Target, settings, device, say) -> None:
         f"test images ({target.description})")
 
 
+PATHS = ("path", "model", "weights", "data_dir", "surrogate")  # may differ from machine to machine
+
+
+def _same_on_every_process(settings: dict, target: Target, info: distributed.DistInfo, what: str) -> None:
+    """Under torchrun: refuse (on every process) unless all run ``what`` with the same settings on the same weights
+    and test images (their paths may differ)."""
+    if info.enabled:
+        same = {k: v for k, v in settings.items() if k not in PATHS}
+        distributed.check_same({**same, **fingerprint(target.model, target.test)}, info, what)
+
+
 def _attacks(settings: EvalSettings, eps: float, say) -> dict:
     names = list(settings.attack)
     if settings.randomized:  # EOT everywhere: AutoAttack's rand version, and gradients averaged over draws
@@ -87,6 +99,7 @@ def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device,
     target = load_target(settings, device)
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
+    _same_on_every_process({**settings.result_settings(), "eps": eps}, target, info, "evaluation")
     attacks = _attacks(settings, eps, say)
     cache = None
     if settings.cache_folder:
@@ -228,6 +241,8 @@ def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
     budget = settings.budget(eps)
+    recorded = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("out", "device")}
+    _same_on_every_process({**recorded, "eps": eps}, target, info, "audit")
     out = _audit_folder(settings, target)
     check_writable(out)  # before the checks run (on every process, so that all stop): the verdict must not be lost
 

@@ -170,6 +170,22 @@ def _record(res: EvalResult, name: str) -> dict[str, Any]:
             "seconds": res.seconds[name], "warnings": res.warnings.get(name, [])}
 
 
+def fingerprint(model: nn.Module, data: ImageData) -> dict[str, str]:
+    """Short SHA-256s of the model's weights and buffers and of the test images and labels: what processes on
+    other machines compare (see ``distributed.check_same``) when their files' paths may differ."""
+    weights = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        weights.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        weights.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    images = hashlib.sha256()
+    for t in (data.x, data.y):
+        t = t.detach().cpu().contiguous()
+        images.update(f"{t.dtype}|{tuple(t.shape)}".encode())
+        images.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"model weights": weights.hexdigest()[:16], "test images": images.hexdigest()[:16]}
+
+
 def shard_starts(n: int, batch_size: int, info: DistInfo) -> list[int]:
     """The first image of each batch of ``n`` that this process attacks: whole batches, dealt round-robin."""
     return list(range(0, n, batch_size))[info.rank::info.world_size]
