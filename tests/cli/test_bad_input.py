@@ -185,6 +185,26 @@ def test_a_run_killed_before_its_first_last_checkpoint_still_resumes(tmp_path, c
     assert again.keys() == best.keys() and all(torch.equal(again[k], best[k]) for k in best)
 
 
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(two_epoch_run, capsys):
+    before = _snapshot(two_epoch_run)
+    line = _fails(capsys, ["train", "--resume", "--out", str(two_epoch_run), "--epochs", "1"],
+                  "with --epochs 1: it has trained 2 epochs already")
+    assert "nothing was changed" in line
+    assert _snapshot(two_epoch_run) == before  # config.json still says 2 epochs
+
+
+def test_demo_epochs_zero_and_a_demo_of_another_length_are_refused(tmp_path, capsys):
+    _fails(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path / "demo")], "--epochs must be at least 1")
+    assert not (tmp_path / "demo").exists()
+    # an interrupted demo of 1 epoch: its standard run is there, the others not yet
+    assert main(["train", *TINY, "--method", "standard", "--out", str(tmp_path / "demo" / "standard")]) == 0
+    before = _snapshot(tmp_path / "demo")
+    line = _fails(capsys, ["demo", "--epochs", "2", "--out", str(tmp_path / "demo")],
+                  "holds a demo run of 1 epochs, not 2")
+    assert "finish it with --epochs 1" in line
+    assert _snapshot(tmp_path / "demo") == before
+
+
 def test_resume_with_init_is_refused(digits_run, tmp_path, capsys):
     other = tmp_path / "other"
     assert main(["train", *TINY, "--method", "standard", "--seed", "1", "--out", str(other)]) == 0
@@ -542,6 +562,7 @@ def test_eval_of_a_checkpoint_with_non_finite_weights(digits_run, tmp_path, caps
     (["--labels", "guessed"], "invalid choice"),
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--device", "gpu0"], "gpu0"),
+    (["--normalize", "0.5", "0.5"], "--normalize is for a --model"),  # the checkpoint normalises inside already
 ])
 def test_bad_eval_flags(digits_run, capsys, flags, match):
     _fails(capsys, ["eval", str(digits_run), "--n", "8", *flags], match)

@@ -52,6 +52,15 @@ def noisy():
     return Noisy()
 
 
+class NoisySequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x + 0.3 * torch.randn_like(x))
+
+
+def noisy_linear(num_classes=10, in_channels=1, image_size=8):
+    return NoisySequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+
 def three_outputs():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
 
@@ -201,3 +210,37 @@ def test_check_model_on_logits_is_quiet():
 def test_model_settings_are_checked_when_made(kwargs, match):
     with pytest.raises(OtrobustError, match=match):
         EvalSettings(**kwargs)
+
+
+def test_a_randomised_models_evaluation_reruns_and_resumes_exactly(model_dir, tmp_path, capsys):
+    """--randomized: the clean pass and every attack of a batch are seeded by its position, so a rerun gives the
+    same JSON, and so does a run that finds half its batches recorded (a resumed one)."""
+    args = ["--model", f"{model_dir / 'models.py'}:noisy_linear", "--dataset", "digits", "--randomized", "--eot-draws",
+            "2",
+            "--attack", "pgd", "fgsm", "--steps", "3", "--batch-size", "10", "--weights",
+            str(model_dir / "folded.pt"), *QUICK]
+    first = _eval_json(capsys, args, tmp_path / "first.json")
+    again = _eval_json(capsys, args, tmp_path / "again.json")
+    assert again == {**first, "model": again["model"]}
+    for record in sorted((tmp_path / "first.json.parts" / "batches").glob("*.json"))[::2]:
+        record.unlink()
+    resumed = _eval_json(capsys, args, tmp_path / "first.json")
+    assert resumed == first
+
+
+def test_the_audit_honours_randomized(model_dir, tmp_path, capsys):
+    """A declared randomised model: its determinism check passes and says why, the attacks use EOT, and two audits
+    give the same report."""
+    args = ["audit", "--model", f"{model_dir / 'models.py'}:noisy_linear", "--weights", str(model_dir / "folded.pt"),
+            "--dataset", "digits", "--randomized", "--eot-draws", "2", "--quick", "--steps", "2", "--restarts", "2",
+            "--unbounded-steps", "4", "--square-queries", "20", "--aa-iter", "2", "--n", "20", "--device", "cpu"]
+    reports = []
+    for name in ("a", "b"):
+        assert main([*args, "--out", str(tmp_path / name)]) in (0, 1)
+        report = json.loads((tmp_path / name / "audit.json").read_text())
+        reports.append([(c["name"], c["status"], c["finding"], c["evidence"]) for c in report["checks"]])
+    assert reports[0] == reports[1]
+    checks = {name: (status, finding) for name, status, finding, _ in reports[0]}
+    assert checks["determinism"][0] == "pass" and "declared randomised" in checks["determinism"][1]
+    assert report["threat_model"]["randomized"] is True
+    assert dict((c[0], c[3]) for c in reports[0])["autoattack"]["version"].startswith("rand")

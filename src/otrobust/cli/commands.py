@@ -26,7 +26,10 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
     from otrobust.training.config import TrainConfig
     from otrobust.training.loop import train
 
-    epochs = epochs or DEMO_EPOCHS
+    epochs = DEMO_EPOCHS if epochs is None else epochs
+    if epochs < 1:
+        raise OtrobustError(f"--epochs must be at least 1, got {epochs}")
+    _check_demo_lengths(Path(out), epochs)
     spec = get_dataset_spec("digits")
     test = load_dataset("digits", "test")
     rows = []
@@ -44,6 +47,23 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
     print(markdown_table(["method", "clean %", "PGD-20 %"], rows))
     print(f"\nruns saved under {out}/")
     return 0
+
+
+def _check_demo_lengths(out: Path, epochs: int) -> None:
+    """Refuse to continue a demo under ``out`` whose runs were started for another number of epochs: its table would
+    compare models of different lengths under one heading."""
+    from otrobust.training.config import load_config_file
+
+    for method in DEMO_METHODS:
+        run_dir = out / method
+        if not checkpoint_path(run_dir, "last").exists():
+            continue
+        config = run_dir / "config.json"
+        started = load_config_file(config).get("epochs") if config.is_file() else None
+        if started != epochs:
+            raise OtrobustError(f"{str(run_dir)!r} holds a demo run of {started} epochs, not {epochs}: its table "
+                                f"would compare models of different lengths; finish it with --epochs {started}, or "
+                                f"give another --out to start a demo of {epochs} epochs")
 
 
 def run_reproduce(settings: ReproduceSettings) -> int:

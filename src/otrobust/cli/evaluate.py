@@ -52,6 +52,7 @@ def prepare(target: Target, settings, device, say) -> None:
     x = target.test.x.to(device)
     for warning in check_model(target.model, x, target.test.num_classes, settings.randomized):
         say(f"warning: {warning}")
+    torch.manual_seed(settings.seed)  # a randomised model's printed clean accuracy repeats too
     correct = predict(target.model, x, settings.batch_size).cpu() == target.test.y
     say(f"clean accuracy: {100 * correct.float().mean():.2f}% on the first {len(target.test)} {target.dataset} "
         f"test images ({target.description})")
@@ -74,8 +75,9 @@ def _attacks(settings: EvalSettings, eps: float, say) -> dict:
         names = ["autoattack-rand" if n == "autoattack" else n for n in names]
         say(f"randomised model: gradient attacks average {settings.eot_draws} forwards (EOT); autoattack runs as "
             "autoattack-rand")
-    attacks = build_attacks(names, norm=settings.norm, seed=settings.seed, workers=settings.attack_workers,
-                            **_budget(settings, eps))
+    # One worker for a randomised model: threads drawing from one generator in turn would not repeat.
+    workers = 1 if settings.randomized else settings.attack_workers
+    attacks = build_attacks(names, norm=settings.norm, seed=settings.seed, workers=workers, **_budget(settings, eps))
     if settings.randomized:
         attacks = {n: a if n.startswith(("autoattack", "apgd", "fab", "square")) else with_eot(a, settings.eot_draws)
                    for n, a in attacks.items()}

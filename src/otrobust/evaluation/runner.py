@@ -28,6 +28,7 @@ from otrobust.evaluation.evaluate import Attack, EvalResult, channels_last, eval
 from otrobust.store.files import TEMP_SUFFIX, atomic_write_text, remove_stale_temp_files
 
 CLEAN = "clean"  # the pseudo-attack of a clean-only evaluation
+CLEAN_INDEX = -1  # the clean pass's place in batch_seed (attacks are 0, 1, ...)
 
 
 def batch_seed(seed: int, start: int, attack_index: int) -> int:
@@ -211,6 +212,7 @@ def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
             if todo:
                 pending = {name: attacks[name] for name in todo if name != CLEAN}
                 seeds = {name: batch_seed(seed, start, names.index(name)) for name in pending}
+                torch.manual_seed(batch_seed(seed, start, CLEAN_INDEX))  # a randomised model's clean pass too
                 res = evaluate_model(model, data.take(slice(start, start + batch_size)), pending, labels=labels,
                                      batch_size=batch_size, device=device, allow_non_finite=allow_non_finite,
                                      attack_seeds=seeds)

@@ -358,6 +358,13 @@ class Trainer:
         meta, changes = restore_run_state(self.last, self.cfg, self.model, self.reg, self.opt, self.phi_opt,
                                           self.sched)
         self.state = TrainState.from_meta(meta)
+        started = self.state.epoch + (self.state.step > 0)  # epochs finished, and one begun
+        if self.cfg.epochs < started:
+            begun = f" and {self.state.step} steps of epoch {self.state.epoch + 1}" if self.state.step else ""
+            raise OtrobustError(f"cannot resume {str(self.run_dir)!r} with --epochs {self.cfg.epochs}: it has trained "
+                                f"{self.state.epoch} epoch{'' if self.state.epoch == 1 else 's'}{begun} already, so "
+                                f"nothing was changed; give --epochs {started} or more (to keep fewer epochs, start a "
+                                "new --out)")
         self.log(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}"
                  + "".join(f"\n  with {line}" for line in changes))
 
