@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gzip
+import io
 import json
 import os
 import pickle
@@ -725,3 +726,85 @@ def test_a_changed_evaluation_removes_only_its_own_records(digits_run, tmp_path,
     assert "starting afresh" in capsys.readouterr().out
     assert (cache / "batches" / "notes.txt").read_text() == "the user's"
     assert len(list((cache / "batches").glob("pgd-*.json"))) == 2
+
+
+# ---------------------------------------------------------------- an output that would destroy an input
+@pytest.mark.parametrize("flag, victim", [("--json", "checkpoints/best.safetensors"), ("--json", "config.json"),
+                                          ("--per-example", "metrics.jsonl"), ("--robustbench", "config.json"),
+                                          ("--per-example", "checkpoints/last.safetensors")])
+def test_an_eval_output_naming_an_input_of_the_run_is_refused(digits_run, capsys, flag, victim):
+    before = _snapshot(digits_run)
+    extra = ["--attack", "autoattack"] if flag == "--robustbench" else []
+    line = _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, *extra, flag, str(digits_run / victim)],
+                  "is an input of this command")
+    assert f"choose another {flag}" in line
+    assert _snapshot(digits_run) == before
+
+
+def test_an_eval_output_naming_the_model_file_weights_or_another_output_is_refused(tmp_path, capsys):
+    (tmp_path / "m.py").write_text("from torch import nn\n\ndef f():\n    return nn.Sequential(nn.Flatten(), "
+                                   "nn.Linear(64, 10))\n")
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).state_dict(), tmp_path / "w.pt")
+    before = _snapshot(tmp_path)
+    model = ["eval", "--model", f"{tmp_path / 'm.py'}:f", "--dataset", "digits", *EVAL_QUICK]
+    _fails(capsys, [*model, "--json", str(tmp_path / "m.py")], "is an input of this command")
+    _fails(capsys, [*model, "--weights", str(tmp_path / "w.pt"), "--per-example", str(tmp_path / "w.pt")],
+           "is an input of this command")
+    _fails(capsys, [*model, "--json", str(tmp_path / "out.txt"), "--per-example", str(tmp_path / "out.txt")],
+           "--json and --per-example name the same file")
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_eval_output_overwriting_a_data_file_is_refused(mnist_run, tmp_path, capsys):
+    run, data = mnist_run
+    before = _snapshot(data)
+    _fails(capsys, ["eval", str(run), *EVAL_QUICK, "--json", str(data / "t10k-labels-idx1-ubyte")],
+           "is a file of the data folder")
+    assert _snapshot(data) == before
+
+
+def test_training_into_a_folder_with_another_programs_config_json_is_refused(tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text('{"architectures": ["BertModel"], "hidden_size": 768}')
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--out", str(out)], "not an otrobust run's settings")
+    assert (out / "config.json").read_text() == '{"architectures": ["BertModel"], "hidden_size": 768}'
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+def test_a_closed_pipe_still_writes_the_evaluations_files(digits_run, tmp_path, monkeypatch):
+    """``otrobust eval ... | head``: the reader is gone before the first line; the work is done and its files are
+    written, then the command ends with the shell's status for a closed pipe."""
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["eval", str(digits_run), *EVAL_QUICK, "--json", str(tmp_path / "e.json"), "--per-example",
+                 str(tmp_path / "e.csv")]) == 141
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 16
+    assert len((tmp_path / "e.csv").read_text().splitlines()) == 17
+
+
+def test_a_closed_pipe_in_a_real_process(digits_run, tmp_path):
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "otrobust", "eval", str(digits_run), *EVAL_QUICK, "--json",
+                             str(tmp_path / "e.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as head does once it has its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 16
+
+
+def _ascii_stdout() -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+
+
+def test_an_ascii_only_stdout_neither_crashes_nor_loses_the_audit(digits_run, tmp_path, monkeypatch, capsys):
+    """A C locale or a Windows console cannot print "ε": the audit still writes its report and prints its
+    verdict with the character escaped; the report command too."""
+    stdout = _ascii_stdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "audit")]) in (0, 1)
+    assert (tmp_path / "audit" / "audit.json").is_file()
+    assert main(["report", str(digits_run), "--out", str(tmp_path / "report")]) == 0
+    stdout.flush()
+    text = stdout.buffer.getvalue().decode("ascii")
+    assert "Verdict" in text and "\\u" in text and (tmp_path / "report" / "report.md").is_file()

@@ -24,7 +24,7 @@ from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.per_example import write_per_example
 from otrobust.reporting.tables import black_box_note, eval_table, stage_table
 from otrobust.store.checkpoint import CHECKPOINT_DIR, load_model
-from otrobust.store.files import atomic_write_text, cache_key, check_writable
+from otrobust.store.files import atomic_write_text, cache_key, check_outputs_spare_inputs, check_writable
 from otrobust.store.lock import run_lock
 from otrobust.training.setup import pick_device
 
@@ -99,6 +99,8 @@ def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -
 
 def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
     target = load_target(settings, device)
+    check_outputs_spare_inputs({"--json": settings.json_path, "--per-example": settings.per_example,
+                                "--robustbench": settings.robustbench}, input_files(target), input_folders(target))
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
     _same_on_every_process({**settings.result_settings(), "eps": eps}, target, info, "evaluation")
@@ -133,9 +135,26 @@ def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device,
               "restarts": settings.restarts, "schedule": settings.schedule, "step_size": step_size,
               "autoattack_standard": settings.aa_standard, "randomized": settings.randomized}
     budgets = attack_budgets(list(attacks), **_budget(settings, eps))
+    written = _write_outputs(settings, target, result, threat, budgets, seconds, eps)  # first: printing may fail
     _print_eval(result, threat, budgets, seconds, settings.aa_standard)
-    _write_outputs(settings, target, result, threat, budgets, seconds, eps)
+    for path in written:
+        print(f"wrote {path}")
     return 0
+
+
+def input_files(target: Target) -> list[Path]:
+    """The files the model under test comes from, and for a run directory's checkpoint every file of that run."""
+    files = list(target.files)
+    ckpt = target.checkpoint
+    if ckpt is not None and ckpt.parent.name == CHECKPOINT_DIR:
+        run = ckpt.parent.parent
+        files += [p for folder in (run, ckpt.parent) for p in folder.iterdir() if p.is_file()]
+    return files
+
+
+def input_folders(target: Target) -> list[Path]:
+    """The folder of the test images, when they are read from disk."""
+    return [Path(target.data_dir).expanduser()] if target.data_dir else []
 
 
 class _ProgressBar:
@@ -190,7 +209,8 @@ def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, a
 
 
 def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict, budgets: dict, seconds: float,
-                   eps: float) -> None:
+                   eps: float) -> list[str]:
+    """Write --json, --per-example and --robustbench (those asked for); returns their paths."""
     if settings.json_path:
         record = {"checkpoint": str(target.checkpoint) if target.checkpoint else None, "model": target.description,
                   "dataset": target.dataset, "architecture": target.architecture, **eval_record(result, threat),
@@ -199,10 +219,8 @@ def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict,
                   "timing": {"seconds": round(seconds, 3),
                              "attack_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}}
         atomic_write_text(Path(settings.json_path), json.dumps(record, indent=2))
-        print(f"wrote {settings.json_path}")
     if settings.per_example:
         write_per_example(Path(settings.per_example), result, target.test.y)
-        print(f"wrote {settings.per_example}")
     if settings.robustbench:
         summary = robustbench_summary(result, dataset=target.dataset, eps=eps, norm=settings.norm,
                                       architecture=target.architecture, name=_run_name(target))
@@ -210,7 +228,7 @@ def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict,
             summary["unreliable"] = True
             summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
         atomic_write_text(Path(settings.robustbench), json.dumps(summary, indent=2))
-        print(f"wrote {settings.robustbench}")
+    return [path for path in (settings.json_path, settings.per_example, settings.robustbench) if path]
 
 
 def _run_name(target: Target) -> str:
@@ -258,8 +276,13 @@ def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -
                                threat_extra={"dataset": target.dataset, "model": target.description}, info=info)
     if not info.is_main:
         return 1 if report.failed else 0
-    print(to_markdown(report).split("\n## ")[0].rstrip())  # first: a failed write cannot lose the verdict
-    write_report(report, out)
+    verdict = to_markdown(report).split("\n## ")[0].rstrip()
+    try:  # first: printing (to a closed pipe, in an encoding without "ε") must not lose the finished audit
+        write_report(report, out)
+    except OtrobustError:
+        print(verdict)  # a failed write (a full disk) must not lose the verdict either
+        raise
+    print(verdict)
     print(f"\nreport written to {out}/audit.md")
     return 1 if report.failed else 0
 

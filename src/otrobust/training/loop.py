@@ -34,7 +34,7 @@ from otrobust.store.resume import check_nothing_lost
 from otrobust.training.awp import awp_gamma_at, with_awp
 from otrobust.training.config import TrainConfig
 from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, zero_step_warning
-from otrobust.training.runfiles import prepare_run_dir, restore_run_state, save_run_state
+from otrobust.training.runfiles import check_config_is_ours, prepare_run_dir, restore_run_state, save_run_state
 from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's helpers are imported from here too)
     amp_dtype,
     build_model,
@@ -138,6 +138,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *,
                  show_progress: bool | None, log, argv: list[str] | None):
         check_nothing_lost(Path(cfg.out), cfg.resume)  # before anything in the run directory is written
+        check_config_is_ours(Path(cfg.out))
         self.cfg, self.info, self.device, self.log, self.show_progress = cfg, info, device, log, show_progress
         self.spec, self.train_data, self.val_data = load_training_data(cfg, info, device)
         self.run_dir = Path(cfg.out)  # written only once the model and any checkpoint have loaded
