@@ -808,3 +808,99 @@ def test_an_ascii_only_stdout_neither_crashes_nor_loses_the_audit(digits_run, tm
     stdout.flush()
     text = stdout.buffer.getvalue().decode("ascii")
     assert "Verdict" in text and "\\u" in text and (tmp_path / "report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- a model under test that misbehaves
+BAD_MODELS = '''
+import torch
+from torch import nn
+
+
+def linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def on_meta():
+    with torch.device("meta"):
+        return linear()
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise ValueError("this forward always fails")
+
+
+class Exits(nn.Module):
+    def forward(self, x):
+        raise SystemExit(4)
+
+
+class Ints(nn.Sequential):
+    def forward(self, x):
+        return (super().forward(x) * 10).long()
+
+
+class Complex(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x).to(torch.complex64)
+
+
+def raises():
+    return Raises()
+
+
+def exits():
+    return Exits()
+
+
+def ints():
+    return Ints(nn.Flatten(), nn.Linear(64, 10))
+
+
+def complex_logits():
+    return Complex(nn.Flatten(), nn.Linear(64, 10))
+
+
+def factory_exits():
+    raise SystemExit("no GPU, giving up")
+'''
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bad-models")
+    (folder / "models.py").write_text(BAD_MODELS)
+    (folder / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (folder / "parses.py").write_text("import argparse\nparser = argparse.ArgumentParser()\n"
+                                      "parser.add_argument('--lr', type=float, required=True)\n"
+                                      "args = parser.parse_args()\n")
+    (folder / "unknown_flag.py").write_text("import argparse\nargparse.ArgumentParser().parse_args()\n\n"
+                                            "def f():\n    raise AssertionError('never called')\n")
+    torch.save({"1.weight": torch.zeros(10, 64, device="meta"), "1.bias": torch.zeros(10)}, folder / "meta.pt")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["eval", "audit"])
+@pytest.mark.parametrize("factory, extra, match", [
+    ("models.py:on_meta", [], "returned a model on the meta device"),
+    ("models.py:raises", [], "forward failed on a batch of 8 images: ValueError: this forward always fails"),
+    ("models.py:exits", [], "forward failed on a batch of 8 images: it called sys.exit(4)"),
+    ("models.py:ints", [], "returns int64 outputs; attacks need floating-point logits"),
+    ("models.py:complex_logits", [], "returns complex64 outputs"),
+    ("models.py:factory_exits", [], "failed: it called sys.exit('no GPU, giving up')"),
+    ("exits.py:f", [], "it called sys.exit(3) when imported; guard the file's script code"),
+    ("parses.py:f", [], "the following arguments are required: --lr"),
+    ("models.py:linear", ["--weights", "{dir}/meta.pt"], "holds tensors on the meta device"),
+])
+def test_a_model_that_misbehaves_is_one_line(bad_models, tmp_path, capsys, command, factory, extra, match):
+    """Each is refused in one line by eval and by the audit (which eval's messages send the user to)."""
+    more = ["--steps", "1", "--no-progress"] if command == "eval" else [*AUDIT, "--out", str(tmp_path / "audit")]
+    _fails(capsys, [command, "--model", f"{bad_models / factory}", "--dataset", "digits", "--device", "cpu",
+                    *[e.format(dir=bad_models) for e in extra], *more, "--n", "8"], match)
+
+
+def test_a_model_file_that_parses_the_command_line_at_import_sees_none(bad_models, capsys):
+    """It runs as `python FILE.py` would, without otrobust's arguments: argparse with no required flag passes."""
+    _fails(capsys, ["eval", "--model", f"{bad_models / 'unknown_flag.py'}:g", "--dataset", "digits", "--n", "16",
+                    "--device", "cpu"], "defines no 'g'")

@@ -65,6 +65,54 @@ def three_outputs():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
 
 
+class Rescaled(nn.Sequential):
+    def forward(self, x):
+        return super().forward(2 * x - 1)
+
+
+class RescaledInPlace(nn.Sequential):
+    """Rescaled, written into its input (which changes the caller's images, and breaks autograd on a leaf)."""
+
+    def forward(self, x):
+        x.mul_(2).sub_(1)
+        return super().forward(x)
+
+
+class Holder(nn.Module):
+    """A model with a submodule called ``module``, as DataParallel names its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = linear()
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def rescaled():
+    return Rescaled(nn.Flatten(), nn.Linear(64, 10))
+
+
+def rescaled_in_place():
+    return RescaledInPlace(nn.Flatten(), nn.Linear(64, 10))
+
+
+def float64():
+    return linear().double()
+
+
+def float16():
+    return linear().half()
+
+
+def bfloat16():
+    return linear().bfloat16()
+
+
+def holder():
+    return Holder()
+
+
 NOT_A_FACTORY = 3
 '''
 MEAN, STD = 0.3, 0.4
@@ -244,3 +292,45 @@ def test_the_audit_honours_randomized(model_dir, tmp_path, capsys):
     assert checks["determinism"][0] == "pass" and "declared randomised" in checks["determinism"][1]
     assert report["threat_model"]["randomized"] is True
     assert dict((c[0], c[3]) for c in reports[0])["autoattack"]["version"].startswith("rand")
+
+
+
+def _weights(state: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    """The folded classifier's weights as ``how`` stores them."""
+    if how in ("float16", "bfloat16"):  # what a half-precision model holds
+        return {k: v.to(getattr(torch, how)) for k, v in state.items()}
+    if how == "sparse":
+        return {k: v.to_sparse() for k, v in state.items()}
+    if how == "holder":
+        return {f"module.{k}": v for k, v in state.items()}
+    if how == "data-parallel holder":
+        return {f"module.module.{k}": v for k, v in state.items()}
+    return state
+
+
+@pytest.mark.parametrize("factory, how, reference", [
+    ("float64", "plain", "plain"), ("float16", "float16", "float16"), ("bfloat16", "bfloat16", "bfloat16"),
+    ("linear", "sparse", "plain"), ("holder", "holder", "plain"), ("holder", "data-parallel holder", "plain"),
+])
+def test_models_of_other_dtypes_layouts_and_names_give_the_float32_models_result(model_dir, tmp_path, capsys, factory,
+                                                                                 how, reference):
+    """Evaluated in float32 (and saying so); sparse weights made dense; a submodule called ``module`` kept: the
+    same verdicts as the float32 linear model with the same weights."""
+    folded = _folded(_centroids(MEAN, STD), MEAN, STD)
+    torch.save(_weights(folded, how), tmp_path / "w.pt")
+    torch.save({k: v.float() for k, v in _weights(folded, reference).items()}, tmp_path / "ref.pt")
+    common = ["--dataset", "digits", "--attack", "pgd", "fgsm", "--steps", "5", *QUICK]
+    got = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:{factory}", "--weights", str(tmp_path / "w.pt"),
+                              *common], tmp_path / "got.json")
+    want = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:linear", "--weights", str(tmp_path / "ref.pt"),
+                               *common], tmp_path / "want.json")
+    assert got["clean_accuracy"] > 0.7 and got["attacks"] == want["attacks"]
+    assert ("evaluated in float32" in got["model"]) == (factory != "linear" and factory != "holder")
+
+
+def test_a_model_that_writes_into_its_input_gets_a_copy_and_the_out_of_place_result(model_dir, tmp_path, capsys):
+    torch.save(_folded(_centroids(MEAN, STD), MEAN, STD), tmp_path / "w.pt")
+    common = ["--dataset", "digits", "--weights", str(tmp_path / "w.pt"), "--attack", "pgd", "--steps", "5", *QUICK]
+    got = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:rescaled_in_place", *common], tmp_path / "a.json")
+    want = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:rescaled", *common], tmp_path / "b.json")
+    assert got["attacks"] == want["attacks"] and "given a copy" in got["model"]

@@ -50,6 +50,8 @@ def run_eval(settings: EvalSettings) -> int:
 def prepare(target: Target, settings, device, say) -> None:
     """The checks before any attack, and the clean accuracy, printed first."""
     x = target.test.x.to(device)
+    for note in target.notes:
+        say(f"note: the model: {note}")
     for warning in check_model(target.model, x, target.test.num_classes, settings.randomized):
         say(f"warning: {warning}")
     torch.manual_seed(settings.seed)  # a randomised model's printed clean accuracy repeats too
