@@ -4,6 +4,7 @@ another architecture, and a disk that fills up while a checkpoint is written (th
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import errno
 import gzip
@@ -904,3 +905,114 @@ def test_a_model_file_that_parses_the_command_line_at_import_sees_none(bad_model
     """It runs as `python FILE.py` would, without otrobust's arguments: argparse with no required flag passes."""
     _fails(capsys, ["eval", "--model", f"{bad_models / 'unknown_flag.py'}:g", "--dataset", "digits", "--n", "16",
                     "--device", "cpu"], "defines no 'g'")
+
+
+# ---------------------------------------------------------------- report on damaged, foreign or hostile files
+def _per_example(path: Path, rows: int = 4, header: str = "index,label,clean_pred,clean_correct,pgd_success,pgd_pred"
+                 ) -> Path:
+    path.write_text(header + "\n" + "".join(f"{i},1,1,1,0,1\n" for i in range(rows)))
+    return path
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"index,label,clean_pred,clean_correct\n0,1,\xff\xfe,1\n", "is not UTF-8 text (byte"),
+    ("index,label,clean_pred,clean_correct\n0,1,1," + "9" * 200_000 + "\n", "as CSV: field larger than field limit"),
+    ("index,label,clean_pred,clean_correct\n0,1,1\n", "row 2 of"),  # a value short
+    ("index,label,clean_pred,clean_correct\n0,1,1,1,1\n", "another number of values"),  # one too many
+    ('index,label\n"0,1\n', "is not a per-example file"),
+    ("", "is not a per-example file"),
+])
+def test_report_on_a_damaged_per_example_file_is_one_line(tmp_path, capsys, content, match):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    _fails(capsys, ["report", str(_per_example(tmp_path / "good.csv")), str(bad), "--out", str(tmp_path / "r")],
+           match)
+
+
+def test_report_on_an_oversized_per_example_file_reads_none_of_it(tmp_path, capsys, monkeypatch):
+    from otrobust.reporting import per_example
+
+    monkeypatch.setattr(per_example, "MAX_BYTES", 2**20)
+    big = _per_example(tmp_path / "big.csv", rows=120_000)
+    _fails(capsys, ["report", str(_per_example(tmp_path / "a.csv")), str(big), "--out", str(tmp_path / "r")],
+           "far larger than a per-example file")
+    os.mkfifo(tmp_path / "pipe.csv")  # would block a reader
+    _fails(capsys, ["report", str(tmp_path / "a.csv"), str(tmp_path / "pipe.csv")], "is a named pipe (FIFO)")
+
+
+def _fake_run(folder: Path, config: object, metrics: str, evals: bytes | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.jsonl").write_text(metrics)
+    if evals is not None:
+        (folder / "evals").mkdir()
+        (folder / "evals" / "pgd-1.json").write_bytes(evals)
+    return folder
+
+
+ODD_METRICS = ['{"epoch": 1, "val_clean": "high", "val_pgd": null, "seconds": [1]}\n',
+               '{"epoch": "2", "val_clean": 0.5}\n[1, 2]\n{"epoch": 1e308, "val_clean": 0.1}\n',
+               '{"epoch": 99999999999, "val_pgd": 0.2, "val_clean": 0.3}\n{"epoch": true, "val_clean": 0.4}\n',
+               '{"epoch": 1, "val_clean": NaN, "val_pgd": Infinity, "seconds": -1e400}\n', "\x00\xff garbage\n"]
+ODD_CONFIGS = [{"method": ["trades"], "eps": "abc", "dataset": {"a": 1}, "epochs": None},
+               {"eps": 1e308, "norm": 3}, {}, {"method": "standard", "eps": True}]
+
+
+@pytest.mark.parametrize("metrics, config", list(zip(ODD_METRICS, [*ODD_CONFIGS, ODD_CONFIGS[0]], strict=True)))
+def test_report_on_run_folders_with_unexpected_values_shows_them_as_missing(tmp_path, capsys, metrics, config):
+    run = _fake_run(tmp_path / "run", config, metrics, evals=b'{"not": "a list"')
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()
+    assert "| run |" in captured.out and "skipped" in captured.out and not captured.err
+    assert (tmp_path / "r" / "report.csv").is_file()
+
+
+def test_report_escapes_control_characters_from_run_folders_and_csv_files(tmp_path, capsys):
+    """A shared folder must not retitle or clear the terminal, nor print fake lines, through report."""
+    evil = "\x1b]0;pwned\x07\x1b[2J\rALL CHECKS PASSED\n"
+    run = _fake_run(tmp_path / f"run{evil.strip()}", {"method": evil, "dataset": "digits", "eps": 0.3},
+                    json.dumps({"epoch": 1, "val_clean": 0.5, "val_pgd": 0.25}) + "\n",
+                    evals=json.dumps([{"evaluation": evil, "metric": "pgd", "accuracy": 1.0}]).encode())
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\\x1b]0;pwned\\x07" in out
+    assert "\x1b" not in (tmp_path / "r" / "report.md").read_text()
+    attack = "pgd\x1b]0;pwned\x07\x1b[2J"  # a CSV line ends at a line break: no \r here
+    header = f"index,label,clean_pred,clean_correct,{attack}_success,{attack}_pred"
+    a, b = _per_example(tmp_path / "a.csv", header=header), _per_example(tmp_path / f"b{evil.strip()}.csv",
+                                                                         header=header)
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\\x1b" in out
+    _fails(capsys, ["report", str(tmp_path / f"none{evil.strip()}.csv"), str(a)], "does not exist")
+    assert "\x1b" not in capsys.readouterr().err
+
+
+def test_report_on_a_folder_whose_name_is_not_utf8(tmp_path, capsys):
+    name = os.fsdecode(b"run-\xff\xfe")
+    run = _fake_run(tmp_path / name, {"method": "trades", "dataset": "digits"},
+                    json.dumps({"epoch": 1, "val_clean": 0.5, "val_pgd": 0.25, "seconds": 3}) + "\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    assert "run-\\udcff\\udcfe" in capsys.readouterr().out
+    assert b"run-\xff\xfe" in (tmp_path / "r" / "report.csv").read_bytes()  # the folder's own bytes
+
+
+@pytest.mark.parametrize("method, scores, best", [
+    ("standard", [(0.9, 0.1), (0.8, 0.5)], 1),  # standard training keeps the best clean accuracy
+    ("trades", [(0.6, 0.5), (0.7, 0.5), (0.7, 0.5), (0.9, 0.4)], 2),  # PGD first, then clean; the first of a tie
+])
+def test_report_best_epoch_is_the_epoch_training_kept(tmp_path, capsys, method, scores, best):
+    metrics = "".join(json.dumps({"epoch": i, "val_clean": c, "val_pgd": p}) + "\n"
+                      for i, (c, p) in enumerate(scores, 1))
+    run = _fake_run(tmp_path / "run", {"method": method, "dataset": "digits"}, metrics)
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    row = next(csv.DictReader(io.StringIO((tmp_path / "r" / "report.csv").read_text())))
+    assert int(row["best_epoch"]) == best
+
+
+def test_report_best_epoch_matches_the_best_checkpoint_of_a_real_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "3", "--method", "standard", "--out", str(run)]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    row = next(csv.DictReader(io.StringIO((tmp_path / "r" / "report.csv").read_text())))
+    assert int(row["best_epoch"]) == load_checkpoint(checkpoint_path(run, "best"))[1]["epoch"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.cli.flags import add_flags, from_args
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, printable
 from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
 from otrobust.experiments.reproduce import ReproduceSettings
 from otrobust.training.config import TrainConfig, config_from_dict, load_config_file
@@ -236,7 +236,7 @@ def _main(argv: list[str]) -> int:
     try:
         return COMMANDS[args.command](args)
     except OtrobustError as exc:
-        print(f"otrobust: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        print(f"otrobust: error: {printable(' '.join(str(exc).splitlines()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("otrobust: interrupted", file=sys.stderr)

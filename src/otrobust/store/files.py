@@ -112,7 +112,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8; a file name that is not UTF-8 (held in surrogates) is
+    written back as its own bytes."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name can hold
+        data = text.encode("utf-8", "backslashreplace")
+    atomic_write_bytes(path, data)
 
 
 def check_writable(folder: Path) -> None:

@@ -34,7 +34,13 @@ from otrobust.store.resume import check_nothing_lost
 from otrobust.training.awp import awp_gamma_at, with_awp
 from otrobust.training.config import TrainConfig
 from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, zero_step_warning
-from otrobust.training.runfiles import check_config_is_ours, prepare_run_dir, restore_run_state, save_run_state
+from otrobust.training.runfiles import (
+    check_config_is_ours,
+    checkpoint_score,
+    prepare_run_dir,
+    restore_run_state,
+    save_run_state,
+)
 from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's helpers are imported from here too)
     amp_dtype,
     build_model,
@@ -306,9 +312,7 @@ class Trainer:
         with self._autocast():
             record.update(validate_epoch(self.eval_model, self.val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
         record["seconds"] = round(totals["seconds"] + time.perf_counter() - t0, 3)
-        # Robust methods keep the checkpoint with the best validation PGD accuracy; standard training,
-        # which has none to speak of, the best clean accuracy.
-        score = [record["val_clean"]] if cfg.method == "standard" else [record["val_pgd"], record["val_clean"]]
+        score = checkpoint_score(record, cfg.method)
         improved = self.state.best_score is None or score > self.state.best_score
         state = TrainState(epoch=epoch + 1, step=0, history=self.state.history + [record], accum=None,
                            best_score=score if improved else self.state.best_score)

@@ -36,6 +36,13 @@ def save_run_state(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sch
     save_checkpoint(checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
 
 
+def checkpoint_score(record: dict[str, Any], method: str) -> list[float]:
+    """What the best checkpoint maximises, from an epoch's metrics record: robust methods keep the epoch with the
+    best validation PGD accuracy (then clean), standard training, which has none to speak of, the best clean
+    accuracy. The first epoch of the highest score is the one kept."""
+    return [record["val_clean"]] if method == "standard" else [record["val_pgd"], record["val_clean"]]
+
+
 def check_config_is_ours(run_dir: Path) -> None:
     """Refuse to train into ``run_dir`` if it holds a config.json that is not an otrobust run's (another program's
     settings, which training would overwrite)."""
