@@ -1016,3 +1016,14 @@ def test_report_best_epoch_matches_the_best_checkpoint_of_a_real_run(tmp_path, c
     assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
     row = next(csv.DictReader(io.StringIO((tmp_path / "r" / "report.csv").read_text())))
     assert int(row["best_epoch"]) == load_checkpoint(checkpoint_path(run, "best"))[1]["epoch"]
+
+
+
+@pytest.mark.parametrize("seeds", ["1000000000", "1001", "0", "-3"])
+def test_reproduce_seeds_out_of_bounds_is_one_line_at_once(tmp_path, capsys, seeds):
+    import time
+
+    started = time.perf_counter()
+    _fails(capsys, ["reproduce", "mnist-study", "--seeds", seeds, "--dry-run", "--out", str(tmp_path)],
+           f"--seeds must be between 1 and 1000, got {seeds}")
+    assert time.perf_counter() - started < 10 and not any(tmp_path.iterdir())

@@ -44,6 +44,8 @@ from otrobust.reporting.tables import format_eps, write_csv  # noqa: F401
 from otrobust.settings import setting
 from otrobust.store.files import atomic_write_text
 
+MAX_SEEDS = 1000
+
 
 @dataclass(kw_only=True)
 class ReproduceSettings:
@@ -63,6 +65,10 @@ class ReproduceSettings:
                                    flag="--set", metavar="FIELD=VALUE", factory=list, repeatable=True)
     audit: bool = setting(True, "audit each run's evaluation (its verdict is in every table, and a failed audit "
                           "exits 1)")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.seeds <= MAX_SEEDS:  # each seed is a whole set of training runs
+            raise OtrobustError(f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}")
 
     def run(self, log: Callable[[str], None] = print) -> Path | None:
         """:func:`reproduce` with these settings."""
