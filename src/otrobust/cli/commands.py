@@ -82,6 +82,11 @@ def run_reproduce(settings: ReproduceSettings) -> int:
     if result is None or not settings.audit:
         return 0
     failed = [a for a in json.loads((result / "audits.json").read_text()) if a["verdict"] == "fail"]
+    if settings.scale == "smoke":  # models trained for seconds: their audits check the pipeline, not the models
+        if failed:
+            print(f"note: {len(failed)} audit{'s' if len(failed) != 1 else ''} failed, as audits of models trained "
+                  "for seconds do: at smoke scale an audit verdict means nothing, so the command does not fail")
+        return 0
     for a in failed:
         print(f"AUDIT FAILED for {a['run']}: {', '.join(a['failed_checks'])} (see {a['report']})")
     return 1 if failed else 0
