@@ -742,6 +742,15 @@ def test_an_eval_output_naming_an_input_of_the_run_is_refused(digits_run, capsys
     assert _snapshot(digits_run) == before
 
 
+def test_an_evaluation_written_into_the_run_folder_may_be_written_again(digits_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(digits_run, out)
+    for _ in range(2):
+        assert main(["eval", str(out), *EVAL_QUICK, "--json", str(out / "eval.json")]) == 0
+
+
 def test_an_eval_output_naming_the_model_file_weights_or_another_output_is_refused(tmp_path, capsys):
     (tmp_path / "m.py").write_text("from torch import nn\n\ndef f():\n    return nn.Sequential(nn.Flatten(), "
                                    "nn.Linear(64, 10))\n")

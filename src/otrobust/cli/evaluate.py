@@ -144,13 +144,16 @@ def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device,
     return 0
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "provenance.jsonl")  # a run directory's own files, beside checkpoints/
+
+
 def input_files(target: Target) -> list[Path]:
-    """The files the model under test comes from, and for a run directory's checkpoint every file of that run."""
+    """The files the model under test comes from, and for a run directory's checkpoint the files of that run (an
+    evaluation written there earlier is not one of them)."""
     files = list(target.files)
     ckpt = target.checkpoint
     if ckpt is not None and ckpt.parent.name == CHECKPOINT_DIR:
-        run = ckpt.parent.parent
-        files += [p for folder in (run, ckpt.parent) for p in folder.iterdir() if p.is_file()]
+        files += [ckpt.parent.parent / name for name in RUN_FILES] + sorted(ckpt.parent.glob("*.safetensors"))
     return files
 
 
