@@ -1,6 +1,8 @@
 """Bad input through ``otrobust.cli.main``: every mistake is exit status 2 and exactly one stderr line
 ``otrobust: error: ...`` (no traceback) — flags, config files, data folders, IDX files, checkpoints of
-another architecture, and a disk that fills up while a checkpoint is written (the old one survives)."""
+another architecture, and a disk that fills up while a checkpoint is written (the old one survives); recorded
+batches that are not ours, outputs that would destroy an input, a closed pipe and an ASCII-only terminal, models
+under test that misbehave, and ``report`` on damaged, foreign or hostile files."""
 
 from __future__ import annotations
 

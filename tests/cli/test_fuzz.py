@@ -9,6 +9,11 @@ The library is fuzzed the same way with a trained model behind a random wrapper 
 detached from the graph, input rounding, input noise), evaluated under random attacks or audited: a
 result, an OtrobustError, or (for a wrapper that masks gradients) an audit that fails.
 
+The newer surfaces too: model files with random quirks (at import, in the factory, the forward and the output;
+any float dtype; weights in any layout), which must give the reference classifier's exact clean accuracy or one
+error line; randomly damaged recorded batches, which must give exactly the undamaged numbers; and ``report`` on
+random run folders and per-example files, which must never put a control character on the terminal.
+
 Runs are tiny (one or two epochs of a few dozen 8x8 or 28x28 images). Examples are derandomised so CI
 sees the same cases every time; raise ``max_examples`` locally to search further.
 """
