@@ -270,3 +270,20 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, compile: 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def check_same(values: dict[str, object], info: DistInfo, what: str) -> None:
+    """Raise OtrobustError on every process if any of ``values`` (settings, fingerprints of the model and data)
+    differs between the processes: merging their shares of ``what`` would give a wrong number. Each process is
+    started with its own command line (one per machine in a multi-node job), so nothing else guarantees it."""
+    if not info.enabled:
+        return
+    every: list[dict[str, object] | None] = [None] * info.world_size
+    dist.all_gather_object(every, values)
+    for rank, other in enumerate(every):
+        differ = sorted(k for k in {*values, *other} if other.get(k) != every[0].get(k))
+        if differ:
+            shown = "; ".join(f"{k}: {every[0].get(k)!r} on rank 0, {other.get(k)!r} on rank {rank}"
+                              for k in differ[:3])
+            raise OtrobustError(f"the processes of this torchrun job are not running the same {what} ({shown}): "
+                                "start every process with the same arguments, model and data")

@@ -29,3 +29,14 @@ def path_kind(path: str | Path) -> str:
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
     return next((name for test, name in KINDS if test(mode)), "not a file")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to show on a terminal or in a Markdown file: every character that is not printable (control
+    characters such as ESC, which could retitle or clear a terminal, line breaks, bidirectional overrides, the
+    surrogates of a file name that is not UTF-8) written as its escape, e.g. ``\\x1b``."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)

@@ -1,12 +1,16 @@
 """Bad input through ``otrobust.cli.main``: every mistake is exit status 2 and exactly one stderr line
 ``otrobust: error: ...`` (no traceback) — flags, config files, data folders, IDX files, checkpoints of
-another architecture, and a disk that fills up while a checkpoint is written (the old one survives)."""
+another architecture, and a disk that fills up while a checkpoint is written (the old one survives); recorded
+batches that are not ours, outputs that would destroy an input, a closed pipe and an ASCII-only terminal, models
+under test that misbehave, and ``report`` on damaged, foreign or hostile files."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import errno
 import gzip
+import io
 import json
 import os
 import pickle
@@ -183,6 +187,26 @@ def test_a_run_killed_before_its_first_last_checkpoint_still_resumes(tmp_path, c
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1]
     again = load_checkpoint(checkpoint_path(run, "best"))[0]
     assert again.keys() == best.keys() and all(torch.equal(again[k], best[k]) for k in best)
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_changes_nothing(two_epoch_run, capsys):
+    before = _snapshot(two_epoch_run)
+    line = _fails(capsys, ["train", "--resume", "--out", str(two_epoch_run), "--epochs", "1"],
+                  "with --epochs 1: it has trained 2 epochs already")
+    assert "nothing was changed" in line
+    assert _snapshot(two_epoch_run) == before  # config.json still says 2 epochs
+
+
+def test_demo_epochs_zero_and_a_demo_of_another_length_are_refused(tmp_path, capsys):
+    _fails(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path / "demo")], "--epochs must be at least 1")
+    assert not (tmp_path / "demo").exists()
+    # an interrupted demo of 1 epoch: its standard run is there, the others not yet
+    assert main(["train", *TINY, "--method", "standard", "--out", str(tmp_path / "demo" / "standard")]) == 0
+    before = _snapshot(tmp_path / "demo")
+    line = _fails(capsys, ["demo", "--epochs", "2", "--out", str(tmp_path / "demo")],
+                  "holds a demo run of 1 epochs, not 2")
+    assert "finish it with --epochs 1" in line
+    assert _snapshot(tmp_path / "demo") == before
 
 
 def test_resume_with_init_is_refused(digits_run, tmp_path, capsys):
@@ -542,6 +566,7 @@ def test_eval_of_a_checkpoint_with_non_finite_weights(digits_run, tmp_path, caps
     (["--labels", "guessed"], "invalid choice"),
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--device", "gpu0"], "gpu0"),
+    (["--normalize", "0.5", "0.5"], "--normalize is for a --model"),  # the checkpoint normalises inside already
 ])
 def test_bad_eval_flags(digits_run, capsys, flags, match):
     _fails(capsys, ["eval", str(digits_run), "--n", "8", *flags], match)
@@ -661,3 +686,355 @@ class _ClosedPipe:
 def test_a_closed_pipe_ends_quietly_with_the_shells_status(monkeypatch):
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert main(["reproduce"]) == 141
+
+
+# ---------------------------------------------------------------- recorded batches (--cache) that are not ours
+EVAL_QUICK = ["--n", "16", "--batch-size", "8", "--steps", "1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"model_type": "bert", "hidden_size": 768}', "not otrobust's record of an evaluation"),
+    ('{"key": "abc"}', "not otrobust's record"),  # a key alone is not our format
+    ('{"format": "otrobust-eval-batches-1", "key": ', "not otrobust's record"),  # ours, truncated
+    (b'\xff\xfe\x00garbage', "not otrobust's record"),
+    ('[1, 2, 3]', "not otrobust's record"),
+])
+def test_a_cache_folder_with_a_foreign_or_corrupt_settings_json_is_refused_and_left_alone(digits_run, tmp_path, capsys,
+                                                                                         content, match):
+    cache = tmp_path / "cache"
+    (cache / "batches").mkdir(parents=True)
+    (cache / "settings.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    (cache / "batches" / "pgd-000000000.json").write_text("someone else's")
+    before = _snapshot(cache)
+    _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, "--cache", str(cache)], match)
+    assert _snapshot(cache) == before
+
+
+def test_a_cache_folder_holding_a_batches_folder_of_its_own_is_refused(digits_run, tmp_path, capsys):
+    (tmp_path / "cache" / "batches").mkdir(parents=True)
+    (tmp_path / "cache" / "batches" / "pgd-000000000.json").write_text("not ours")
+    _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, "--cache", str(tmp_path / "cache")],
+           "holds a batches folder without otrobust's settings.json")
+    assert (tmp_path / "cache" / "batches" / "pgd-000000000.json").read_text() == "not ours"
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, "--cache", str(tmp_path / "file")], "is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_changed_evaluation_removes_only_its_own_records(digits_run, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["eval", str(digits_run), *EVAL_QUICK, "--cache", str(cache)]) == 0
+    (cache / "batches" / "notes.txt").write_text("the user's")
+    assert main(["eval", str(digits_run), *EVAL_QUICK, "--steps", "2", "--cache", str(cache)]) == 0
+    assert "starting afresh" in capsys.readouterr().out
+    assert (cache / "batches" / "notes.txt").read_text() == "the user's"
+    assert len(list((cache / "batches").glob("pgd-*.json"))) == 2
+
+
+# ---------------------------------------------------------------- an output that would destroy an input
+@pytest.mark.parametrize("flag, victim", [("--json", "checkpoints/best.safetensors"), ("--json", "config.json"),
+                                          ("--per-example", "metrics.jsonl"), ("--robustbench", "config.json"),
+                                          ("--per-example", "checkpoints/last.safetensors")])
+def test_an_eval_output_naming_an_input_of_the_run_is_refused(digits_run, capsys, flag, victim):
+    before = _snapshot(digits_run)
+    extra = ["--attack", "autoattack"] if flag == "--robustbench" else []
+    line = _fails(capsys, ["eval", str(digits_run), *EVAL_QUICK, *extra, flag, str(digits_run / victim)],
+                  "is an input of this command")
+    assert f"choose another {flag}" in line
+    assert _snapshot(digits_run) == before
+
+
+def test_an_evaluation_written_into_the_run_folder_may_be_written_again(digits_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(digits_run, out)
+    for _ in range(2):
+        assert main(["eval", str(out), *EVAL_QUICK, "--json", str(out / "eval.json")]) == 0
+
+
+def test_an_eval_output_naming_the_model_file_weights_or_another_output_is_refused(tmp_path, capsys):
+    (tmp_path / "m.py").write_text("from torch import nn\n\ndef f():\n    return nn.Sequential(nn.Flatten(), "
+                                   "nn.Linear(64, 10))\n")
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).state_dict(), tmp_path / "w.pt")
+    before = _snapshot(tmp_path)
+    model = ["eval", "--model", f"{tmp_path / 'm.py'}:f", "--dataset", "digits", *EVAL_QUICK]
+    _fails(capsys, [*model, "--json", str(tmp_path / "m.py")], "is an input of this command")
+    _fails(capsys, [*model, "--weights", str(tmp_path / "w.pt"), "--per-example", str(tmp_path / "w.pt")],
+           "is an input of this command")
+    _fails(capsys, [*model, "--json", str(tmp_path / "out.txt"), "--per-example", str(tmp_path / "out.txt")],
+           "--json and --per-example name the same file")
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_eval_output_overwriting_a_data_file_is_refused(mnist_run, tmp_path, capsys):
+    run, data = mnist_run
+    before = _snapshot(data)
+    _fails(capsys, ["eval", str(run), *EVAL_QUICK, "--json", str(data / "t10k-labels-idx1-ubyte")],
+           "is a file of the data folder")
+    assert _snapshot(data) == before
+
+
+def test_training_into_a_folder_with_another_programs_config_json_is_refused(tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text('{"architectures": ["BertModel"], "hidden_size": 768}')
+    _fails(capsys, ["train", *TINY, "--method", "standard", "--out", str(out)], "not an otrobust run's settings")
+    assert (out / "config.json").read_text() == '{"architectures": ["BertModel"], "hidden_size": 768}'
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+def test_a_closed_pipe_still_writes_the_evaluations_files(digits_run, tmp_path, monkeypatch):
+    """``otrobust eval ... | head``: the reader is gone before the first line; the work is done and its files are
+    written, then the command ends with the shell's status for a closed pipe."""
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["eval", str(digits_run), *EVAL_QUICK, "--json", str(tmp_path / "e.json"), "--per-example",
+                 str(tmp_path / "e.csv")]) == 141
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 16
+    assert len((tmp_path / "e.csv").read_text().splitlines()) == 17
+
+
+def test_a_closed_pipe_in_a_real_process(digits_run, tmp_path):
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "otrobust", "eval", str(digits_run), *EVAL_QUICK, "--json",
+                             str(tmp_path / "e.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as head does once it has its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 16
+
+
+def _ascii_stdout() -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+
+
+def test_an_ascii_only_stdout_neither_crashes_nor_loses_the_audit(digits_run, tmp_path, monkeypatch, capsys):
+    """A C locale or a Windows console cannot print "ε": the audit still writes its report and prints its
+    verdict with the character escaped; the report command too."""
+    stdout = _ascii_stdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["audit", str(digits_run), *AUDIT, "--out", str(tmp_path / "audit")]) in (0, 1)
+    assert (tmp_path / "audit" / "audit.json").is_file()
+    assert main(["report", str(digits_run), "--out", str(tmp_path / "report")]) == 0
+    stdout.flush()
+    text = stdout.buffer.getvalue().decode("ascii")
+    assert "Verdict" in text and "\\u" in text and (tmp_path / "report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- a model under test that misbehaves
+BAD_MODELS = '''
+import torch
+from torch import nn
+
+
+def linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def on_meta():
+    with torch.device("meta"):
+        return linear()
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise ValueError("this forward always fails")
+
+
+class Exits(nn.Module):
+    def forward(self, x):
+        raise SystemExit(4)
+
+
+class Ints(nn.Sequential):
+    def forward(self, x):
+        return (super().forward(x) * 10).long()
+
+
+class Complex(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x).to(torch.complex64)
+
+
+def raises():
+    return Raises()
+
+
+def exits():
+    return Exits()
+
+
+def ints():
+    return Ints(nn.Flatten(), nn.Linear(64, 10))
+
+
+def complex_logits():
+    return Complex(nn.Flatten(), nn.Linear(64, 10))
+
+
+def factory_exits():
+    raise SystemExit("no GPU, giving up")
+'''
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bad-models")
+    (folder / "models.py").write_text(BAD_MODELS)
+    (folder / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (folder / "parses.py").write_text("import argparse\nparser = argparse.ArgumentParser()\n"
+                                      "parser.add_argument('--lr', type=float, required=True)\n"
+                                      "args = parser.parse_args()\n")
+    (folder / "unknown_flag.py").write_text("import argparse\nargparse.ArgumentParser().parse_args()\n\n"
+                                            "def f():\n    raise AssertionError('never called')\n")
+    torch.save({"1.weight": torch.zeros(10, 64, device="meta"), "1.bias": torch.zeros(10)}, folder / "meta.pt")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["eval", "audit"])
+@pytest.mark.parametrize("factory, extra, match", [
+    ("models.py:on_meta", [], "returned a model on the meta device"),
+    ("models.py:raises", [], "forward failed on a batch of 8 images: ValueError: this forward always fails"),
+    ("models.py:exits", [], "forward failed on a batch of 8 images: it called sys.exit(4)"),
+    ("models.py:ints", [], "returns int64 outputs; attacks need floating-point logits"),
+    ("models.py:complex_logits", [], "returns complex64 outputs"),
+    ("models.py:factory_exits", [], "failed: it called sys.exit('no GPU, giving up')"),
+    ("exits.py:f", [], "it called sys.exit(3) when imported; guard the file's script code"),
+    ("parses.py:f", [], "the following arguments are required: --lr"),
+    ("models.py:linear", ["--weights", "{dir}/meta.pt"], "holds tensors on the meta device"),
+])
+def test_a_model_that_misbehaves_is_one_line(bad_models, tmp_path, capsys, command, factory, extra, match):
+    """Each is refused in one line by eval and by the audit (which eval's messages send the user to)."""
+    more = ["--steps", "1", "--no-progress"] if command == "eval" else [*AUDIT, "--out", str(tmp_path / "audit")]
+    _fails(capsys, [command, "--model", f"{bad_models / factory}", "--dataset", "digits", "--device", "cpu",
+                    *[e.format(dir=bad_models) for e in extra], *more, "--n", "8"], match)
+
+
+def test_a_model_file_that_parses_the_command_line_at_import_sees_none(bad_models, capsys):
+    """It runs as `python FILE.py` would, without otrobust's arguments: argparse with no required flag passes."""
+    _fails(capsys, ["eval", "--model", f"{bad_models / 'unknown_flag.py'}:g", "--dataset", "digits", "--n", "16",
+                    "--device", "cpu"], "defines no 'g'")
+
+
+# ---------------------------------------------------------------- report on damaged, foreign or hostile files
+def _per_example(path: Path, rows: int = 4, header: str = "index,label,clean_pred,clean_correct,pgd_success,pgd_pred"
+                 ) -> Path:
+    path.write_text(header + "\n" + "".join(f"{i},1,1,1,0,1\n" for i in range(rows)))
+    return path
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"index,label,clean_pred,clean_correct\n0,1,\xff\xfe,1\n", "is not UTF-8 text (byte"),
+    ("index,label,clean_pred,clean_correct\n0,1,1," + "9" * 200_000 + "\n", "as CSV: field larger than field limit"),
+    ("index,label,clean_pred,clean_correct\n0,1,1\n", "row 2 of"),  # a value short
+    ("index,label,clean_pred,clean_correct\n0,1,1,1,1\n", "another number of values"),  # one too many
+    ('index,label\n"0,1\n', "is not a per-example file"),
+    ("", "is not a per-example file"),
+])
+def test_report_on_a_damaged_per_example_file_is_one_line(tmp_path, capsys, content, match):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    _fails(capsys, ["report", str(_per_example(tmp_path / "good.csv")), str(bad), "--out", str(tmp_path / "r")],
+           match)
+
+
+def test_report_on_an_oversized_per_example_file_reads_none_of_it(tmp_path, capsys, monkeypatch):
+    from otrobust.reporting import per_example
+
+    monkeypatch.setattr(per_example, "MAX_BYTES", 2**20)
+    big = _per_example(tmp_path / "big.csv", rows=120_000)
+    _fails(capsys, ["report", str(_per_example(tmp_path / "a.csv")), str(big), "--out", str(tmp_path / "r")],
+           "far larger than a per-example file")
+    os.mkfifo(tmp_path / "pipe.csv")  # would block a reader
+    _fails(capsys, ["report", str(tmp_path / "a.csv"), str(tmp_path / "pipe.csv")], "is a named pipe (FIFO)")
+
+
+def _fake_run(folder: Path, config: object, metrics: str, evals: bytes | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.jsonl").write_text(metrics)
+    if evals is not None:
+        (folder / "evals").mkdir()
+        (folder / "evals" / "pgd-1.json").write_bytes(evals)
+    return folder
+
+
+ODD_METRICS = ['{"epoch": 1, "val_clean": "high", "val_pgd": null, "seconds": [1]}\n',
+               '{"epoch": "2", "val_clean": 0.5}\n[1, 2]\n{"epoch": 1e308, "val_clean": 0.1}\n',
+               '{"epoch": 99999999999, "val_pgd": 0.2, "val_clean": 0.3}\n{"epoch": true, "val_clean": 0.4}\n',
+               '{"epoch": 1, "val_clean": NaN, "val_pgd": Infinity, "seconds": -1e400}\n', "\x00\xff garbage\n"]
+ODD_CONFIGS = [{"method": ["trades"], "eps": "abc", "dataset": {"a": 1}, "epochs": None},
+               {"eps": 1e308, "norm": 3}, {}, {"method": "standard", "eps": True}]
+
+
+@pytest.mark.parametrize("metrics, config", list(zip(ODD_METRICS, [*ODD_CONFIGS, ODD_CONFIGS[0]], strict=True)))
+def test_report_on_run_folders_with_unexpected_values_shows_them_as_missing(tmp_path, capsys, metrics, config):
+    run = _fake_run(tmp_path / "run", config, metrics, evals=b'{"not": "a list"')
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()
+    assert "| run |" in captured.out and "skipped" in captured.out and not captured.err
+    assert (tmp_path / "r" / "report.csv").is_file()
+
+
+def test_report_escapes_control_characters_from_run_folders_and_csv_files(tmp_path, capsys):
+    """A shared folder must not retitle or clear the terminal, nor print fake lines, through report."""
+    evil = "\x1b]0;pwned\x07\x1b[2J\rALL CHECKS PASSED\n"
+    run = _fake_run(tmp_path / f"run{evil.strip()}", {"method": evil, "dataset": "digits", "eps": 0.3},
+                    json.dumps({"epoch": 1, "val_clean": 0.5, "val_pgd": 0.25}) + "\n",
+                    evals=json.dumps([{"evaluation": evil, "metric": "pgd", "accuracy": 1.0}]).encode())
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\\x1b]0;pwned\\x07" in out
+    assert "\x1b" not in (tmp_path / "r" / "report.md").read_text()
+    attack = "pgd\x1b]0;pwned\x07\x1b[2J"  # a CSV line ends at a line break: no \r here
+    header = f"index,label,clean_pred,clean_correct,{attack}_success,{attack}_pred"
+    a, b = _per_example(tmp_path / "a.csv", header=header), _per_example(tmp_path / f"b{evil.strip()}.csv",
+                                                                         header=header)
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\\x1b" in out
+    _fails(capsys, ["report", str(tmp_path / f"none{evil.strip()}.csv"), str(a)], "does not exist")
+    assert "\x1b" not in capsys.readouterr().err
+
+
+def test_report_on_a_folder_whose_name_is_not_utf8(tmp_path, capsys):
+    name = os.fsdecode(b"run-\xff\xfe")
+    run = _fake_run(tmp_path / name, {"method": "trades", "dataset": "digits"},
+                    json.dumps({"epoch": 1, "val_clean": 0.5, "val_pgd": 0.25, "seconds": 3}) + "\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    assert "run-\\udcff\\udcfe" in capsys.readouterr().out
+    assert b"run-\xff\xfe" in (tmp_path / "r" / "report.csv").read_bytes()  # the folder's own bytes
+
+
+@pytest.mark.parametrize("method, scores, best", [
+    ("standard", [(0.9, 0.1), (0.8, 0.5)], 1),  # standard training keeps the best clean accuracy
+    ("trades", [(0.6, 0.5), (0.7, 0.5), (0.7, 0.5), (0.9, 0.4)], 2),  # PGD first, then clean; the first of a tie
+])
+def test_report_best_epoch_is_the_epoch_training_kept(tmp_path, capsys, method, scores, best):
+    metrics = "".join(json.dumps({"epoch": i, "val_clean": c, "val_pgd": p}) + "\n"
+                      for i, (c, p) in enumerate(scores, 1))
+    run = _fake_run(tmp_path / "run", {"method": method, "dataset": "digits"}, metrics)
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    row = next(csv.DictReader(io.StringIO((tmp_path / "r" / "report.csv").read_text())))
+    assert int(row["best_epoch"]) == best
+
+
+def test_report_best_epoch_matches_the_best_checkpoint_of_a_real_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "3", "--method", "standard", "--out", str(run)]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    row = next(csv.DictReader(io.StringIO((tmp_path / "r" / "report.csv").read_text())))
+    assert int(row["best_epoch"]) == load_checkpoint(checkpoint_path(run, "best"))[1]["epoch"]
+
+
+
+@pytest.mark.parametrize("seeds", ["1000000000", "1001", "0", "-3"])
+def test_reproduce_seeds_out_of_bounds_is_one_line_at_once(tmp_path, capsys, seeds):
+    import time
+
+    started = time.perf_counter()
+    _fails(capsys, ["reproduce", "mnist-study", "--seeds", seeds, "--dry-run", "--out", str(tmp_path)],
+           f"--seeds must be between 1 and 1000, got {seeds}")
+    assert time.perf_counter() - started < 10 and not any(tmp_path.iterdir())

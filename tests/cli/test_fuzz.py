@@ -9,6 +9,11 @@ The library is fuzzed the same way with a trained model behind a random wrapper 
 detached from the graph, input rounding, input noise), evaluated under random attacks or audited: a
 result, an OtrobustError, or (for a wrapper that masks gradients) an audit that fails.
 
+The newer surfaces too: model files with random quirks (at import, in the factory, the forward and the output;
+any float dtype; weights in any layout), which must give the reference classifier's exact clean accuracy or one
+error line; randomly damaged recorded batches, which must give exactly the undamaged numbers; and ``report`` on
+random run folders and per-example files, which must never put a control character on the terminal.
+
 Runs are tiny (one or two epochs of a few dozen 8x8 or 28x28 images). Examples are derandomised so CI
 sees the same cases every time; raise ``max_examples`` locally to search further.
 """
@@ -368,3 +373,227 @@ def test_wrapped_models_pass_or_fail_the_audit(trained_digits_model, kind, eps, 
     assert report.failed or kind == "identity", [(c.name, c.status) for c in report.checks]
     if kind == "detach":
         assert {c.name: c.status for c in report.checks}["gradients"] == "fail"
+
+
+# ---------------------------------------------------------------- any model: random factories, files and weights
+FACTORY_FILE = '''
+import sys
+
+import torch
+from torch import nn
+
+{import_quirk}
+
+
+class Model(nn.Sequential):
+    def forward(self, x):
+        {forward_quirk}
+        out = super().forward(x)
+        {output_quirk}
+        return out
+
+
+def make(num_classes=10, in_channels=1, image_size=8):
+    {factory_quirk}
+    torch.manual_seed(0)
+    model = Model(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+    return model.to(torch.{dtype})
+'''
+IMPORT_QUIRKS = {"none": "", "exit": "sys.exit(3)", "exit-text": "sys.exit('needs a GPU')",
+                 "argparse": "import argparse\nargparse.ArgumentParser().add_argument('--lr', required=True)\n"
+                             "argparse.ArgumentParser().parse_args()",
+                 "argparse-required": "import argparse\n_p = argparse.ArgumentParser()\n"
+                                      "_p.add_argument('--lr', required=True)\n_p.parse_args()",
+                 "raises": "raise ImportError('no such backend')", "prints": "print('loading')"}
+FORWARD_QUIRKS = {"none": "pass", "in-place": "x.mul_(1.0)", "raises": "raise RuntimeError('CUDA out of memory')",
+                  "exits": "sys.exit(1)", "detach": "x = x.detach()"}
+OUTPUT_QUIRKS = {"none": "pass", "softmax": "out = out.softmax(1)", "int": "out = out.long()",
+                 "tuple": "out = (out, out)", "nan": "out = out * float('nan')", "shape": "out = out[:, :3]",
+                 "half-logits": "out = out.half().float()"}
+FACTORY_QUIRKS = {"none": "pass", "raises": "raise ValueError('bad geometry')", "exits": "sys.exit(0)",
+                  "meta": "torch.set_default_device('meta')", "not-a-module": "return 'model'"}
+# What gives the reference linear classifier's own clean accuracy (everything else is a one-line error)
+BENIGN = {"import": {"none", "prints", "argparse"}, "forward": {"none", "in-place"},
+          "output": {"none", "softmax", "half-logits"}, "factory": {"none"}}
+
+
+def _reference_clean(state: dict[str, torch.Tensor], dtype: str, data) -> float:
+    """Clean accuracy of the linear classifier with ``state`` as a model of ``dtype`` holds it, in float32."""
+    linear = nn.Linear(64, 10)
+    linear.load_state_dict({k: v.to(getattr(torch, dtype)).float() for k, v in state.items()})
+    with torch.no_grad():
+        return float((linear(data.x.flatten(1)).argmax(1) == data.y).float().mean())
+
+
+WEIGHTS = ("own", "plain", "sparse", "data-parallel", "float16", "meta", "wrong-shape")
+BENIGN_WEIGHTS = WEIGHTS[:5]
+QUIRKS = {"import": IMPORT_QUIRKS, "forward": FORWARD_QUIRKS, "output": OUTPUT_QUIRKS, "factory": FACTORY_QUIRKS}
+
+
+@st.composite
+def model_quirks(draw) -> tuple[dict[str, str], str, bool]:
+    """(quirks, weights, benign): half the time only benign ones, else at least one that must be refused."""
+    benign = draw(st.booleans())
+    quirks = {k: draw(st.sampled_from(sorted(BENIGN[k]))) for k in QUIRKS}
+    weights = draw(st.sampled_from(BENIGN_WEIGHTS))
+    if not benign:
+        bad = draw(st.sampled_from([*QUIRKS, "weights"]))
+        if bad == "weights":
+            weights = draw(st.sampled_from(WEIGHTS[5:]))
+        else:
+            quirks[bad] = draw(st.sampled_from(sorted(set(QUIRKS[bad]) - BENIGN[bad])))
+        for k in QUIRKS:  # and any others
+            if k != bad:
+                quirks[k] = draw(st.sampled_from([quirks[k], *sorted(QUIRKS[k])]))
+    return quirks, weights, all(quirks[k] in BENIGN[k] for k in QUIRKS) and weights in BENIGN_WEIGHTS
+
+
+@FEW
+@given(drawn=model_quirks(), dtype=st.sampled_from(["float32", "float64", "float16", "bfloat16"]),
+       command=st.sampled_from(["eval", "eval", "audit"]))
+def test_random_model_factories_give_the_right_number_or_one_line(drawn, dtype, command):
+    """A model file with any mix of quirks (at import, in the factory, in the forward, in its output), of any float
+    dtype, with weights in any layout: the reference classifier's exact clean accuracy, or one error line."""
+    quirks, weights, benign = drawn
+    torch.set_default_device(None)
+    data = load_dataset("digits", "test", size=16)
+    torch.manual_seed(0)
+    state = {f"1.{k}": v for k, v in nn.Linear(64, 10).state_dict().items()}
+    if weights != "own":
+        torch.manual_seed(1)
+        state = {f"1.{k}": v for k, v in nn.Linear(64, 10).state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        text = FACTORY_FILE.format(import_quirk=IMPORT_QUIRKS[quirks["import"]], dtype=dtype,
+                                   forward_quirk=FORWARD_QUIRKS[quirks["forward"]],
+                                   output_quirk=OUTPUT_QUIRKS[quirks["output"]],
+                                   factory_quirk=FACTORY_QUIRKS[quirks["factory"]])
+        (Path(tmp) / "m.py").write_text(text)
+        stored = {"plain": state, "sparse": {k: v.to_sparse() for k, v in state.items()},
+                  "data-parallel": {f"module.{k}": v for k, v in state.items()},
+                  "meta": {k: v.to("meta") for k, v in state.items()},
+                  "wrong-shape": {k: v[:5] for k, v in state.items()},
+                  "float16": {k: v.half() for k, v in state.items()}}.get(weights)
+        args = [command, "--model", f"{Path(tmp) / 'm.py'}:make", "--dataset", "digits", "--n", "16", "--device",
+                "cpu", "--steps", "2"]
+        if stored is not None:
+            torch.save(stored, Path(tmp) / "w.pt")
+            args += ["--weights", str(Path(tmp) / "w.pt")]
+        if command == "eval":
+            args += ["--json", str(Path(tmp) / "e.json"), "--no-progress"]
+        else:
+            args += ["--quick", "--restarts", "2", "--unbounded-steps", "3", "--square-queries", "10", "--aa-iter",
+                     "2", "--out", str(Path(tmp) / "audit")]
+        try:
+            rc, err = _cli(args) if command == "eval" else _audit_cli(args)
+        finally:
+            torch.set_default_device(None)  # the meta quirk sets it for the whole process
+        assert (rc != 2) == benign, (quirks, dtype, weights, err)
+        if rc != 2 and command == "eval":
+            held = "float16" if weights == "float16" else dtype
+            record = json.loads((Path(tmp) / "e.json").read_text())
+            assert record["clean_accuracy"] == _reference_clean({k[2:]: v for k, v in state.items()}, held, data)
+
+
+def _audit_cli(argv: list[str]) -> tuple[int, str]:
+    """Like :func:`_cli`, for the audit, whose exit status 1 is a failed check."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    lines = err.getvalue().strip().splitlines()
+    if rc == 2:
+        assert len(lines) == 1 and lines[0].startswith("otrobust: error: "), err.getvalue()
+    else:
+        assert rc in (0, 1), (rc, err.getvalue())
+    return rc, err.getvalue()
+
+
+# ---------------------------------------------------------------- recorded batches, damaged at random
+EVAL_ARGS = ["--n", "24", "--batch-size", "8", "--steps", "2", "--attack", "pgd", "fgsm", "--device", "cpu",
+             "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def recorded_eval(base_run, tmp_path_factory) -> tuple[Path, dict]:
+    """An evaluation's --json and its recorded batches (JSON.parts), and its record without timings."""
+    folder = tmp_path_factory.mktemp("recorded")
+    assert _cli(["eval", str(base_run), *EVAL_ARGS, "--json", str(folder / "e.json")])[0] == 0
+    record = json.loads((folder / "e.json").read_text())
+    record.pop("timing")
+    return folder / "e.json.parts", record
+
+
+@FEW
+@given(damages=st.lists(st.tuples(st.integers(0, 2**31), corruption), min_size=1, max_size=4),
+       settings_file=st.booleans())
+def test_damaged_recorded_batches_give_the_same_numbers_or_one_line(base_run, recorded_eval, damages,
+                                                                   settings_file):
+    """Byte flips and truncations of any recorded batch (or of settings.json): the rerun reports exactly the
+    numbers of the undamaged evaluation, or (a settings.json no longer ours) refuses in one line."""
+    parts, expected = recorded_eval
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "e.json.parts"
+        shutil.copytree(parts, copy)
+        files = sorted((copy / "batches").glob("*.json")) + ([copy / "settings.json"] if settings_file else [])
+        for which, damage in damages:
+            path = files[which % len(files)]
+            if path.stat().st_size:
+                path.write_bytes(_corrupt(path.read_bytes(), *damage))
+        rc, _ = _cli(["eval", str(base_run), *EVAL_ARGS, "--json", str(Path(tmp) / "e.json")])
+        if rc == 0:
+            record = json.loads((Path(tmp) / "e.json").read_text())
+            record.pop("timing")
+            assert record == expected
+        else:
+            assert settings_file
+
+
+# ---------------------------------------------------------------- report on random folders and CSV files
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                       max_size=3), max_leaves=8)
+hostile_text = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=12) | \
+    st.sampled_from(["\x1b]0;pwned\x07", "\x1b[2J", "ok\rALL CHECKS PASSED", "\u202eevil", "$x^$"])
+metrics_line = st.one_of(
+    json_values.map(json.dumps),
+    st.fixed_dictionaries({"epoch": st.integers(-3, 10**12) | json_values},
+                          optional={k: st.floats(allow_nan=True) | json_values
+                                    for k in ("val_clean", "val_pgd", "seconds")}).map(json.dumps),
+    st.binary(max_size=20).map(lambda b: b.decode("latin-1")))
+config = st.fixed_dictionaries({}, optional={k: json_values | hostile_text for k in
+                                             ("dataset", "model", "method", "norm", "eps", "epochs")})
+
+
+@FEW
+@given(name=hostile_text, cfg=config | json_values, metrics=st.lists(metrics_line, max_size=5),
+       evals=st.none() | st.binary(max_size=40) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_report_on_random_run_folders_is_a_table_or_one_line(name, cfg, metrics, evals):
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "runs" / name.strip(".") if name.strip(".") else Path(tmp) / "runs" / "x"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(cfg))
+        (run / "metrics.jsonl").write_text("\n".join(metrics) + "\n", errors="surrogateescape")
+        if evals is not None:
+            (run / "evals").mkdir()
+            (run / "evals" / "e.json").write_bytes(evals)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc, err = _cli(["report", str(run), "--out", str(Path(tmp) / "r")])
+        shown = out.getvalue() + err
+        assert not any(c in shown for c in "\x1b\x07\r\u202e"), shown
+        assert rc == 2 or (Path(tmp) / "r" / "report.csv").is_file()
+
+
+@FEW
+@given(content=st.binary(max_size=200) | st.lists(st.lists(hostile_text | st.sampled_from(["0", "1", ""]),
+                                                           max_size=6), max_size=4).map(
+    lambda rows: "\n".join(",".join(r) for r in [["index", "label", "clean_pred", "clean_correct", "pgd_success",
+                                                  "pgd_pred"], *rows]).encode("utf-8", "surrogateescape")))
+def test_report_on_random_per_example_files_is_a_table_or_one_line(content):
+    with tempfile.TemporaryDirectory() as tmp:
+        good = Path(tmp) / "a.csv"
+        good.write_text("index,label,clean_pred,clean_correct,pgd_success,pgd_pred\n0,1,1,1,0,1\n")
+        (Path(tmp) / "b.csv").write_bytes(content)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc, err = _cli(["report", str(good), str(Path(tmp) / "b.csv"), "--out", str(Path(tmp) / "d")])
+        assert not any(c in out.getvalue() + err for c in "\x1b\x07\r\u202e")

@@ -52,8 +52,65 @@ def noisy():
     return Noisy()
 
 
+class NoisySequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x + 0.3 * torch.randn_like(x))
+
+
+def noisy_linear(num_classes=10, in_channels=1, image_size=8):
+    return NoisySequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+
 def three_outputs():
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+class Rescaled(nn.Sequential):
+    def forward(self, x):
+        return super().forward(2 * x - 1)
+
+
+class RescaledInPlace(nn.Sequential):
+    """Rescaled, written into its input (which changes the caller's images, and breaks autograd on a leaf)."""
+
+    def forward(self, x):
+        x.mul_(2).sub_(1)
+        return super().forward(x)
+
+
+class Holder(nn.Module):
+    """A model with a submodule called ``module``, as DataParallel names its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = linear()
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def rescaled():
+    return Rescaled(nn.Flatten(), nn.Linear(64, 10))
+
+
+def rescaled_in_place():
+    return RescaledInPlace(nn.Flatten(), nn.Linear(64, 10))
+
+
+def float64():
+    return linear().double()
+
+
+def float16():
+    return linear().half()
+
+
+def bfloat16():
+    return linear().bfloat16()
+
+
+def holder():
+    return Holder()
 
 
 NOT_A_FACTORY = 3
@@ -201,3 +258,79 @@ def test_check_model_on_logits_is_quiet():
 def test_model_settings_are_checked_when_made(kwargs, match):
     with pytest.raises(OtrobustError, match=match):
         EvalSettings(**kwargs)
+
+
+def test_a_randomised_models_evaluation_reruns_and_resumes_exactly(model_dir, tmp_path, capsys):
+    """--randomized: the clean pass and every attack of a batch are seeded by its position, so a rerun gives the
+    same JSON, and so does a run that finds half its batches recorded (a resumed one)."""
+    args = ["--model", f"{model_dir / 'models.py'}:noisy_linear", "--dataset", "digits", "--randomized", "--eot-draws",
+            "2",
+            "--attack", "pgd", "fgsm", "--steps", "3", "--batch-size", "10", "--weights",
+            str(model_dir / "folded.pt"), *QUICK]
+    first = _eval_json(capsys, args, tmp_path / "first.json")
+    again = _eval_json(capsys, args, tmp_path / "again.json")
+    assert again == {**first, "model": again["model"]}
+    for record in sorted((tmp_path / "first.json.parts" / "batches").glob("*.json"))[::2]:
+        record.unlink()
+    resumed = _eval_json(capsys, args, tmp_path / "first.json")
+    assert resumed == first
+
+
+def test_the_audit_honours_randomized(model_dir, tmp_path, capsys):
+    """A declared randomised model: its determinism check passes and says why, the attacks use EOT, and two audits
+    give the same report."""
+    args = ["audit", "--model", f"{model_dir / 'models.py'}:noisy_linear", "--weights", str(model_dir / "folded.pt"),
+            "--dataset", "digits", "--randomized", "--eot-draws", "2", "--quick", "--steps", "2", "--restarts", "2",
+            "--unbounded-steps", "4", "--square-queries", "20", "--aa-iter", "2", "--n", "20", "--device", "cpu"]
+    reports = []
+    for name in ("a", "b"):
+        assert main([*args, "--out", str(tmp_path / name)]) in (0, 1)
+        report = json.loads((tmp_path / name / "audit.json").read_text())
+        reports.append([(c["name"], c["status"], c["finding"], c["evidence"]) for c in report["checks"]])
+    assert reports[0] == reports[1]
+    checks = {name: (status, finding) for name, status, finding, _ in reports[0]}
+    assert checks["determinism"][0] == "pass" and "declared randomised" in checks["determinism"][1]
+    assert report["threat_model"]["randomized"] is True
+    assert dict((c[0], c[3]) for c in reports[0])["autoattack"]["version"].startswith("rand")
+
+
+
+def _weights(state: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    """The folded classifier's weights as ``how`` stores them."""
+    if how in ("float16", "bfloat16"):  # what a half-precision model holds
+        return {k: v.to(getattr(torch, how)) for k, v in state.items()}
+    if how == "sparse":
+        return {k: v.to_sparse() for k, v in state.items()}
+    if how == "holder":
+        return {f"module.{k}": v for k, v in state.items()}
+    if how == "data-parallel holder":
+        return {f"module.module.{k}": v for k, v in state.items()}
+    return state
+
+
+@pytest.mark.parametrize("factory, how, reference", [
+    ("float64", "plain", "plain"), ("float16", "float16", "float16"), ("bfloat16", "bfloat16", "bfloat16"),
+    ("linear", "sparse", "plain"), ("holder", "holder", "plain"), ("holder", "data-parallel holder", "plain"),
+])
+def test_models_of_other_dtypes_layouts_and_names_give_the_float32_models_result(model_dir, tmp_path, capsys, factory,
+                                                                                 how, reference):
+    """Evaluated in float32 (and saying so); sparse weights made dense; a submodule called ``module`` kept: the
+    same verdicts as the float32 linear model with the same weights."""
+    folded = _folded(_centroids(MEAN, STD), MEAN, STD)
+    torch.save(_weights(folded, how), tmp_path / "w.pt")
+    torch.save({k: v.float() for k, v in _weights(folded, reference).items()}, tmp_path / "ref.pt")
+    common = ["--dataset", "digits", "--attack", "pgd", "fgsm", "--steps", "5", *QUICK]
+    got = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:{factory}", "--weights", str(tmp_path / "w.pt"),
+                              *common], tmp_path / "got.json")
+    want = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:linear", "--weights", str(tmp_path / "ref.pt"),
+                               *common], tmp_path / "want.json")
+    assert got["clean_accuracy"] > 0.7 and got["attacks"] == want["attacks"]
+    assert ("evaluated in float32" in got["model"]) == (factory != "linear" and factory != "holder")
+
+
+def test_a_model_that_writes_into_its_input_gets_a_copy_and_the_out_of_place_result(model_dir, tmp_path, capsys):
+    torch.save(_folded(_centroids(MEAN, STD), MEAN, STD), tmp_path / "w.pt")
+    common = ["--dataset", "digits", "--weights", str(tmp_path / "w.pt"), "--attack", "pgd", "--steps", "5", *QUICK]
+    got = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:rescaled_in_place", *common], tmp_path / "a.json")
+    want = _eval_json(capsys, ["--model", f"{model_dir / 'models.py'}:rescaled", *common], tmp_path / "b.json")
+    assert got["attacks"] == want["attacks"] and "given a copy" in got["model"]

@@ -6,9 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
@@ -125,3 +128,153 @@ def test_report_compares_two_per_example_files(trained_digits_run, tmp_path, cap
     only_weak, only_strong = int(row[3]), int(row[4])
     assert only_weak >= only_strong  # more steps never leave more images standing, image for image
     assert (tmp_path / "diff" / "diff.md").is_file()
+
+
+def _pgd_records(model, data, folder, key: str, steps: int):
+    """Run PGD-``steps`` recorded in ``folder`` under ``key``; returns (result, the cache)."""
+    cache = BatchCache(folder, key, {}, log=lambda s: None)
+    return run_evaluation(model, data, build_attacks(["pgd"], eps=0.1, steps=steps), batch_size=8, seed=0,
+                          cache=cache), cache
+
+
+def test_a_record_made_under_other_settings_is_recomputed_not_trusted(trained_digits_model, tmp_path):
+    """The poisoning of two evaluations sharing a folder: a batch recorded under another key (here PGD-1, weak)
+    lands among this evaluation's (PGD-10) records; it is recomputed, and the result is PGD-10's own."""
+    data = load_dataset("digits", "test", size=24)
+    weak, _ = _pgd_records(trained_digits_model, data, tmp_path / "weak", "weak", 1)
+    strong, _ = _pgd_records(trained_digits_model, data, tmp_path / "strong", "strong", 10)
+    assert not torch.equal(weak.per_attack["pgd"], strong.per_attack["pgd"])  # else the test would prove nothing
+    for record in (tmp_path / "weak" / "batches").glob("*.json"):
+        (tmp_path / "strong" / "batches" / record.name).write_bytes(record.read_bytes())
+    said = []
+    cache = BatchCache(tmp_path / "strong", "strong", {}, log=said.append)
+    again = run_evaluation(trained_digits_model, data, build_attacks(["pgd"], eps=0.1, steps=10), batch_size=8,
+                           seed=0, cache=cache)
+    assert torch.equal(again.per_attack["pgd"], strong.per_attack["pgd"])
+    assert len(said) == 3 and all("made under other settings: recomputing it" in s for s in said)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "empty", "not json", "a list"])
+def test_a_damaged_or_hand_edited_record_is_recomputed(trained_digits_model, tmp_path, damage):
+    data = load_dataset("digits", "test", size=16)
+    whole, _ = _pgd_records(trained_digits_model, data, tmp_path / "c", "k", 3)
+    record = tmp_path / "c" / "batches" / "pgd-000000008.json"
+    text = record.read_text()
+    record.write_text({"truncated": text[:len(text) // 2], "empty": "", "not json": "\x00\xff",
+                       "a list": "[1, 2]",
+                       # every verdict of the batch flipped to robust, the checksum left as it was
+                       "edited": text.replace("false", "true")}[damage])
+    said = []
+    cache = BatchCache(tmp_path / "c", "k", {}, log=said.append)
+    again = run_evaluation(trained_digits_model, data, build_attacks(["pgd"], eps=0.1, steps=3), batch_size=8,
+                           seed=0, cache=cache)
+    assert torch.equal(again.per_attack["pgd"], whole.per_attack["pgd"])
+    assert len(said) == 1 and "pgd-000000008.json" in said[0] and "damaged or edited by hand" in said[0]
+    assert json.loads(record.read_text())["record"]["key"] == "k"  # recomputed and recorded again
+
+
+GATED_MODEL = '''
+import os
+import time
+
+import torch
+from torch import nn
+
+
+class Gated(nn.Module):
+    """A linear classifier whose attacked forwards wait for the file GATE: a long evaluation, held open."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        if x.requires_grad:
+            open(GATE + ".waiting", "w").close()
+            while not os.path.exists(GATE):
+                time.sleep(0.05)
+        return self.net(x)
+
+
+def gated():
+    return Gated()
+'''
+
+
+def test_a_second_evaluation_on_the_same_json_is_refused_while_the_first_runs(tmp_path):
+    """Two processes: the second (other arguments, the same --json) is refused in one line while the first holds
+    the recorded batches; the first then ends with the figures it has alone."""
+    gate = tmp_path / "gate"
+    (tmp_path / "gated.py").write_text(f"GATE = {str(gate)!r}\n" + GATED_MODEL)
+    common = ["--model", f"{tmp_path / 'gated.py'}:gated", "--dataset", "digits", "--num-images", "24",
+              "--batch-size", "8", "--device", "cpu", "--no-progress", "--attack", "pgd"]
+    launch = [sys.executable, "-m", "otrobust", "eval"]
+    first = subprocess.Popen([*launch, *common, "--steps", "5", "--json", str(tmp_path / "shared.json")], env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):
+            if (tmp_path / "gate.waiting").exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "gate.waiting").exists(), first.communicate()
+        second = subprocess.run([*launch, *common, "--steps", "1", "--json", str(tmp_path / "shared.json")],
+                                env=_env(), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another otrobust process (pid {first.pid}) is writing to" in lines[0], lines
+        assert "--json or --cache" in lines[0]
+    finally:
+        gate.write_text("")
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    alone = subprocess.run([*launch, *common, "--steps", "5", "--json", str(tmp_path / "alone.json")], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert _without_timing(tmp_path / "shared.json") == _without_timing(tmp_path / "alone.json")
+
+
+RANKED = '''
+import os
+import sys
+
+from otrobust.cli.main import main
+
+rank = int(os.environ["RANK"])
+sys.exit(main([{command!r}, *{args!r}, *({rank_args!r}[rank])]))
+'''
+
+
+@pytest.mark.parametrize("what", ["num-images", "weights", "audit-eps"])
+def test_torchrun_processes_running_different_evaluations_are_refused(trained_digits_run, digits_tiny_run, tmp_path,
+                                                                      what):
+    """Each machine of a multi-node job is started by hand: a process with another --num-images, other weights or
+    another --eps must stop the job with one line on every process, not merge into a wrong number."""
+    common = ["--batch-size", "8", "--device", "cpu"]
+    command, args, rank_args = {
+        "num-images": ("eval", [str(trained_digits_run), *common, "--no-progress", "--steps", "1"],
+                       [["--num-images", "16"], ["--num-images", "24"]]),
+        "weights": ("eval", [*common, "--no-progress", "--steps", "1", "--num-images", "16"],
+                    [[str(trained_digits_run)], [str(digits_tiny_run)]]),
+        "audit-eps": ("audit", [str(trained_digits_run), *common, "--quick", "--num-images", "16", "--out",
+                                str(tmp_path / "audit")], [["--eps", "0.1"], ["--eps", "0.2"]]),
+    }[what]
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED.format(command=command, args=args, rank_args=rank_args))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("otrobust: error:")]
+    # one line per process (torchrun may stop the second before it prints its own)
+    assert 1 <= len(errors) <= 2 and all("are not running the same" in e for e in errors), proc.stderr[-3000:]
+    assert {"num-images": "n: 16 on rank 0, 24 on rank 1", "weights": "model weights",
+            "audit-eps": "eps: 0.1 on rank 0, 0.2 on rank 1"}[what] in errors[0]
+    assert 'File "' + str(Path(__file__).parents[2] / "src") not in proc.stderr  # no traceback of ours
+    assert not (tmp_path / "audit" / "audit.json").exists()
+
+
+@pytest.fixture(scope="module")
+def digits_tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", *tiny_flags(), "--method", "standard", "--out", str(run)]) == 0
+    return run

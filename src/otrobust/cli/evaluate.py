@@ -4,9 +4,11 @@ alone prints and writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,13 +18,14 @@ from otrobust.attacks.gradient import default_step_size, with_eot
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
-from otrobust.evaluation.runner import BatchCache, run_evaluation, shard_starts
+from otrobust.evaluation.runner import BatchCache, fingerprint, run_evaluation, shard_starts
 from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
 from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.per_example import write_per_example
 from otrobust.reporting.tables import black_box_note, eval_table, stage_table
 from otrobust.store.checkpoint import CHECKPOINT_DIR, load_model
-from otrobust.store.files import atomic_write_text, cache_key, check_writable
+from otrobust.store.files import atomic_write_text, cache_key, check_outputs_spare_inputs, check_writable
+from otrobust.store.lock import run_lock
 from otrobust.training.setup import pick_device
 
 
@@ -47,11 +50,25 @@ def run_eval(settings: EvalSettings) -> int:
 def prepare(target: Target, settings, device, say) -> None:
     """The checks before any attack, and the clean accuracy, printed first."""
     x = target.test.x.to(device)
+    for note in target.notes:
+        say(f"note: the model: {note}")
     for warning in check_model(target.model, x, target.test.num_classes, settings.randomized):
         say(f"warning: {warning}")
+    torch.manual_seed(settings.seed)  # a randomised model's printed clean accuracy repeats too
     correct = predict(target.model, x, settings.batch_size).cpu() == target.test.y
     say(f"clean accuracy: {100 * correct.float().mean():.2f}% on the first {len(target.test)} {target.dataset} "
         f"test images ({target.description})")
+
+
+PATHS = ("path", "model", "weights", "data_dir", "surrogate")  # may differ from machine to machine
+
+
+def _same_on_every_process(settings: dict, target: Target, info: distributed.DistInfo, what: str) -> None:
+    """Under torchrun: refuse (on every process) unless all run ``what`` with the same settings on the same weights
+    and test images (their paths may differ)."""
+    if info.enabled:
+        same = {k: v for k, v in settings.items() if k not in PATHS}
+        distributed.check_same({**same, **fingerprint(target.model, target.test)}, info, what)
 
 
 def _attacks(settings: EvalSettings, eps: float, say) -> dict:
@@ -60,8 +77,9 @@ def _attacks(settings: EvalSettings, eps: float, say) -> dict:
         names = ["autoattack-rand" if n == "autoattack" else n for n in names]
         say(f"randomised model: gradient attacks average {settings.eot_draws} forwards (EOT); autoattack runs as "
             "autoattack-rand")
-    attacks = build_attacks(names, norm=settings.norm, seed=settings.seed, workers=settings.attack_workers,
-                            **_budget(settings, eps))
+    # One worker for a randomised model: threads drawing from one generator in turn would not repeat.
+    workers = 1 if settings.randomized else settings.attack_workers
+    attacks = build_attacks(names, norm=settings.norm, seed=settings.seed, workers=workers, **_budget(settings, eps))
     if settings.randomized:
         attacks = {n: a if n.startswith(("autoattack", "apgd", "fab", "square")) else with_eot(a, settings.eot_draws)
                    for n, a in attacks.items()}
@@ -74,9 +92,20 @@ def _budget(settings: EvalSettings, eps: float) -> dict:
 
 
 def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
+    """One evaluation; the recorded batches' folder is locked while it runs (rank 0 holds the lock), so that a
+    second evaluation on the same --json or --cache is refused instead of mixing its batches with these."""
+    folder = settings.cache_folder
+    with run_lock(folder, "--json or --cache") if folder and info.is_main else nullcontext():
+        return _evaluate_locked(settings, info, device, say)
+
+
+def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
     target = load_target(settings, device)
+    check_outputs_spare_inputs({"--json": settings.json_path, "--per-example": settings.per_example,
+                                "--robustbench": settings.robustbench}, input_files(target), input_folders(target))
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
+    _same_on_every_process({**settings.result_settings(), "eps": eps}, target, info, "evaluation")
     attacks = _attacks(settings, eps, say)
     cache = None
     if settings.cache_folder:
@@ -108,9 +137,29 @@ def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -
               "restarts": settings.restarts, "schedule": settings.schedule, "step_size": step_size,
               "autoattack_standard": settings.aa_standard, "randomized": settings.randomized}
     budgets = attack_budgets(list(attacks), **_budget(settings, eps))
+    written = _write_outputs(settings, target, result, threat, budgets, seconds, eps)  # first: printing may fail
     _print_eval(result, threat, budgets, seconds, settings.aa_standard)
-    _write_outputs(settings, target, result, threat, budgets, seconds, eps)
+    for path in written:
+        print(f"wrote {path}")
     return 0
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "provenance.jsonl")  # a run directory's own files, beside checkpoints/
+
+
+def input_files(target: Target) -> list[Path]:
+    """The files the model under test comes from, and for a run directory's checkpoint the files of that run (an
+    evaluation written there earlier is not one of them)."""
+    files = list(target.files)
+    ckpt = target.checkpoint
+    if ckpt is not None and ckpt.parent.name == CHECKPOINT_DIR:
+        files += [ckpt.parent.parent / name for name in RUN_FILES] + sorted(ckpt.parent.glob("*.safetensors"))
+    return files
+
+
+def input_folders(target: Target) -> list[Path]:
+    """The folder of the test images, when they are read from disk."""
+    return [Path(target.data_dir).expanduser()] if target.data_dir else []
 
 
 class _ProgressBar:
@@ -165,7 +214,8 @@ def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, a
 
 
 def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict, budgets: dict, seconds: float,
-                   eps: float) -> None:
+                   eps: float) -> list[str]:
+    """Write --json, --per-example and --robustbench (those asked for); returns their paths."""
     if settings.json_path:
         record = {"checkpoint": str(target.checkpoint) if target.checkpoint else None, "model": target.description,
                   "dataset": target.dataset, "architecture": target.architecture, **eval_record(result, threat),
@@ -174,10 +224,8 @@ def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict,
                   "timing": {"seconds": round(seconds, 3),
                              "attack_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}}
         atomic_write_text(Path(settings.json_path), json.dumps(record, indent=2))
-        print(f"wrote {settings.json_path}")
     if settings.per_example:
         write_per_example(Path(settings.per_example), result, target.test.y)
-        print(f"wrote {settings.per_example}")
     if settings.robustbench:
         summary = robustbench_summary(result, dataset=target.dataset, eps=eps, norm=settings.norm,
                                       architecture=target.architecture, name=_run_name(target))
@@ -185,7 +233,7 @@ def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict,
             summary["unreliable"] = True
             summary["footnote"] += "; NOT standard AutoAttack (reduced iterations or queries)"
         atomic_write_text(Path(settings.robustbench), json.dumps(summary, indent=2))
-        print(f"wrote {settings.robustbench}")
+    return [path for path in (settings.json_path, settings.per_example, settings.robustbench) if path]
 
 
 def _run_name(target: Target) -> str:
@@ -218,6 +266,8 @@ def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
     budget = settings.budget(eps)
+    recorded = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("out", "device")}
+    _same_on_every_process({**recorded, "eps": eps}, target, info, "audit")
     out = _audit_folder(settings, target)
     check_writable(out)  # before the checks run (on every process, so that all stop): the verdict must not be lost
 
@@ -231,8 +281,13 @@ def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -
                                threat_extra={"dataset": target.dataset, "model": target.description}, info=info)
     if not info.is_main:
         return 1 if report.failed else 0
-    print(to_markdown(report).split("\n## ")[0].rstrip())  # first: a failed write cannot lose the verdict
-    write_report(report, out)
+    verdict = to_markdown(report).split("\n## ")[0].rstrip()
+    try:  # first: printing (to a closed pipe, in an encoding without "ε") must not lose the finished audit
+        write_report(report, out)
+    except OtrobustError:
+        print(verdict)  # a failed write (a full disk) must not lose the verdict either
+        raise
+    print(verdict)
     print(f"\nreport written to {out}/audit.md")
     return 1 if report.failed else 0
 

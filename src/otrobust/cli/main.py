@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.cli.flags import add_flags, from_args
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, printable
 from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
 from otrobust.experiments.reproduce import ReproduceSettings
 from otrobust.training.config import TrainConfig, config_from_dict, load_config_file
@@ -173,8 +173,60 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "audit": cmd_audit, "demo": cm
             "reproduce": cmd_reproduce, "report": cmd_report, "data": cmd_data}
 
 
+class _SafeStream:
+    """stdout or stderr as the commands see it: a character the terminal's encoding lacks ("ε" under
+    PYTHONIOENCODING=ascii or a C locale) is written as an escape, and a reader that went away (``otrobust ... |
+    head``) stops the output, not the work, so that what the command writes to files is still written."""
+
+    def __init__(self, stream):
+        self.stream, self.pipe_closed = stream, False
+
+    def write(self, text: str) -> int:
+        if self.pipe_closed:
+            return len(text)
+        try:
+            try:
+                return self.stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self.stream, "encoding", None) or "ascii"
+                return self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        except BrokenPipeError:
+            self._close()
+            return len(text)
+
+    def flush(self) -> None:
+        if not self.pipe_closed:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        self.pipe_closed = True
+        try:  # so that the flush at exit, of what is still buffered, cannot fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error is one line on stderr and exit status 2, a closed stdout pipe status 141 after the
+    command has finished its work."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    out, err = _SafeStream(sys.stdout), _SafeStream(sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    try:
+        code = _main(argv)
+        out.flush()
+    finally:
+        sys.stdout, sys.stderr = out.stream, err.stream
+    return 141 if out.pipe_closed else code  # 128 + SIGPIPE, the shell's status for a closed pipe
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -184,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except OtrobustError as exc:
-        print(f"otrobust: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        print(f"otrobust: error: {printable(' '.join(str(exc).splitlines()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("otrobust: interrupted", file=sys.stderr)

@@ -138,15 +138,19 @@ def check_autoattack(a: AuditState) -> Check:
     from otrobust.attacks.autoattack import autoattack, is_severe, too_few_classes
 
     s = a.s
-    runner = (autoattack(s.eps, s.norm, "fast", seed=s.seed, n_iter=s.aa_iter, n_targets=3) if s.aa_iter
-              else autoattack(s.eps, s.norm, "standard", seed=s.seed))
+    if s.randomized:  # APGD-CE and APGD-DLR with EOT
+        runner = autoattack(s.eps, s.norm, "rand", seed=s.seed, n_iter=s.aa_iter)
+    else:
+        runner = (autoattack(s.eps, s.norm, "fast", seed=s.seed, n_iter=s.aa_iter, n_targets=3) if s.aa_iter
+                  else autoattack(s.eps, s.norm, "standard", seed=s.seed))
     left_out = too_few_classes(runner.attacks, a.data.num_classes)
     runner.attacks = tuple(name for name in runner.attacks if name not in left_out)
     correct = a.run("autoattack", runner)
     warnings = list(runner.warnings)
     pgd_suite = a.white_box()
     stronger, detail = higher_than(pgd_suite, correct)
-    ev = {"version": f"APGD-CE + APGD-T, {s.aa_iter} iterations, 3 targets (cheap)" if s.aa_iter else "standard",
+    version = f"APGD-CE + APGD-T, {s.aa_iter} iterations, 3 targets (cheap)" if s.aa_iter else "standard"
+    ev = {"version": "rand (APGD-CE, APGD-DLR, EOT)" if s.randomized else version,
           "accuracy": fraction_true(correct), "pgd_suite_accuracy": fraction_true(pgd_suite), "warnings": warnings,
           "broken_only_by_autoattack": detail["robust_only_a"], "left_out_for_too_few_classes": left_out}
     ref = "Croce & Hein 2020 (AutoAttack flags)"

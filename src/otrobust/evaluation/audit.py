@@ -97,6 +97,7 @@ def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, s
         for name, run in steps:
             log(f"check {name}")
             started = time.perf_counter()
+            torch.manual_seed(settings.seed)  # each check draws the same numbers on every run (and process)
             checks.append(_run_check(name, run))
             checks[-1].seconds = round(time.perf_counter() - started, 2)
             log(f"  -> {checks[-1].status}: {checks[-1].finding}")
@@ -104,6 +105,7 @@ def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, s
         model.train(was_training)
     threat = {"norm": settings.norm, "eps": settings.eps, "n": len(data), "labels": "true", "seed": settings.seed,
               "steps": settings.steps, "restarts": settings.restarts, "quick": settings.quick,
+              "randomized": settings.randomized,
               "clean_accuracy": fraction_true(a.clean), **(threat_extra or {})}
     return AuditReport(threat, checks, a.curve, time.perf_counter() - t0)
 

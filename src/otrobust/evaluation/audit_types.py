@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from otrobust.attacks.gradient import default_step_size, pgd
+from otrobust.attacks.gradient import default_step_size, pgd, with_eot
 from otrobust.data.base import ImageData
 from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError
@@ -52,6 +52,8 @@ class AuditSettings:
     seed: int = 0
     batch_size: int = 256
     quick: bool = False
+    randomized: bool = False  # the model draws random numbers on purpose: gradient attacks average eot_draws forwards
+    eot_draws: int = 20
 
     @classmethod
     def make(cls, eps: float, norm: str = "linf", quick: bool = False, **overrides) -> AuditSettings:
@@ -61,7 +63,7 @@ class AuditSettings:
         if not eps > 0:
             raise OtrobustError(f"--eps must be positive for an audit, got {eps}")
         values = {**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
-        for key in ("steps", "restarts", "unbounded_steps", "square_queries", "batch_size", "aa_iter"):
+        for key in ("steps", "restarts", "unbounded_steps", "square_queries", "batch_size", "aa_iter", "eot_draws"):
             if key in values and values[key] < 1:
                 raise OtrobustError(f"--{key.replace('_', '-')} must be at least 1, got {values[key]}")
         return cls(eps=eps, norm=norm, quick=quick, **values)
@@ -110,6 +112,8 @@ class AuditState:
         """Per-example correctness (N,) under ``attack``, re-seeded so that runs are comparable."""
         if key not in self.results:
             t0 = time.perf_counter()
+            if self.s.randomized and not key.startswith(("square", "autoattack")):  # those draw their own
+                attack = with_eot(attack, self.s.eot_draws)
             res = run_evaluation(self.model, self.data, {key: attack}, labels=labels, batch_size=self.s.batch_size,
                                  device=self.device, seed=self.s.seed, info=self.info,
                                  allow_non_finite=True)  # reported by the gradients check
@@ -129,6 +133,7 @@ class AuditState:
     @property
     def clean(self) -> torch.Tensor:
         if "clean" not in self.results:
+            torch.manual_seed(self.s.seed)  # a randomised model's clean pass repeats too
             self.results["clean"] = evaluate_model(self.model, self.data, {}, batch_size=self.s.batch_size,
                                                    device=self.device, allow_non_finite=True).clean
         return self.results["clean"]

@@ -38,6 +38,8 @@ class ModelSettings:
                                             metavar="X", default_text="none")
     randomized: bool = setting(False, "the model is randomised on purpose (two forwards differ): attack it with "
                                "the EOT variants")
+    eot_draws: int = setting(20, "forwards averaged per gradient with --randomized (expectation over "
+                             "transformation)")
     dataset: str | None = setting(None, "dataset", default_text="the one the model was trained on")
     data_dir: str | None = setting(None, "dataset folder", default_text="the training run's")
     n: int | None = setting(None, "use the first N test images (--num-images under torchrun, whose own flags "
@@ -56,6 +58,10 @@ class ModelSettings:
         if self.model is None and (self.weights or self.num_classes or self.input_size):
             raise OtrobustError("--weights, --num-classes and --input-size describe a --model; a checkpoint "
                                 "records its own")
+        if self.model is None and self.normalize is not None:
+            raise OtrobustError("--normalize is for a --model: an otrobust checkpoint normalises its images inside "
+                                "the model already, so a second normalisation would evaluate another model; drop "
+                                "--normalize")
         if self.model is not None and self.dataset is None:
             raise OtrobustError("--model needs --dataset: the test images to attack")
         if self.input_size is not None and len(self.input_size) not in (1, 3) or any(
@@ -71,7 +77,8 @@ class ModelSettings:
         """(flag, value, within range, the rule) for every ranged setting."""
         return [("--batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
                 ("--n", self.n, self.n is None or self.n >= 1, ">= 1"),
-                ("--seed", self.seed, 0 <= self.seed < 2**63, "between 0 and 2**63 - 1")]
+                ("--seed", self.seed, 0 <= self.seed < 2**63, "between 0 and 2**63 - 1"),
+                ("--eot-draws", self.eot_draws, self.eot_draws >= 1, ">= 1")]
 
 
 @dataclass(kw_only=True)
@@ -90,8 +97,8 @@ class EvalSettings(ModelSettings):
     aa_queries: int | None = setting(None, "Square queries instead of 5000 (cheaper; NOT standard AutoAttack)")
     labels: str = setting("true", "labels the attacks move away from (predicted is the paper's protocol, labelled "
                           "as such in every output)", ("true", "predicted"))
-    attack_workers: int | None = setting(None, "PGD pieces attacked at the same time (use 1 to repeat the "
-                                         "evaluation of a model that draws random numbers exactly)", metavar="N",
+    attack_workers: int | None = setting(None, "PGD pieces attacked at the same time (1 with --randomized, so "
+                                         "that a model drawing random numbers repeats exactly)", metavar="N",
                                          default_text="one per torch thread on CPU, 1 on GPU")
     json_path: str | None = setting(None, "also write the results as JSON here (top-level robust_accuracy in "
                                     "[0, 1] is the worst case)", flag="--json")
@@ -105,8 +112,6 @@ class EvalSettings(ModelSettings):
     cache: str | None = setting(None, "folder where each finished batch of each attack is recorded; a killed run "
                                 "started again with the same arguments continues from it",
                                 default_text="JSON_PATH.parts with --json, else none")
-    eot_draws: int = setting(20, "forwards averaged per gradient with --randomized (expectation over "
-                             "transformation)")
 
     def limits(self) -> list[tuple[str, object, bool, str]]:
         return [("--steps", self.steps, self.steps >= 0, ">= 0"),
@@ -117,8 +122,7 @@ class EvalSettings(ModelSettings):
                 ("--step-size", self.step_size, self.step_size is None or self.step_size > 0, "positive"),
                 ("--eps", self.eps, self.eps is None or self.eps >= 0, ">= 0"),
                 ("--aa-iter", self.aa_iter, self.aa_iter is None or self.aa_iter >= 1, ">= 1"),
-                ("--aa-queries", self.aa_queries, self.aa_queries is None or self.aa_queries >= 1, ">= 1"),
-                ("--eot-draws", self.eot_draws, self.eot_draws >= 1, ">= 1")]
+                ("--aa-queries", self.aa_queries, self.aa_queries is None or self.aa_queries >= 1, ">= 1")]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -172,4 +176,5 @@ class AuditCommandSettings(ModelSettings):
         return AuditSettings.make(eps, self.norm, self.quick, steps=self.steps, restarts=self.restarts,
                                   unbounded_steps=self.unbounded_steps, square_queries=self.square_queries,
                                   surrogate_epochs=self.surrogate_epochs, aa_iter=self.aa_iter, seed=self.seed,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, randomized=self.randomized,
+                                  eot_draws=self.eot_draws)

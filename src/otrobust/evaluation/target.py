@@ -18,7 +18,7 @@ from torch import nn
 from otrobust.data import ImageData, get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.settings import ModelSettings
-from otrobust.models.external import build_external, load_factory
+from otrobust.models.external import UserModel, build_external, dtypes_cast, load_factory, writes_into_input
 from otrobust.models.latent import Normalize
 from otrobust.store.checkpoint import checkpoint_architecture, load_model_with_meta
 from otrobust.store.weights import load_into, load_state_dict_file
@@ -43,6 +43,7 @@ class Target:
     files: list[Path]
     checkpoint: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how the model was made evaluable (a cast, a copied input)
 
 
 def load_target(settings: ModelSettings, device: torch.device | str) -> Target:
@@ -72,19 +73,32 @@ def _external(settings: ModelSettings, device) -> Target:
     width = size[2] if len(size) == 3 else height
     _check_geometry(test, settings.dataset, (classes, channels, height, width), f"--model {settings.model} takes")
 
-    def fresh() -> nn.Module:
+    def build() -> nn.Module:
         return build_external(factory, num_classes=classes, in_channels=channels, image_size=height,
                               name=settings.model)
 
-    model = fresh()
+    built = build()
+    cast = dtypes_cast(built)  # before load_into, which takes the file's values into the model's dtypes
     where, _, name = settings.model.rpartition(":")
     files = [Path(where).expanduser()] if where.endswith(".py") else []
     if settings.weights:
-        load_into(model, load_state_dict_file(settings.weights), settings.weights)
+        load_into(built, load_state_dict_file(settings.weights), settings.weights)
         files.append(Path(settings.weights).expanduser())
-    model = _normalized(model.to(device).eval(), settings.normalize, channels, device)
+    model = UserModel(built).to(device).eval()
+    notes = [f"its {' and '.join(cast)} weights are evaluated in float32 (attacks and their gradients need it)"
+             ] if cast else []
+    if writes_into_input(model, test.x[:CHECK_IMAGES].to(device)):
+        model.copy_input = True
+        notes.append("it writes into its input, so each forward is given a copy (the test images stay intact)")
+    copy_input = model.copy_input
+
+    def fresh() -> nn.Module:
+        return UserModel(build(), copy_input)
+
+    model = _normalized(model, settings.normalize, channels, device)
     what = settings.model + (f" with weights {settings.weights}" if settings.weights else " (its own weights)")
-    return Target(model, test, settings.dataset, settings.data_dir, what, name, fresh, files)
+    return Target(model, test, settings.dataset, settings.data_dir, "; ".join([what, *notes]), name, fresh, files,
+                  notes=notes)
 
 
 def _check_geometry(test: ImageData, dataset: str, want: tuple[int, int, int, int], who: str) -> None:
@@ -123,6 +137,9 @@ def check_model(model: nn.Module, x: torch.Tensor, num_classes: int, randomized:
     if not isinstance(first, torch.Tensor):
         raise OtrobustError(f"the model returns a {type(first).__name__}; it must return a logits tensor "
                             f"(N, {num_classes})")
+    if not first.is_floating_point():
+        raise OtrobustError(f"the model returns {str(first.dtype).removeprefix('torch.')} outputs; attacks need "
+                            "floating-point logits: return the scores before any argmax, rounding or cast")
     if tuple(first.shape) != (len(x), num_classes):
         raise OtrobustError(f"the model returns shape {tuple(first.shape)} for {len(x)} images; expected logits "
                             f"({len(x)}, {num_classes}) (--num-classes sets the number of classes)")

@@ -46,6 +46,8 @@ from otrobust.experiments.spec import SMOKE
 from otrobust.reporting.tables import format_eps, markdown_table, write_csv  # noqa: F401
 from otrobust.settings import setting
 
+MAX_SEEDS = 1000
+
 
 @dataclass(kw_only=True)
 class ReproduceSettings:
@@ -108,6 +110,10 @@ class ReproduceSettings:
                 raise OtrobustError(f"{flag} must be at least {low}, got {value}")
         if self.seeds > MAX_SEEDS:
             raise OtrobustError(f"--seeds must be at most {MAX_SEEDS}, got {self.seeds}")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.seeds <= MAX_SEEDS:  # each seed is a whole set of training runs
+            raise OtrobustError(f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}")
 
     def run(self, log: Callable[[str], None] = print) -> Path | None:
         """Do what the flags ask (see :func:`reproduce`); returns the results folder when results were written."""

@@ -12,10 +12,12 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from otrobust.errors import OtrobustError
@@ -49,12 +51,29 @@ def _import_file(path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look their module up here
+    # The file runs as `python FILE.py` would run it, with no arguments: a script that parses sys.argv at import
+    # must not read otrobust's own. What it prints to stderr is held back and shown if it fails.
+    argv, stderr, held = sys.argv, sys.stderr, io.StringIO()
+    sys.argv, sys.stderr = [str(path)], held
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: any error it raises is reported in one line
+    except (Exception, SystemExit) as exc:  # the user's code: whatever ends it is reported in one line
         del sys.modules[name]
-        raise OtrobustError(f"--model: running {str(path)!r} failed: {type(exc).__name__}: {exc}") from None
+        said = held.getvalue().strip().splitlines()
+        raise OtrobustError(f"--model: running {str(path)!r} failed: {_what_failed(exc)}"
+                            + (f" (it said: {said[-1][:200]})" if said else "")
+                            + ("; guard the file's script code with if __name__ == '__main__':"
+                               if isinstance(exc, SystemExit) else "")) from None
+    finally:
+        sys.argv, sys.stderr = argv, stderr
+    stderr.write(held.getvalue())
     return module
+
+
+def _what_failed(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) when imported"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def _import_module(name: str):
@@ -78,9 +97,47 @@ def build_external(factory: Callable[..., nn.Module], *, num_classes: int, in_ch
         kwargs = {}
     try:
         model = factory(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise OtrobustError(f"--model: {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: "
-                            f"{type(exc).__name__}: {exc}") from None
+                            f"{_what_failed(exc)}") from None
     if not isinstance(model, nn.Module):
         raise OtrobustError(f"--model: {name} returned a {type(model).__name__}, not a torch.nn.Module")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise OtrobustError(f"--model: {name} returned a model on the meta device (its weights hold no values); "
+                            "build it with real tensors (otrobust loads --weights into them)")
     return model
+
+
+class UserModel(nn.Module):
+    """A model otrobust did not write, as it is evaluated: in float32 (``model.float()``), any error its forward
+    raises turned into one OtrobustError line, and with ``copy_input`` a copy of its input handed to each forward
+    (for a model that writes into its input, which would otherwise change the test images or the attack's
+    variable)."""
+
+    def __init__(self, model: nn.Module, copy_input: bool = False):
+        super().__init__()
+        self.model, self.copy_input = model.float(), copy_input
+
+    def forward(self, x):
+        try:
+            return self.model(x.clone() if self.copy_input else x)
+        except OtrobustError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise OtrobustError(f"the model's forward failed on a batch of {len(x)} images: "
+                                f"{_what_failed(exc)}") from None
+
+
+def writes_into_input(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a forward of ``model`` changes its input ``x`` (checked on a copy; ``x`` is left as it was)."""
+    probe = x.clone()
+    version = probe._version  # counts in-place writes, even those that leave the values as they were
+    with torch.no_grad():
+        model(probe)
+    return probe._version != version or not torch.equal(probe, x)
+
+
+def dtypes_cast(model: nn.Module) -> list[str]:
+    """The floating dtypes other than float32 among ``model``'s weights and buffers (what ``.float()`` changes)."""
+    return sorted({str(t.dtype).removeprefix("torch.") for t in (*model.parameters(), *model.buffers())
+                   if t.is_floating_point() and t.dtype != torch.float32})

@@ -8,17 +8,19 @@ wrong) and ``<attack>_pred`` (the class predicted on its adversarial example).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, path_kind, printable
 from otrobust.evaluation.evaluate import EvalResult
 from otrobust.evaluation.statistics import one_sided_sign_test
 from otrobust.reporting.tables import markdown_table, write_csv
 
 BASE_FIELDS = ("index", "label", "clean_pred", "clean_correct")
+MAX_BYTES = 256 * 2**20  # a per-example file of a million images is under 40 MB
 
 
 def per_example_rows(result: EvalResult, labels: torch.Tensor) -> tuple[list[dict[str, Any]], list[str]]:
@@ -42,17 +44,36 @@ def write_per_example(path: Path, result: EvalResult, labels: torch.Tensor) -> N
 
 
 def read_per_example(path: Path) -> list[dict[str, str]]:
-    """The rows of a per-example CSV; OtrobustError if it is not one."""
+    """The rows of a per-example CSV; OtrobustError if it is not one (not a file, over MAX_BYTES, not UTF-8, not
+    CSV, without the base columns, or a row of another length than its header)."""
+    path = Path(path)
+    kind = path_kind(path)
+    if kind != "a file":
+        raise OtrobustError(f"{str(path)!r} " + ("does not exist" if kind == "missing" else f"is {kind}, not a file"))
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = reader.fieldnames or []
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise OtrobustError(f"{str(path)!r} is {size / 2**20:.0f} MB: far larger than a per-example file (one "
+                                f"short line per test image); at most {MAX_BYTES // 2**20} MB are read")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise OtrobustError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise OtrobustError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}): not a per-example file from "
+                            "otrobust eval --per-example") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        fields = reader.fieldnames or []
+    except csv.Error as exc:
+        raise OtrobustError(f"cannot read {str(path)!r} as CSV: {exc}") from None
     if not all(k in fields for k in BASE_FIELDS):
         raise OtrobustError(f"{str(path)!r} is not a per-example file from otrobust eval --per-example (it has no "
                             f"{', '.join(BASE_FIELDS)} columns)")
+    for line, row in enumerate(rows, 2):
+        if None in row or None in row.values():
+            raise OtrobustError(f"row {line} of {str(path)!r} has another number of values than its header's "
+                                f"{len(fields)} columns")
     return rows
 
 
@@ -85,5 +106,5 @@ def diff_markdown(a: list[dict[str, str]], b: list[dict[str, str]], name_a: str 
             "right on more of them beyond chance.")
     table = markdown_table(["measure", "both", "only A", "only B", "neither", "p (A > B)", "p (B > A)"], rows)
     tail = (f"\n\nclean prediction differs on {len(changed)} images" +
-            (f" (first: {', '.join(changed[:10])})" if changed else ""))
+            (f" (first: {printable(', '.join(changed[:10]))})" if changed else ""))
     return f"{head}\n\n{table}{tail}"

@@ -7,23 +7,25 @@ import io
 from pathlib import Path
 from typing import Any
 
+from otrobust.errors import printable
 from otrobust.store.files import atomic_write_text
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    """A GitHub-style Markdown table; floats print with two decimals."""
+    """A GitHub-style Markdown table; floats print with two decimals, every cell through
+    :func:`~otrobust.errors.printable` (cells may come from files: run folders, CSVs)."""
 
     def cell(v: object) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+        return f"{v:.2f}" if isinstance(v, float) else printable(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def format_eps(v: float | None) -> str:
-    """8/255 as ``8/255``, other radii as plain numbers, None as a dash."""
-    if v is None:
+    """8/255 as ``8/255``, other radii as plain numbers, None (or anything not a number) as a dash."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return "–"
     k = v * 255
     return f"{round(k)}/255" if 0 < v < 1 and abs(k - round(k)) < 1e-6 else f"{v:g}"

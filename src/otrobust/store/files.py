@@ -112,7 +112,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8; a file name that is not UTF-8 (held in surrogates) is
+    written back as its own bytes."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name can hold
+        data = text.encode("utf-8", "backslashreplace")
+    atomic_write_bytes(path, data)
 
 
 def check_writable(folder: Path) -> None:
@@ -183,3 +189,30 @@ def cache_key(files: dict[str, Path], **settings: Any) -> str:
     from them: the name of a cache entry, which a changed file or other settings make stale."""
     ident = {label: [f.name, f.stat().st_size, f.stat().st_mtime_ns] for label, f in files.items()}
     return hashlib.sha256(json.dumps({**ident, **settings}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or a.exists() and b.exists() and os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # a loop of links, an unreadable folder
+        return False
+
+
+def check_outputs_spare_inputs(outputs: dict[str, str | Path | None], inputs: list[Path],
+                               input_folders: list[Path] = ()) -> None:
+    """Refuse (OtrobustError) an output that is one of the ``inputs`` (a checkpoint, a run's config.json, a weights
+    file...), an existing file inside one of ``input_folders`` (a data folder) or another output: writing it would
+    destroy what it was computed from. ``outputs`` maps each flag to its path (None: not asked for)."""
+    named = {flag: Path(path).expanduser() for flag, path in outputs.items() if path is not None}
+    for i, (flag, path) in enumerate(named.items()):
+        hit = next((f for f in inputs if _same_file(path, Path(f))), None)
+        if hit is not None:
+            raise OtrobustError(f"{flag} {str(path)!r} is an input of this command ({str(hit)!r}); writing it would "
+                                f"destroy it: choose another {flag}")
+        for folder in input_folders:
+            if path.exists() and path.resolve().is_relative_to(Path(folder).resolve()):
+                raise OtrobustError(f"{flag} {str(path)!r} is a file of the data folder {str(folder)!r}; writing it "
+                                    f"would destroy it: choose another {flag}")
+        twin = next((other for other, p in list(named.items())[:i] if _same_file(path, p)), None)
+        if twin is not None:
+            raise OtrobustError(f"{twin} and {flag} name the same file {str(path)!r}; give each its own")

@@ -1,4 +1,5 @@
-"""One writer per run directory: ``train`` holds ``RUN_DIR/.otrobust-lock`` while it runs.
+"""One writer per folder: ``train`` holds ``RUN_DIR/.otrobust-lock`` while it runs, ``eval`` its recorded batches'
+folder's.
 
 Two runs writing the same checkpoints and metrics would corrupt each other's resume state, so the second
 one is refused with one line. A lock left behind by a process that no longer exists (killed, machine
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from otrobust.errors import OtrobustError
+from otrobust.errors import OtrobustError, path_kind
 
 LOCK_NAME = ".otrobust-lock"
 
@@ -45,12 +46,15 @@ def _running(pid: int) -> bool:
 
 
 @contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold the run directory's lock for the block; raise OtrobustError if another live process holds it.
+def run_lock(run_dir: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """Hold the run directory's lock for the block; raise OtrobustError if another live process holds it (the
+    message tells the user to choose another ``flag``).
 
     The directory is created if needed, and removed again on exit if the block left it empty.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OtrobustError(f"{flag} {str(run_dir)!r} is {path_kind(run_dir)}, not a folder; choose another {flag}")
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +68,7 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
             owner = lock_owner(path)
             if owner is not None and owner != os.getpid() and _running(owner):
                 raise OtrobustError(f"another otrobust process (pid {owner}) is writing to {str(run_dir)!r}; wait "
-                                    f"for it or stop it, or choose another --out (its lock: {str(path)!r})") from None
+                                    f"for it or stop it, or choose another {flag} (its lock: {str(path)!r})") from None
             path.unlink(missing_ok=True)  # left by a process that is gone
             continue
         except OSError as exc:

@@ -24,9 +24,9 @@ SHOWN = 3  # names listed per kind of mismatch
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, by name, on the CPU.
 
-    A checkpoint that nests its weights (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped; the
-    ``module.`` prefix of a ``DataParallel`` model is dropped. OtrobustError, in one line, for a missing file,
-    a file that is not weights, or a pickle that would run code."""
+    A checkpoint that nests its weights (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped; sparse tensors
+    are made dense. OtrobustError, in one line, for a missing file, a file that is not weights, tensors without
+    values (meta), or a pickle that would run code."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise OtrobustError(f"--weights {str(path)!r} {path_kind(path)}; give a .safetensors or PyTorch "
@@ -71,19 +71,33 @@ def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:
         raise OtrobustError(f"--weights {str(path)!r} holds no state dict (a mapping of names to tensors); found "
                             f"{type(state).__name__}" + (f" with keys {', '.join(map(str, list(state)[:SHOWN]))}"
                                                          if isinstance(state, dict) else ""))
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+    if any(t.is_meta for t in state.values()):
+        raise OtrobustError(f"--weights {str(path)!r} holds tensors on the meta device, which have no values")
+    # A sparse tensor holds the same numbers as its dense form, which is what a module's parameters take.
+    return {k: v.to_dense() if v.layout != torch.strided else v for k, v in state.items()}
 
 
 def _all_tensors(d: dict) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
 
 
+def _without_data_parallel_prefix(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    """``state`` with the ``module.`` prefix that ``DataParallel`` adds dropped, when every name has it and
+    dropping it is what makes the names the model's (a model with a submodule called ``module`` keeps it)."""
+    if not state or not all(k.startswith("module.") for k in state) or set(state) == names:
+        return state
+    stripped = {k.removeprefix("module."): v for k, v in state.items()}
+    if all(k.startswith("module.") for k in names) and set(stripped) != names:
+        return state  # the model's own names start with module.: only a prefix that makes them match goes
+    return stripped
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Load ``state`` into ``model`` after checking that it fits: OtrobustError naming the first few missing and
-    unexpected names and shape mismatches otherwise."""
+    unexpected names and shape mismatches otherwise. The ``module.`` prefix of a ``DataParallel`` model's names is
+    dropped where that makes them the model's."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = _without_data_parallel_prefix(state, set(want))
     have = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in want if k not in have]
     unexpected = [k for k in have if k not in want]

@@ -34,7 +34,13 @@ from otrobust.store.resume import check_nothing_lost
 from otrobust.training.awp import awp_gamma_at, with_awp
 from otrobust.training.config import TrainConfig
 from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, zero_step_warning
-from otrobust.training.runfiles import prepare_run_dir, restore_run_state, save_run_state
+from otrobust.training.runfiles import (
+    check_config_is_ours,
+    checkpoint_score,
+    prepare_run_dir,
+    restore_run_state,
+    save_run_state,
+)
 from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's helpers are imported from here too)
     amp_dtype,
     build_model,
@@ -138,6 +144,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, *,
                  show_progress: bool | None, log, argv: list[str] | None):
         check_nothing_lost(Path(cfg.out), cfg.resume)  # before anything in the run directory is written
+        check_config_is_ours(Path(cfg.out))
         self.cfg, self.info, self.device, self.log, self.show_progress = cfg, info, device, log, show_progress
         self.spec, self.train_data, self.val_data = load_training_data(cfg, info, device)
         self.run_dir = Path(cfg.out)  # written only once the model and any checkpoint have loaded
@@ -305,9 +312,7 @@ class Trainer:
         with self._autocast():
             record.update(validate_epoch(self.eval_model, self.val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
         record["seconds"] = round(totals["seconds"] + time.perf_counter() - t0, 3)
-        # Robust methods keep the checkpoint with the best validation PGD accuracy; standard training,
-        # which has none to speak of, the best clean accuracy.
-        score = [record["val_clean"]] if cfg.method == "standard" else [record["val_pgd"], record["val_clean"]]
+        score = checkpoint_score(record, cfg.method)
         improved = self.state.best_score is None or score > self.state.best_score
         state = TrainState(epoch=epoch + 1, step=0, history=self.state.history + [record], accum=None,
                            best_score=score if improved else self.state.best_score)
@@ -358,6 +363,13 @@ class Trainer:
         meta, changes = restore_run_state(self.last, self.cfg, self.model, self.reg, self.opt, self.phi_opt,
                                           self.sched)
         self.state = TrainState.from_meta(meta)
+        started = self.state.epoch + (self.state.step > 0)  # epochs finished, and one begun
+        if self.cfg.epochs < started:
+            begun = f" and {self.state.step} steps of epoch {self.state.epoch + 1}" if self.state.step else ""
+            raise OtrobustError(f"cannot resume {str(self.run_dir)!r} with --epochs {self.cfg.epochs}: it has trained "
+                                f"{self.state.epoch} epoch{'' if self.state.epoch == 1 else 's'}{begun} already, so "
+                                f"nothing was changed; give --epochs {started} or more (to keep fewer epochs, start a "
+                                "new --out)")
         self.log(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}"
                  + "".join(f"\n  with {line}" for line in changes))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,29 @@ def save_run_state(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sch
              "sched": sched.state_dict() if sched is not None else None}
     meta = {"architecture": architecture(cfg, spec), "config": cfg.to_dict(), "versions": versions(), **state}
     save_checkpoint(checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
+
+
+def checkpoint_score(record: dict[str, Any], method: str) -> list[float]:
+    """What the best checkpoint maximises, from an epoch's metrics record: robust methods keep the epoch with the
+    best validation PGD accuracy (then clean), standard training, which has none to speak of, the best clean
+    accuracy. The first epoch of the highest score is the one kept."""
+    return [record["val_clean"]] if method == "standard" else [record["val_pgd"], record["val_clean"]]
+
+
+def check_config_is_ours(run_dir: Path) -> None:
+    """Refuse to train into ``run_dir`` if it holds a config.json that is not an otrobust run's (another program's
+    settings, which training would overwrite)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        values = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        values = None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not (isinstance(values, dict) and {"dataset", "method"} <= set(values) <= known):
+        raise OtrobustError(f"--out {str(run_dir)!r} holds a config.json that is not an otrobust run's settings; "
+                            "training there would overwrite it: choose another --out")
 
 
 def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None) -> Path:
