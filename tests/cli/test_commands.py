@@ -28,4 +28,4 @@ def test_a_failed_audit_fails_reproduce_only_at_full_scale(tmp_path, monkeypatch
     if scale == "smoke":
         assert "at smoke scale an audit verdict means nothing" in out and "AUDIT FAILED" not in out
     else:
-        assert "AUDIT FAILED for std: eps-curve (see std/audit.md)" in out
+        assert f"AUDIT FAILED for std: eps-curve (see {tmp_path / 'full' / 'std' / 'audit.md'})" in out

@@ -112,7 +112,7 @@ def test_every_run_is_audited_and_every_table_carries_the_verdict(smoke_out):
     assert "## Audit" in text and "| audit |" in text and text.count("| `runs/") == len(audits)
 
 
-def test_a_failed_audit_is_flagged_in_the_table_and_exits_1(smoke_out, tmp_path, capsys):
+def test_a_failed_audit_is_flagged_in_the_table(smoke_out, tmp_path, capsys):
     # A record whose audit failed (planted by editing the record: the merge reads verdicts from records alone).
     records = tmp_path / "records"
     shutil.copytree(smoke_out / "smoke" / "table1" / "records", records)
@@ -120,8 +120,9 @@ def test_a_failed_audit_is_flagged_in_the_table_and_exits_1(smoke_out, tmp_path,
     record = json.loads(path.read_text())
     record["audit"] = {**record["audit"], "verdict": "fail", "fail": 1, "failed_checks": ["unbounded"]}
     path.write_text(json.dumps(record))
-    assert main(["reproduce", "table1", "--out", str(tmp_path / "merged"), "--merge", "--records", str(records)]) == 1
-    assert "AUDIT FAILED for trades: unbounded" in capsys.readouterr().out
+    # At the smoke scale a failed audit does not fail the command (tests/cli/test_commands.py has the full scale).
+    assert main(["reproduce", "table1", "--out", str(tmp_path / "merged"), "--merge", "--records", str(records)]) == 0
+    assert "at smoke scale an audit verdict means nothing" in capsys.readouterr().out
     text = (tmp_path / "merged" / "smoke" / "table1" / "results.md").read_text()
     assert "**FAILED: TRADES**" in text and "| TRADES | clean | – | – | 48 |" in text
     rows = list(csv.DictReader((tmp_path / "merged" / "smoke" / "table1" / "results.csv").open()))

@@ -103,17 +103,13 @@ class ReproduceSettings:
             raise OtrobustError(f"{' and '.join(modes)} do not go together; give one of them")
         if self.records and not self.merge:
             raise OtrobustError("--records goes with --merge")
-        for flag, value, low in (("--seeds", self.seeds, 1), ("--workers", self.workers, 1),
+        if not 1 <= self.seeds <= MAX_SEEDS:  # each seed is a whole set of training runs
+            raise OtrobustError(f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}")
+        for flag, value, low in (("--workers", self.workers, 1),
                                  ("--threads", self.threads, 1), ("--gpus-per-unit", self.gpus_per_unit, 0),
                                  ("--cpus-per-unit", self.cpus_per_unit, 1), ("--time-limit", self.time_limit, 1)):
             if value is not None and value < low:
                 raise OtrobustError(f"{flag} must be at least {low}, got {value}")
-        if self.seeds > MAX_SEEDS:
-            raise OtrobustError(f"--seeds must be at most {MAX_SEEDS}, got {self.seeds}")
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.seeds <= MAX_SEEDS:  # each seed is a whole set of training runs
-            raise OtrobustError(f"--seeds must be between 1 and {MAX_SEEDS}, got {self.seeds}")
 
     def run(self, log: Callable[[str], None] = print) -> Path | None:
         """Do what the flags ask (see :func:`reproduce`); returns the results folder when results were written."""
@@ -124,8 +120,6 @@ class ReproduceSettings:
                          device=self.device, overrides=parse_overrides(self.overrides), audit=self.audit,
                          seeds=self.seeds, log=log, settings=self)
 
-
-MAX_SEEDS = 1000
 
 
 def plan_units(settings: ReproduceSettings, log: Callable[[str], None] = print):
