@@ -83,9 +83,9 @@ def _pick_kill(rng: random.Random, run: Path, phase: str) -> str | None:
     """``phase:N`` with N drawn among the points the next process is sure to reach (None if there are none)."""
     steps, validations = _progress(run)
     checkpoints = max(math.ceil(steps / CHECKPOINT_EVERY), 1 if validations else 0)
-    # On start every process rewrites config.json and metrics.jsonl and appends to provenance.jsonl.
+    # On start every process rewrites config.json, config.yaml and metrics.jsonl and appends to provenance.jsonl.
     reachable = {"step": steps, "validation": validations, "append": validations + 1, "checkpoint": checkpoints,
-                 "write": 2}[phase]
+                 "write": 3}[phase]
     return f"{phase}:{rng.randint(1, reachable)}" if reachable else None
 
 

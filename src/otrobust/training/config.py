@@ -1,4 +1,5 @@
-"""Typed run configuration: one flat dataclass, every field a command-line flag; validation."""
+"""Typed run configuration: one flat dataclass, every field a command-line flag; validation; config files (YAML,
+JSON)."""
 
 from __future__ import annotations
 
