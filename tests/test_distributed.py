@@ -178,3 +178,46 @@ def test_two_gloo_processes_match_one_process_and_resume_on_one(tmp_path):
     # A run started on 2 processes continues on 1 (same global batch): as if it had run on 1 throughout.
     train(TrainConfig(**TINY, epochs=2, out=str(two), resume=True), **quiet)
     _assert_same_run(tmp_path / "one-2", two)
+
+
+# ---------------------------------------------------------------- weight averaging under 2 processes
+# wrn-16-1 has batch norm, whose running statistics each process updates from its own shard.
+EMA_RUN = {**TINY_RUN, "model": "wrn-16-1", "method": "pgd-at", "train_size": 64, "epochs": 1, "ema": 0.9}
+
+
+def _ema_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    from otrobust.models import unwrap
+    from otrobust.training.loop import Trainer, resolve
+
+    info = distributed.env_info()
+    device, joined = distributed.setup(info, torch.device("cpu"))
+    try:
+        cfg = resolve(TrainConfig(**EMA_RUN, out=str(Path(out_dir) / "run")))
+        trainer = Trainer(cfg, info, device, show_progress=False, log=lambda text: None, argv=None)
+        trainer.fit()
+        tensors = {**{f"ema.{k}": v for k, v in trainer.ema.model.state_dict().items()},
+                   **{f"raw.{k}": v for k, v in unwrap(trainer.model).state_dict().items()}}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(out_dir) / f"{rank}.safetensors"))
+        distributed.finish(joined)
+    finally:
+        distributed.teardown(joined)
+
+
+def test_every_process_holds_the_same_average_and_rank_0_saves_it(tmp_path):
+    """The parameters are replicated, so their average is; the batch-norm statistics are not (each process
+    updates them from its shard), so the average's are rank 0's, given to every process before validation."""
+    from safetensors.torch import load_file
+
+    mp.start_processes(_ema_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [load_file(str(tmp_path / f"{rank}.safetensors")) for rank in range(2)]
+    ema = [k for k in ranks[0] if k.startswith("ema.")]
+    assert ema and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ema)
+    raw_stats = [k for k in ranks[0] if k.startswith("raw.") and k.endswith("running_mean")]
+    assert raw_stats and any(not torch.equal(ranks[0][k], ranks[1][k]) for k in raw_stats)  # what the sync is for
+    saved, _, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(saved[k], ranks[0][f"ema.{k}"]) for k in saved)

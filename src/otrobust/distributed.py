@@ -248,6 +248,18 @@ def average_gradients(params: Sequence[nn.Parameter], info: DistInfo) -> None:
         offset += g.numel()
 
 
+def broadcast_state(module: nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's parameters and buffers of ``module`` (in place); nothing for one process."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        for t in (*module.parameters(), *module.buffers()):
+            sent = t.data.contiguous()  # a copy only for a tensor in another memory format (channels-last)
+            dist.broadcast(sent, src=0)
+            if sent.data_ptr() != t.data.data_ptr():
+                t.data.copy_(sent)
+
+
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, compile: bool = False
                ) -> tuple[nn.Module, nn.Module]:
     """(model for the training passes, model for attacks and validation), wrapped as the job needs.

@@ -116,13 +116,38 @@ def test_eps_as_a_fraction_is_parsed(tmp_path, capsys):
     ('[1, 2]', "must hold a JSON object"),
     ('{"epochs": 2', "cannot read config file"),
     (b'\xff\xfe{', "cannot read config file"),
-    ("epochs: 2\nmethod: trades\n", "must be JSON"),  # YAML
+    ("epochs: 2\nmethod: trades\n", "a YAML file must be named .yaml or .yml"),  # YAML in a .json file
     ("epochs = 2\n", "must be JSON"),  # TOML
 ])
 def test_bad_config_files(tmp_path, capsys, content, match):
     path = tmp_path / "cfg.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     _fails(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "run")], match)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("method: free-at\n", "--method 'free-at' is not one of"),
+    ("epochs: many\n", "--epochs must be a whole number"),
+    ("lr: [0.1]\n", "--lr must be a number"),
+    ("resume: yes\n", "--resume must be true or false"),  # YAML 1.1 would read yes as true; settings are 1.2
+    ("eps: 3/0\n", "cannot read '3/0'"),
+    ("learning_rate: 0.1\n", "unknown config field(s): learning_rate"),
+    ("- 1\n- 2\n", "must hold a YAML mapping"),
+    ("", "must hold a YAML mapping"),
+    ("1: 2\n", "setting names must be text"),
+    ("epochs: [2\n", "cannot read config file"),
+    (b"\xff\xfe{", "cannot read config file"),
+    ("epochs: 2\n---\nepochs: 3\n", "but found another document"),
+    ("a: &x [1]\nb: *x\n", "aliases (*name) are not read"),
+    ("epochs: !!python/object/apply:os.getpid []\n", "could not determine a constructor"),
+    ('{"epochs": 2', "cannot read config file"),
+])
+def test_bad_yaml_config_files(tmp_path, capsys, content, match):
+    """YAML gets the checks and one-line errors of JSON, and a few of its own (tags, aliases, documents)."""
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    _fails(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "run")], match)
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_file_values_are_coerced(tmp_path, capsys):

@@ -49,3 +49,25 @@ def test_learning_curves(tmp_path):
     _written(plots.plot_learning_curves({"a": history, "b": history[:1], "empty": []}, tmp_path / "curves"))
     with pytest.raises(OtrobustError, match="no run has a finished epoch"):
         plots.plot_learning_curves({"empty": []}, tmp_path / "none")
+
+
+def test_the_plot_command_draws_two_runs_into_one_png(tmp_path, capsys):
+    from conftest import tiny_flags
+
+    from otrobust.cli.main import main
+
+    for name, method in (("trades", "trades"), ("got", "got-trades-lm")):
+        assert main(["train", *tiny_flags(method=method, epochs=2), "--out", str(tmp_path / name)]) == 0
+    out = tmp_path / "figs" / "curves.png"
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "trades"), str(tmp_path / "got"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png"]  # the PNG asked for, nothing else
+    from matplotlib.image import imread
+
+    height, width = imread(str(out)).shape[:2]
+    assert width > 2 * height  # three panels side by side
+    assert main(["plot", str(tmp_path / "trades"), "--out", str(tmp_path / "curves.svg")]) == 2
+    assert main(["plot", str(tmp_path / "figs")]) == 2  # not a run directory
+    assert "not a run directory" in capsys.readouterr().err

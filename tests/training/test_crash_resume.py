@@ -49,10 +49,12 @@ def _env(kill: str | None = None) -> dict[str, str]:
     return env
 
 
-def _start(run: Path, method: str, kill: str | None = None, resume: bool = False) -> subprocess.Popen:
-    """A fresh run takes every flag; a resumed one only ``--resume --out`` (the rest comes from config.json)."""
+def _start(run: Path, method: str, kill: str | None = None, resume: bool = False,
+           extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """A fresh run takes every flag (``extra`` last); a resumed one only ``--resume --out`` (the rest comes from
+    config.json)."""
     flags = ["--resume", "--out", str(run), "--no-progress"] if resume else [*TRAIN_FLAGS, "--method", method,
-                                                                              "--out", str(run)]
+                                                                              "--out", str(run), *extra]
     return subprocess.Popen([sys.executable, "-m", "otrobust", "train", *flags], env=_env(kill),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -62,8 +64,9 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def _run(run: Path, method: str, kill: str | None = None, resume: bool = False) -> tuple[int, str]:
-    return _finish(_start(run, method, kill, resume))
+def _run(run: Path, method: str, kill: str | None = None, resume: bool = False,
+         extra: tuple[str, ...] = ()) -> tuple[int, str]:
+    return _finish(_start(run, method, kill, resume, extra))
 
 
 # ---------------------------------------------------------------- checks
@@ -80,9 +83,9 @@ def _pick_kill(rng: random.Random, run: Path, phase: str) -> str | None:
     """``phase:N`` with N drawn among the points the next process is sure to reach (None if there are none)."""
     steps, validations = _progress(run)
     checkpoints = max(math.ceil(steps / CHECKPOINT_EVERY), 1 if validations else 0)
-    # On start every process rewrites config.json and metrics.jsonl and appends to provenance.jsonl.
+    # On start every process rewrites config.json, config.yaml and metrics.jsonl and appends to provenance.jsonl.
     reachable = {"step": steps, "validation": validations, "append": validations + 1, "checkpoint": checkpoints,
-                 "write": 2}[phase]
+                 "write": 3}[phase]
     return f"{phase}:{rng.randint(1, reachable)}" if reachable else None
 
 
@@ -117,22 +120,29 @@ def _assert_same_run(run: Path, reference: Path) -> None:
 
 
 class References:
-    """Uninterrupted runs, one per method, started in the background on first use and shared."""
+    """Uninterrupted runs, one per method (and ``extra`` flags), started in the background on first use and
+    shared."""
 
     def __init__(self, root: Path):
         self.root, self.procs = root, {}
 
-    def start(self, method: str) -> None:
-        if method not in self.procs:
-            self.procs[method] = _start(self.root / method, method)
+    @staticmethod
+    def _name(method: str, extra: tuple[str, ...]) -> str:
+        return "_".join((method, *extra)).replace("-", "")
 
-    def get(self, method: str) -> Path:
-        self.start(method)
-        proc = self.procs[method]
+    def start(self, method: str, extra: tuple[str, ...] = ()) -> None:
+        name = self._name(method, extra)
+        if name not in self.procs:
+            self.procs[name] = _start(self.root / name, method, extra=extra)
+
+    def get(self, method: str, extra: tuple[str, ...] = ()) -> Path:
+        self.start(method, extra)
+        name = self._name(method, extra)
+        proc = self.procs[name]
         if proc.returncode is None:
             rc, err = _finish(proc)
             assert rc == 0, err
-        return self.root / method
+        return self.root / name
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +155,15 @@ def references(tmp_path_factory) -> References:
             proc.wait()
 
 
-def _kill_chain(run: Path, method: str, phases: list[str], rng: random.Random) -> list[str]:
+def _kill_chain(run: Path, method: str, phases: list[str], rng: random.Random,
+                extra: tuple[str, ...] = ()) -> list[str]:
     """Kill a run once per phase (at a random reachable point), resuming in between; finish it."""
     kills, resume = [], False
     for phase in phases:
         kill = _pick_kill(rng, run, phase)
         if kill is None:
             continue
-        rc, err = _run(run, method, kill, resume)
+        rc, err = _run(run, method, kill, resume, extra)
         assert rc == -signal.SIGKILL, f"{kill}: expected the process to be killed, got exit {rc}\n{err}"
         _assert_checkpoints_load(run)
         kills.append(kill)
@@ -169,6 +180,20 @@ def test_sigkill_mid_checkpoint_validation_and_step_resumes_exactly(tmp_path, re
     kills = _kill_chain(tmp_path / "run", method, ["checkpoint", "validation", "step"], random.Random(1))
     assert [k.split(":")[0] for k in kills] == ["checkpoint", "validation", "step"]
     _assert_same_run(tmp_path / "run", references.get(method))
+
+
+def test_sigkill_with_weight_averaging_resumes_to_the_same_average(tmp_path, references):
+    """--ema: the average (the checkpoints' model weights), its update count and the raw weights (kept with the
+    optimiser state) all survive a kill mid-step and mid-validation exactly."""
+    method, extra = "trades", ("--ema", "0.9")
+    references.start(method, extra)
+    kills = _kill_chain(tmp_path / "run", method, ["step", "validation"], random.Random(3), extra)
+    assert [k.split(":")[0] for k in kills] == ["step", "validation"]
+    reference = references.get(method, extra)
+    _assert_same_run(tmp_path / "run", reference)
+    averaged, _, state = load_checkpoint(checkpoint_path(reference, "last"))
+    assert state["ema_updates"] == TOTAL_STEPS and set(state["raw"]) == set(averaged)
+    assert not all(torch.equal(state["raw"][k], averaged[k]) for k in averaged)  # the two are kept apart
 
 
 def _inprocess_flags(method: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The bodies of ``demo``, ``reproduce``, ``report`` and ``data download``: run the core, print and save
+"""The bodies of ``demo``, ``reproduce``, ``report``, ``plot`` and ``data download``: run the core, print and save
 (``eval`` and ``audit`` are in ``cli/evaluate.py``; parsing is in ``cli/main.py``)."""
 
 from __future__ import annotations
@@ -208,6 +208,28 @@ def run_report(runs: list[str], out: str | Path) -> int:
     print("\n".join(text[4:5]))
     print(f"\nwrote {out / 'report.md'}, {out / 'report.csv'}" + (f" and {len(figures)} figure files" if figures
                                                                     else ""))
+    return 0
+
+
+def run_plot(runs: list[str], out: str | Path) -> int:
+    """``otrobust plot``: the learning curves of any runs (validation clean and PGD accuracy, OT term, per epoch
+    from each run's metrics.jsonl) in one PNG; a run still training is drawn as far as it has gone."""
+    from otrobust.reporting.plots import CURVE_METRICS, OT_CURVE, plot_learning_curves
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise OtrobustError(f"--out {str(out)!r} must name a .png file")
+    histories: dict[str, list[dict]] = {}
+    for run_dir in dict.fromkeys(Path(p) for p in runs):
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise OtrobustError(f"{str(run_dir)!r} is not a run directory (no metrics.jsonl); pass folders made by "
+                                "otrobust train or reproduce")
+        name = run_dir.name if run_dir.name not in histories else str(run_dir)
+        histories[name] = [r for r in read_jsonl(run_dir / "metrics.jsonl")
+                           if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
+    [path] = plot_learning_curves(histories, out.with_suffix(""), metrics=(*CURVE_METRICS[:2], OT_CURVE),
+                                  formats=("png",))
+    print(f"wrote {path}")
     return 0
 
 

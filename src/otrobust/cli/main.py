@@ -1,4 +1,5 @@
-"""Command-line parsing only: ``otrobust train | eval | demo``. Errors print as one line."""
+"""Command-line parsing only: ``otrobust train | eval | audit | demo | reproduce | report | plot | data``. Errors
+print as one line."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def _add_train_parser(sub) -> None:
     """``otrobust train``: a flag per TrainConfig field."""
     tr = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                         description="Train a classifier with one of the methods. Every setting is a flag; "
-                        "--config FILE reads them from a JSON file first.")
-    tr.add_argument("--config", help="JSON file of settings (flags given here override it)")
+                        "--config FILE reads them from a YAML or JSON file first.")
+    tr.add_argument("--config", help="YAML (.yaml, .yml) or JSON file of settings, e.g. a run's config.yaml "
+                    "(flags given here override it)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="show a progress bar (default: when the terminal is interactive)")
     add_flags(tr, TrainConfig, layered=True)
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_reproduce_parsers(sub) -> None:
-    """``reproduce``, ``report`` and ``data download``."""
+    """``reproduce``, ``report``, ``plot`` and ``data download``."""
     rp = sub.add_parser(
         "reproduce", help="run one of the paper's experiments (a preset) end to end",
         description="Train every run of a preset (skipping finished runs, resuming unfinished ones), evaluate "
@@ -96,6 +98,12 @@ def add_reproduce_parsers(sub) -> None:
                          "image instead and writes diff.md.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or two per-example .csv files")
     rep.add_argument("--out", default="report", help="output folder (default: report)")
+
+    pl = sub.add_parser("plot", help="draw the learning curves of runs into a PNG",
+                        description="Draw validation clean and PGD accuracy and the OT term, epoch by epoch, of any "
+                        "run directories (from their metrics.jsonl; a run still training too) into one PNG.")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    pl.add_argument("--out", default="learning_curves.png", help="the PNG to write (default: learning_curves.png)")
 
     da = sub.add_parser("data", help="dataset utilities")
     da_sub = da.add_subparsers(dest="data_command", required=True)
@@ -163,6 +171,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return run_report(args.runs, args.out)
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from otrobust.cli.commands import run_plot
+
+    return run_plot(args.runs, args.out)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from otrobust.cli.commands import run_data_download
 
@@ -170,7 +184,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "audit": cmd_audit, "demo": cmd_demo,
-            "reproduce": cmd_reproduce, "report": cmd_report, "data": cmd_data}
+            "reproduce": cmd_reproduce, "report": cmd_report, "plot": cmd_plot, "data": cmd_data}
 
 
 class _SafeStream:

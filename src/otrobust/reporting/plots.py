@@ -43,11 +43,11 @@ def _title(fig, title: str) -> None:
     fig.suptitle(textwrap.fill(title, width=max(30, int(fig.get_figwidth() * 9))), fontsize=13)
 
 
-def save_figure(fig, stem: Path) -> list[Path]:
-    """Write ``fig`` as ``stem``.png (150 dpi) and ``stem``.svg, each rendered in memory and then written
-    atomically, so that a failed write is one OtrobustError and never half a file."""
+def save_figure(fig, stem: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write ``fig`` as ``stem``.png (150 dpi) and ``stem``.svg (or the ``formats`` given), each rendered in memory
+    and then written atomically, so that a failed write is one OtrobustError and never half a file."""
     stem = Path(stem)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    paths = [stem.with_suffix(f".{ext}") for ext in formats]
     for path in paths:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=path.suffix[1:], dpi=150, bbox_inches="tight")
@@ -168,22 +168,26 @@ def plot_tsne(panels: dict[str, dict[str, Any]], stem: Path, *, class_names: Seq
     return save_figure(fig, stem)
 
 
+# (metrics.jsonl key, axis label, scale): the panels of a learning-curve figure
 CURVE_METRICS = (("val_clean", "validation clean accuracy (%)", 100.0),
                  ("val_pgd", "validation PGD accuracy (%)", 100.0),
                  ("train_loss", "training loss", 1.0))
+OT_CURVE = ("ot", "OT term (training mean)", 1.0)
 
 
 def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path, *,
-                         title: str = "Learning curves") -> list[Path]:
-    """Per-epoch validation clean / PGD accuracy and training loss of each run (from its metrics.jsonl)."""
+                         title: str = "Learning curves", metrics: Sequence[tuple[str, str, float]] = CURVE_METRICS,
+                         formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Per-epoch curves of each run (from its metrics.jsonl), one panel per entry of ``metrics``: by default
+    validation clean / PGD accuracy and training loss."""
     histories = {k: v for k, v in histories.items() if v}
     if not histories:
         raise OtrobustError("no run has a finished epoch to plot")
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = new_figure(len(CURVE_METRICS), width=4.8, height=3.8, extra_width=2.6)
+    fig, axes = new_figure(len(metrics), width=4.8, height=3.8, extra_width=2.6)
     last_epoch = max(r["epoch"] for records in histories.values() for r in records)
-    for ax, (key, label, scale) in zip(axes, CURVE_METRICS, strict=True):
+    for ax, (key, label, scale) in zip(axes, metrics, strict=True):
         for run, records in histories.items():
             points = [(r["epoch"], scale * r[key]) for r in records if isinstance(r.get(key), (int, float))]
             if points:
@@ -201,4 +205,4 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=9, framealpha=0.9)
     _title(fig, title)
-    return save_figure(fig, stem)
+    return save_figure(fig, stem, formats)

@@ -12,9 +12,10 @@ from otrobust.store.files import CHECKPOINT_DIR, read_jsonl
 
 # ---------------------------------------------------------------- resume
 # Settings that fix what a step index means or which state the checkpoint holds: changing one on
-# --resume would silently give a different run, so it is refused.
+# --resume would silently give a different run, so it is refused. (``ema`` decides what a checkpoint's
+# model weights are: the average or the raw weights.)
 RESUME_FIXED = ("dataset", "model", "latent", "method", "ot_solver", "optimizer", "schedule", "seed",
-                "batch_size", "train_size", "val_size")
+                "batch_size", "train_size", "val_size", "ema")
 
 
 def restart_would_overwrite(run_dir: Path) -> list[str]:

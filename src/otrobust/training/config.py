@@ -1,4 +1,5 @@
-"""Typed run configuration: one flat dataclass, every field a command-line flag; validation."""
+"""Typed run configuration: one flat dataclass, every field a command-line flag; validation; config files (YAML,
+JSON)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ class TrainConfig:
     awp_gamma: float = _f(0.0, "adversarial weight perturbation: layer-wise relative size gamma (0: off; 5e-3 "
                           "typical); composes with any method")
     awp_warmup_epochs: float = _f(0.0, "start the weight perturbation after this many epochs")
+    ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999; 0: off); "
+                    "validation, the best and last checkpoints and so evaluation use the averaged weights")
     # training adversary
     eps: float | None = _f(None, "attack radius (default: the dataset's; '8/255' is accepted)")
     step_size: float | None = _f(None, "attack step (default: 2.5 * eps / steps)")
@@ -86,6 +89,8 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "also checkpoint every N steps inside an epoch (0: at epoch ends only)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     nan_policy: str = _f("stop", "on a non-finite loss: stop, or skip the batch and count it", ("stop", "skip"))
+    tensorboard: bool = _f(False, "also write TensorBoard event files under RUN/tensorboard (needs pip install "
+                           "otrobust[tensorboard])")
     # speed and scale (benchmarks/README.md has the measurements behind the defaults)
     amp: str = _f("auto", "mixed-precision autocast: auto (bf16 on a CUDA GPU that supports it, off on CPU), "
                   "off, bf16, or fp16 (with loss scaling)", ("auto", "off", "bf16", "fp16"))
@@ -204,6 +209,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise OtrobustError(f"--attack-workers must be >= 1, got {cfg.attack_workers}")
     if cfg.adv_weight is not None and cfg.adv_weight < 0:
         raise OtrobustError(f"--adv-weight must be >= 0, got {cfg.adv_weight}")
+    if not 0 <= cfg.ema < 1:
+        raise OtrobustError(f"--ema must be a decay in [0, 1) (0: off; e.g. 0.999), got {cfg.ema}")
     return cfg
 
 
@@ -217,9 +224,59 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return validate(TrainConfig(**{k: coerce_value(by_name[k], v) for k, v in values.items()}))
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _yaml_loader():
+    """PyYAML's safe loader (plain data only: no tag constructs an object), read as YAML 1.2 reads booleans
+    (``true``/``false`` only, so ``amp: off`` stays the string ``off``), with anchors and aliases refused (a
+    flat file of settings needs none, and aliases nested in aliases expand to billions of items)."""
+    import re
+
+    import yaml
+
+    class SettingsLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not read in a config file",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    SettingsLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    SettingsLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                         list("tTfF"))
+    return SettingsLoader
+
+
+def _parse_config_text(text: str, path: str | Path, as_yaml: bool) -> Any:
+    """The value a config file holds; OtrobustError naming the file if it is not valid JSON / YAML."""
+    if as_yaml:
+        import yaml
+
+        try:
+            return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: yaml.safe_load with two restrictions
+        except (yaml.YAMLError, RecursionError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise OtrobustError(f"cannot read config file {str(path)!r}: it must be YAML, plain 'setting: value' "
+                                f"lines such as 'epochs: 3' (no tags such as !!python/object, no aliases): "
+                                f"{reason}{where}") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise OtrobustError(f"cannot read config file {str(path)!r}: it must be JSON, an object such as "
+                            f'{{"epochs": 3, "eps": "8/255"}} (a YAML file must be named .yaml or .yml): '
+                            f"{exc}") from None
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON config file (a run's config.json or a hand-written one) safely; it must be JSON (YAML,
-    TOML or anything else is an error saying so)."""
+    """Read a config file of settings safely: YAML if it is named ``.yaml`` or ``.yml`` (read with PyYAML's safe
+    loader: no tag constructs an object), JSON otherwise (a run's config.json or a hand-written one). Returns the
+    mapping of settings; :func:`config_from_dict` checks them."""
     kind = path_kind(path)
     if kind not in ("a file", "missing"):  # a FIFO would block the read and /dev/zero never end it
         raise OtrobustError(f"cannot read config file {str(path)!r}: it is {kind}, not a file")
@@ -227,11 +284,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except (OSError, ValueError) as exc:
         raise OtrobustError(f"cannot read config file {str(path)!r}: {exc}") from None
-    try:
-        values = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise OtrobustError(f"cannot read config file {str(path)!r}: it must be JSON, an object such as "
-                            f'{{"epochs": 3, "eps": "8/255"}} (YAML is not read): {exc}') from None
+    as_yaml = Path(path).suffix.lower() in YAML_SUFFIXES
+    values = _parse_config_text(text, path, as_yaml)
     if not isinstance(values, dict):
-        raise OtrobustError(f"config file {str(path)!r} must hold a JSON object of settings")
+        raise OtrobustError(f"config file {str(path)!r} must hold a {'YAML mapping' if as_yaml else 'JSON object'} "
+                            "of settings")
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise OtrobustError(f"config file {str(path)!r}: setting names must be text, got {odd[0]!r:.60}")
     return values
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The settings as YAML that :func:`load_config_file` reads back to the same values (a run's config.yaml)."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

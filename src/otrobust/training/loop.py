@@ -28,11 +28,13 @@ from otrobust.data import iterate_batches, random_crop_flip
 from otrobust.errors import OtrobustError
 from otrobust.models import unwrap
 from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_weights, resolve_checkpoint
+from otrobust.store.events import EventLog, check_tensorboard
 from otrobust.store.files import append_jsonl, atomic_write_text, fault_point
 from otrobust.store.lock import run_lock
 from otrobust.store.resume import check_nothing_lost
 from otrobust.training.awp import awp_gamma_at, with_awp
 from otrobust.training.config import TrainConfig
+from otrobust.training.ema import WeightAverage
 from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, zero_step_warning
 from otrobust.training.runfiles import (
     check_config_is_ours,
@@ -145,6 +147,8 @@ class Trainer:
                  show_progress: bool | None, log, argv: list[str] | None):
         check_nothing_lost(Path(cfg.out), cfg.resume)  # before anything in the run directory is written
         check_config_is_ours(Path(cfg.out))
+        if cfg.tensorboard:
+            check_tensorboard()
         self.cfg, self.info, self.device, self.log, self.show_progress = cfg, info, device, log, show_progress
         self.spec, self.train_data, self.val_data = load_training_data(cfg, info, device)
         self.run_dir = Path(cfg.out)  # written only once the model and any checkpoint have loaded
@@ -153,15 +157,19 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.channels_last)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = self.plain = model  # self.model becomes the DDP / compiled wrapper below; self.plain stays
         self.steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
         self.opt, self.phi_opt, self.sched = build_optimizers(cfg, model, self.reg)
+        self.ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+        self.events: EventLog | None = None  # TensorBoard, opened by fit() on rank 0
         self.state = TrainState()
         if cfg.resume and self.last.exists():
             self.restore()
         elif cfg.init:
             weights, meta, _ = load_checkpoint(resolve_checkpoint(cfg.init))
             load_weights(unwrap(model), weights, meta, cfg.init)
+            if self.ema is not None:
+                self.ema.restart_from(model)
             log(f"initialised from {cfg.init}")
         if info.is_main:  # rank 0 alone writes the run directory
             self.run_dir = prepare_run_dir(cfg, argv, str(device))
@@ -169,6 +177,8 @@ class Trainer:
             atomic_write_text(self.run_dir / "metrics.jsonl",
                               "".join(json.dumps(r) + "\n" for r in self.state.history))
         self.model, self.eval_model = distributed.wrap_model(model, info, device, compile=cfg.compile)
+        if self.ema is not None:  # the same average on every process (see end_epoch)
+            distributed.broadcast_state(self.ema.model, info)
         self.autocast_dtype = amp_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
         self.global_ot = info.enabled and self.reg is not None and cfg.ot_scope == "global"
@@ -192,10 +202,20 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train from the current state to ``cfg.epochs``; returns the last epoch's metrics."""
-        with _StopFlag() as self.stop:
-            for epoch in range(self.state.epoch, self.cfg.epochs):
-                self.run_epoch(epoch)
+        if self.cfg.tensorboard and self.info.is_main:
+            self.events = EventLog(self.run_dir, self.global_step(self.state.epoch, self.state.step))
+        try:
+            with _StopFlag() as self.stop:
+                for epoch in range(self.state.epoch, self.cfg.epochs):
+                    self.run_epoch(epoch)
+        finally:
+            if self.events is not None:
+                self.events.close()
         return self.state.history[-1] if self.state.history else {}
+
+    def global_step(self, epoch: int, step: int) -> int:
+        """The number of the step ``step`` (0-based) of ``epoch`` over the whole run, from 1: TensorBoard's x axis."""
+        return epoch * self.steps_per_epoch + step + 1
 
     def run_epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
@@ -278,6 +298,12 @@ class Trainer:
             o.step() if self.scaler is None else self.scaler.step(o)
         if self.scaler is not None:
             self.scaler.update()
+        if self.ema is not None:  # the parameters are the same on every process: so is their average
+            self.ema.update(self.plain)
+        if self.events is not None:  # under torchrun: the loss and OT term of rank 0's shard
+            self.events.scalars({"train/loss": loss_value, "train/ot": ot, "train/ot_weight": ctx.ot_weight,
+                                 "train/eps": ctx.eps, "train/lr": self.opt.param_groups[0]["lr"]},
+                                self.global_step(epoch, step))
         t = self.totals
         t["loss"] += loss_value * len(y)
         t["correct"] += int(correct)
@@ -309,9 +335,15 @@ class Trainer:
                   "ot": totals["ot"] / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
                   "train_eps": cfg.eps * eps_scale_at(cfg, epoch + 1),
                   "lr": self.opt.param_groups[0]["lr"], "skipped_batches": totals["skipped"]}
+        scored = self.eval_model
+        if self.ema is not None:  # the average is what is scored and kept; each process has averaged its own
+            distributed.broadcast_state(self.ema.model, info)  # BN statistics: rank 0's are the ones saved
+            scored = self.ema.model
         with self._autocast():
-            record.update(validate_epoch(self.eval_model, self.val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
+            record.update(validate_epoch(scored, self.val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
         record["seconds"] = round(totals["seconds"] + time.perf_counter() - t0, 3)
+        if self.events is not None:  # before the checkpoint: a kill after it cannot lose the epoch's points
+            self.events.epoch(record, self.global_step(epoch, self.steps_per_epoch - 1))
         score = checkpoint_score(record, cfg.method)
         improved = self.state.best_score is None or score > self.state.best_score
         state = TrainState(epoch=epoch + 1, step=0, history=self.state.history + [record], accum=None,
@@ -356,12 +388,12 @@ class Trainer:
     def save(self, which: str, state: TrainState) -> None:
         """Checkpoint ``which`` (``last`` or ``best``) of the model, its optimisers and ``state``."""
         save_run_state(self.run_dir, which, self.cfg, self.model, self.reg, self.opt, self.phi_opt, self.sched,
-                       dataclasses.asdict(state), self.spec)
+                       dataclasses.asdict(state), self.spec, ema=self.ema)
 
     def restore(self) -> None:
         """Load the ``last`` checkpoint into the model, its optimisers and the state (``--resume``)."""
         meta, changes = restore_run_state(self.last, self.cfg, self.model, self.reg, self.opt, self.phi_opt,
-                                          self.sched)
+                                          self.sched, ema=self.ema)
         self.state = TrainState.from_meta(meta)
         started = self.state.epoch + (self.state.step > 0)  # epochs finished, and one begun
         if self.cfg.epochs < started:

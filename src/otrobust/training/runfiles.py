@@ -15,7 +15,8 @@ from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_wei
 from otrobust.store.files import append_jsonl, atomic_write_text, remove_stale_temp_files
 from otrobust.store.provenance import provenance, versions
 from otrobust.store.resume import check_resume_compatible
-from otrobust.training.config import TrainConfig
+from otrobust.training.config import TrainConfig, config_yaml
+from otrobust.training.ema import WeightAverage
 
 
 def architecture(cfg: TrainConfig, spec: DatasetSpec | None = None) -> dict[str, Any]:
@@ -26,14 +27,22 @@ def architecture(cfg: TrainConfig, spec: DatasetSpec | None = None) -> dict[str,
 
 
 def save_run_state(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state: dict[str, Any],
-                   spec: DatasetSpec | None = None) -> None:
+                   spec: DatasetSpec | None = None, ema: WeightAverage | None = None) -> None:
     """Write checkpoint ``which`` (``last`` or ``best``): weights, optimiser/φ/scheduler state, and ``state``
-    (the loop's counters) with the architecture, settings and versions in its metadata."""
+    (the loop's counters) with the architecture, settings and versions in its metadata.
+
+    With weight averaging (``ema``) the checkpoint's model weights are the average -- what ``load_model``,
+    evaluation and ``--init`` read -- and the raw weights that training continues from go with the optimiser
+    state (``raw``), beside the number of updates the average has had (``ema_updates``)."""
     extra = {"optim": opt.state_dict(), "phi": reg.state_dict() if reg is not None else None,
              "phi_optim": phi_opt.state_dict() if phi_opt is not None else None,
              "sched": sched.state_dict() if sched is not None else None}
+    weights = unwrap(model).state_dict()
+    if ema is not None:
+        extra.update(raw=weights, ema_updates=ema.updates)
+        weights = ema.model.state_dict()
     meta = {"architecture": architecture(cfg, spec), "config": cfg.to_dict(), "versions": versions(), **state}
-    save_checkpoint(checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
+    save_checkpoint(checkpoint_path(run_dir, which), weights, meta, extra)
 
 
 def checkpoint_score(record: dict[str, Any], method: str) -> list[float]:
@@ -60,7 +69,8 @@ def check_config_is_ours(run_dir: Path) -> None:
 
 
 def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None) -> Path:
-    """Create (or re-open with --resume) the run directory; record the resolved config and provenance."""
+    """Create (or re-open with --resume) the run directory; record the resolved config (config.json, and the same
+    as config.yaml) and provenance."""
     run_dir = Path(cfg.out)
     has_run = checkpoint_path(run_dir, "last").exists()
     if has_run and not cfg.resume:
@@ -72,6 +82,8 @@ def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str
         raise OtrobustError(f"cannot create run directory {str(run_dir)!r}: {exc.strerror or exc}") from None
     remove_stale_temp_files(run_dir)  # left by a run killed mid-write
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    # The same settings for reading (and for --config): config.json is the one a resumed run reads.
+    atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
     record = provenance(argv)
     record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, config=cfg.to_dict())
     append_jsonl(run_dir / "provenance.jsonl", record)
@@ -112,14 +124,25 @@ def apply_changed_hyperparameters(saved: dict[str, Any], cfg: TrainConfig, opt, 
     return changes
 
 
-def restore_run_state(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt,
-                      sched) -> tuple[dict[str, Any], list[str]]:
+def restore_run_state(last: Path, cfg: TrainConfig, model, reg, opt, phi_opt, sched,
+                      ema: WeightAverage | None = None) -> tuple[dict[str, Any], list[str]]:
     """Load weights and optimiser/φ/scheduler state from ``last`` (for --resume); returns the checkpoint's
     metadata (the loop's counters among it) and the hyperparameters that --resume changed (see
-    :func:`apply_changed_hyperparameters`)."""
+    :func:`apply_changed_hyperparameters`).
+
+    ``ema``: the weight average to restore; a checkpoint without one (written before averaging existed) starts
+    it again from the raw weights."""
     weights, meta, extra = load_checkpoint(last)
     check_resume_compatible(meta.get("config") or {}, cfg.to_dict(), str(last))
-    load_weights(unwrap(model), weights, meta, str(last))
+    raw = extra.get("raw")
+    if raw is not None and not isinstance(raw, dict) or not isinstance(extra.get("ema_updates", 0), int):
+        raise OtrobustError(f"cannot resume from {str(last)!r}: its weight average is not readable")
+    load_weights(unwrap(model), weights if raw is None else raw, meta, str(last))
+    if ema is not None and raw is None:
+        ema.restart_from(unwrap(model))
+    elif ema is not None:
+        load_weights(ema.model, weights, meta, str(last))
+        ema.updates = int(extra.get("ema_updates") or 0)
     try:
         opt.load_state_dict(extra["optim"])
         if reg is not None and extra.get("phi") is not None:
