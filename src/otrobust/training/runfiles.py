@@ -35,8 +35,10 @@ def save_run_state(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sch
     save_checkpoint(checkpoint_path(run_dir, which), unwrap(model).state_dict(), meta, extra)
 
 
-def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None) -> Path:
-    """Create (or re-open with --resume) the run directory; record the resolved config and provenance."""
+def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None,
+                    precision: dict[str, str] | None = None) -> Path:
+    """Create (or re-open with --resume) the run directory; record the resolved config and provenance (with
+    ``precision``: the training passes' precision and why, see ``training.setup.Precision``)."""
     run_dir = Path(cfg.out)
     has_run = checkpoint_path(run_dir, "last").exists()
     if has_run and not cfg.resume:
@@ -49,7 +51,8 @@ def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str
     remove_stale_temp_files(run_dir)  # left by a run killed mid-write
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     record = provenance(argv)
-    record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, config=cfg.to_dict())
+    record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, **(precision or {}),
+                  config=cfg.to_dict())
     append_jsonl(run_dir / "provenance.jsonl", record)
     return run_dir
 
