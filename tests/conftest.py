@@ -2,7 +2,13 @@
 run, and the tiny run settings (``TINY_RUN``, ``tiny_flags``) and the randomised ``Noisy`` model that test files
 import with ``from conftest import``."""
 
+import os
 from pathlib import Path
+
+# ``--amp auto`` trains in bf16 on a CPU with AMX. Capping oneDNN below AMX makes it float32 on every machine, in
+# this process and the subprocesses the tests start, so no test depends on the processor that runs it; the tests
+# of that choice mock the capability query and lift the cap (tests/training/test_precision.py).
+os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
 
 import pytest
 import torch

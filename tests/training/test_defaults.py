@@ -1,5 +1,5 @@
 """Out of the box every method trains: the defaults leave chance level on the bundled digits, and a run that
-cannot learn says so."""
+cannot learn says so, in float32 and in bf16."""
 
 import pytest
 
@@ -18,10 +18,19 @@ def test_every_method_leaves_chance_level_with_the_defaults(tmp_path, method):
     assert not any("chance level" in line for line in lines), lines
 
 
-def test_a_run_that_cannot_learn_is_told_so(tmp_path):
+def test_bf16_training_leaves_chance_level_with_the_defaults(tmp_path):
     lines: list[str] = []
-    last = train(TrainConfig(dataset="digits", method="pgd-at", epochs=1, lr=1e-12, out=str(tmp_path / "stuck")),
+    last = train(TrainConfig(dataset="digits", method="standard", epochs=3, amp="bf16", out=str(tmp_path)),
                  show_progress=False, log=lines.append)
+    assert last["val_clean"] > 0.5, last
+    assert not any("chance level" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_a_run_that_cannot_learn_is_told_so(tmp_path, amp):
+    lines: list[str] = []
+    last = train(TrainConfig(dataset="digits", method="pgd-at", epochs=1, lr=1e-12, amp=amp, train_size=256,
+                             out=str(tmp_path / "stuck")), show_progress=False, log=lines.append)
     warning = [line for line in lines if "accuracy is at chance level" in line]
     assert len(warning) == 1 and "after 1 epoch:" in warning[0] and "--eps-warmup-epochs" in warning[0], lines
     assert f"{100 * last['val_clean']:.1f} %" in warning[0]

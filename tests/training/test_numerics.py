@@ -1,6 +1,7 @@
 """Numerical faults: a NaN/Inf in the loss or the OT term stops the run at the step it happens with one
 line naming the epoch, step and term (the last good checkpoint kept), or is skipped and counted with
-``--nan-policy skip``; the OT term stays finite under bfloat16 autocast with tiny θ and huge features."""
+``--nan-policy skip``, in float32 and under bf16 training alike; the OT term stays finite under bfloat16
+autocast with tiny θ and huge features."""
 
 from __future__ import annotations
 
@@ -53,11 +54,12 @@ def _where(call: int) -> str:
     return f"epoch {(call - 1) // STEPS_PER_EPOCH + 1}, step {(call - 1) % STEPS_PER_EPOCH + 1}"
 
 
-def test_nan_loss_term_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_nan_loss_term_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, amp):
     call = STEPS_PER_EPOCH + 3  # epoch 2, step 3
     monkeypatch.setitem(methods.METHODS, "trades", _nan_at(methods.METHODS["trades"], {call}, "kl"))
     run = tmp_path / "run"
-    assert main(["train", *FLAGS, "--method", "trades", "--out", str(run)]) == 2
+    assert main(["train", *FLAGS, "--method", "trades", "--amp", amp, "--out", str(run)]) == 2
     line = _one_error_line(capsys)
     assert f"non-finite kl at {_where(call)};" in line and "last.safetensors" in line
     weights, meta, _ = load_checkpoint(checkpoint_path(run, "last"))
@@ -79,12 +81,14 @@ def test_nan_ot_term_is_named(tmp_path, monkeypatch, capsys):
     assert re.search(rf"non-finite [a-z_, ]*\bot\b[a-z_, ]* at {_where(2)}; no checkpoint yet", line), line
 
 
-def test_nan_policy_skip_skips_the_batch_and_counts_it(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_nan_policy_skip_skips_the_batch_and_counts_it(tmp_path, monkeypatch, capsys, amp):
     calls = {2, STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH + 4}  # one bad batch in epoch 1, two in epoch 2
     monkeypatch.setitem(methods.METHODS, "got-trades-s",
                         _nan_at(methods.METHODS["got-trades-s"], calls, "ot"))
     run = tmp_path / "run"
-    assert main(["train", *FLAGS, "--method", "got-trades-s", "--nan-policy", "skip", "--out", str(run)]) == 0
+    assert main(["train", *FLAGS, "--method", "got-trades-s", "--nan-policy", "skip", "--amp", amp,
+                 "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert all(f"non-finite ot at {_where(c)}; batch skipped" in out for c in calls)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -178,11 +182,12 @@ def _nan_gradient_at(base, calls: set[int]):
     return _poisoned_at(base, calls, poison)
 
 
-def test_a_nan_gradient_under_a_finite_loss_stops_the_run(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_a_nan_gradient_under_a_finite_loss_stops_the_run(tmp_path, monkeypatch, capsys, amp):
     call = STEPS_PER_EPOCH + 2
     monkeypatch.setitem(methods.METHODS, "pgd-at", _nan_gradient_at(methods.METHODS["pgd-at"], {call}))
     run = tmp_path / "run"
-    assert main(["train", *FLAGS, "--method", "pgd-at", "--out", str(run)]) == 2
+    assert main(["train", *FLAGS, "--method", "pgd-at", "--amp", amp, "--out", str(run)]) == 2
     line = _one_error_line(capsys)
     assert f"non-finite gradient (the loss was finite) at {_where(call)}; the last good checkpoint" in line
     weights, meta, _ = load_checkpoint(checkpoint_path(run, "last"))

@@ -25,7 +25,7 @@ from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
 from otrobust.store.checkpoint import load_checkpoint
 from otrobust.training.config import TrainConfig
-from otrobust.training.loop import amp_dtype, train, use_channels_last
+from otrobust.training.loop import train, training_precision, use_channels_last
 from otrobust.training.methods import METHODS, StepContext
 
 CPU = torch.device("cpu")
@@ -119,8 +119,8 @@ def test_bf16_autocast_keeps_the_ot_term_in_float32():
 
 
 def test_amp_and_channels_last_resolve_per_device():
-    assert amp_dtype("auto", CPU) is None and amp_dtype("off", CPU) is None
-    assert amp_dtype("bf16", CPU) is torch.bfloat16 and amp_dtype("fp16", CPU) is torch.float16
+    dtype = {amp: training_precision(amp, CPU).dtype for amp in ("off", "bf16", "fp16")}
+    assert dtype == {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     assert use_channels_last("auto") and use_channels_last("on") and not use_channels_last("off")
 
 

@@ -241,7 +241,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
     from otrobust.data import load_dataset
     from otrobust.experiments.runner import audit_plan, audit_run, evaluate_run, features_path, train_planned
     from otrobust.store.provenance import processor_name, versions
-    from otrobust.training.setup import amp_dtype, pick_device
+    from otrobust.training.setup import pick_device, training_precision
 
     set_threads(ctx.threads)
     p, dev = unit.planned, pick_device(ctx.device)
@@ -274,7 +274,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
             features = _features_text(features_path(p.run_dir, ev))
     t3 = time.perf_counter()
     ckpt = resolve_checkpoint(p.run_dir)
-    dtype = amp_dtype(p.config.amp, dev)
+    precision = training_precision(p.config.amp, dev)
     return UnitRecord(
         preset=ctx.preset.name, scale=ctx.scale, unit=unit.id, run=p.run.name, run_folder=p.run_dir.name,
         seed=p.config.seed,
@@ -284,7 +284,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
         rows=tuple(rows), audit=audit, checkpoint_sha256=sha256_file(ckpt),
         init_sha256=sha256_file(p.config.init) if p.config.init else None,
         execution=UnitExecution(threads=ctx.threads, attack_workers=ctx.threads if dev.type == "cpu" else 1,
-                                device=str(dev), precision="float32" if dtype is None else str(dtype).split(".")[-1],
+                                device=str(dev), precision=f"{precision.name} ({precision.reason})",
                                 processor=processor_name() if dev.type == "cpu" else _gpu_name(dev)),
         versions=versions(),
         wall_seconds={"train": round(sum(float(m.get("seconds", 0.0)) for m in read_jsonl(p.run_dir /

@@ -92,8 +92,9 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also write TensorBoard event files under RUN/tensorboard (needs pip install "
                            "otrobust[tensorboard])")
     # speed and scale (benchmarks/README.md has the measurements behind the defaults)
-    amp: str = _f("auto", "mixed-precision autocast: auto (bf16 on a CUDA GPU that supports it, off on CPU), "
-                  "off, bf16, or fp16 (with loss scaling)", ("auto", "off", "bf16", "fp16"))
+    amp: str = _f("auto", "mixed-precision autocast of the training passes: auto (bf16 on a CUDA GPU "
+                  "that supports it and on a CPU with AMX, float32 on other CPUs), off, bf16, or fp16 (with loss "
+                  "scaling); evaluation always runs in float32", ("auto", "off", "bf16", "fp16"))
     channels_last: str = _f("auto", "channels-last memory format for the model and batches: auto (on: measured "
                             "faster on CPU and CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model (the first steps are slow while it compiles)")

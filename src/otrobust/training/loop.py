@@ -44,7 +44,6 @@ from otrobust.training.runfiles import (
     save_run_state,
 )
 from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's helpers are imported from here too)
-    amp_dtype,
     build_model,
     build_optimizers,
     chance_warning,
@@ -57,6 +56,7 @@ from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's he
     resolve,
     split_train_val,
     step_seed,
+    training_precision,
     use_channels_last,
     validate_epoch,
 )
@@ -150,6 +150,8 @@ class Trainer:
         if cfg.tensorboard:
             check_tensorboard()
         self.cfg, self.info, self.device, self.log, self.show_progress = cfg, info, device, log, show_progress
+        # The training passes' precision; the per-epoch validation shares it, evaluation never does.
+        self.precision = training_precision(cfg.amp, device)
         self.spec, self.train_data, self.val_data = load_training_data(cfg, info, device)
         self.run_dir = Path(cfg.out)  # written only once the model and any checkpoint have loaded
         self.last = checkpoint_path(self.run_dir, "last")
@@ -172,15 +174,16 @@ class Trainer:
                 self.ema.restart_from(model)
             log(f"initialised from {cfg.init}")
         if info.is_main:  # rank 0 alone writes the run directory
-            self.run_dir = prepare_run_dir(cfg, argv, str(device))
+            self.run_dir = prepare_run_dir(cfg, argv, str(device), self.precision.to_dict())
             # The log is rebuilt from the checkpoint so that a crash between the two writes cannot duplicate lines.
             atomic_write_text(self.run_dir / "metrics.jsonl",
                               "".join(json.dumps(r) + "\n" for r in self.state.history))
         self.model, self.eval_model = distributed.wrap_model(model, info, device, compile=cfg.compile)
         if self.ema is not None:  # the same average on every process (see end_epoch)
             distributed.broadcast_state(self.ema.model, info)
-        self.autocast_dtype = amp_dtype(cfg.amp, device)
-        self.scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
+        if cfg.amp == "auto" and self.precision.dtype is not None:
+            log(f"training in {self.precision.name} ({self.precision.reason}; --amp off trains in float32)")
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision.dtype == torch.float16 else None
         self.global_ot = info.enabled and self.reg is not None and cfg.ot_scope == "global"
         self.method = get_method(cfg.method)
         warning = zero_step_warning(cfg.method, cfg.steps)
@@ -388,7 +391,7 @@ class Trainer:
     def save(self, which: str, state: TrainState) -> None:
         """Checkpoint ``which`` (``last`` or ``best``) of the model, its optimisers and ``state``."""
         save_run_state(self.run_dir, which, self.cfg, self.model, self.reg, self.opt, self.phi_opt, self.sched,
-                       dataclasses.asdict(state), self.spec, ema=self.ema)
+                       {**dataclasses.asdict(state), **self.precision.to_dict()}, self.spec, ema=self.ema)
 
     def restore(self) -> None:
         """Load the ``last`` checkpoint into the model, its optimisers and the state (``--resume``)."""
@@ -402,11 +405,16 @@ class Trainer:
                                 f"{self.state.epoch} epoch{'' if self.state.epoch == 1 else 's'}{begun} already, so "
                                 f"nothing was changed; give --epochs {started} or more (to keep fewer epochs, start a "
                                 "new --out)")
+        before = meta.get("precision")  # None in checkpoints written before the precision was recorded
+        if before is not None and before != self.precision.name:
+            changes.append(f"{self.precision.name} training passes ({self.precision.reason}; the checkpoint's "
+                           f"steps ran in {before})")
         self.log(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, step {self.state.step}"
                  + "".join(f"\n  with {line}" for line in changes))
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        dtype = self.precision.dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _progress_bar(self, epoch: int, first: int):
         if self.show_progress is False:

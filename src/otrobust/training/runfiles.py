@@ -68,9 +68,11 @@ def check_config_is_ours(run_dir: Path) -> None:
                             "training there would overwrite it: choose another --out")
 
 
-def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None) -> Path:
+def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str | None = None,
+                    precision: dict[str, str] | None = None) -> Path:
     """Create (or re-open with --resume) the run directory; record the resolved config (config.json, and the same
-    as config.yaml) and provenance."""
+    as config.yaml) and provenance (with ``precision``: the training passes' precision and why, see
+    ``training.setup.Precision``)."""
     run_dir = Path(cfg.out)
     has_run = checkpoint_path(run_dir, "last").exists()
     if has_run and not cfg.resume:
@@ -85,7 +87,8 @@ def prepare_run_dir(cfg: TrainConfig, argv: list[str] | None = None, device: str
     # The same settings for reading (and for --config): config.json is the one a resumed run reads.
     atomic_write_text(run_dir / "config.yaml", config_yaml(cfg))
     record = provenance(argv)
-    record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, config=cfg.to_dict())
+    record.update(event="resume" if cfg.resume else "start", seed=cfg.seed, device=device, **(precision or {}),
+                  config=cfg.to_dict())
     append_jsonl(run_dir / "provenance.jsonl", record)
     return run_dir
 

@@ -7,6 +7,8 @@ Plain functions of the settings; :mod:`otrobust.training.loop` calls them in ord
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -54,12 +56,66 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` (None: full float32). ``auto`` is bf16 on a CUDA GPU that has it;
-    on CPU it is off: without native bf16 units (AVX-512-BF16/AMX) autocast there is slower, not faster."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """The precision of a run's training passes: the autocast ``dtype`` (None: float32) and why it was chosen."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"precision": self.name, "precision_reason": self.reason}
+
+
+def cpuinfo_has_amx(path: Path = Path("/proc/cpuinfo")) -> bool:
+    """True if the ``flags`` line of a ``/proc/cpuinfo`` lists ``amx_bf16`` and ``amx_tile``."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return {"amx_bf16", "amx_tile"} <= set(line.partition(":")[2].split())
+    return False
+
+
+def cpu_has_amx() -> bool:
+    """True if this CPU's bf16 matrix products can run on AMX tiles (Intel Xeon from Sapphire Rapids on).
+
+    AMX is reached through oneDNN, so it needs a PyTorch built with it and no ``ONEDNN_MAX_CPU_ISA`` (or its
+    old name ``DNNL_MAX_CPU_ISA``) that keeps oneDNN below AMX; the processor is asked through PyTorch's own
+    capability query, or ``/proc/cpuinfo`` where this PyTorch has none."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(name, "").strip().upper()
+        if cap and cap not in ("ALL", "DEFAULT") and "AMX" not in cap:
+            return False
+    query = getattr(torch.cpu, "get_capabilities", None)
+    if query is None:
+        return cpuinfo_has_amx()
+    caps = query()
+    return bool(caps.get("amx_bf16") and caps.get("amx_tile"))
+
+
+def training_precision(amp: str, device: torch.device) -> Precision:
+    """The autocast dtype of the training passes for ``--amp`` on ``device``, with the reason recorded.
+
+    ``auto`` is bf16 where the hardware has bf16 matrix units: a CUDA GPU that supports bf16, or a CPU with
+    AMX. Other CPUs stay in float32: without those units bf16 autocast is slower, not faster."""
+    if amp != "auto":
+        return Precision({"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"--amp {amp}")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, "--amp auto: the CUDA GPU supports bf16")
+        return Precision(None, "--amp auto: the CUDA GPU does not support bf16")
+    if cpu_has_amx():
+        return Precision(torch.bfloat16, "--amp auto: the CPU has AMX bf16 units")
+    return Precision(None, "--amp auto: the CPU has no AMX bf16 units (bf16 would be slower there)")
 
 
 def gradients_finite(model: nn.Module, reg: nn.Module | None = None) -> bool:
