@@ -45,7 +45,7 @@ def _plant(run_dir: Path, marker: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "best.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     torch.save({"state_dict": _Payload(marker)}, folder / "last.safetensors")
-    (run_dir / "config.json").write_text(json.dumps({"dataset": "digits", "epochs": 2}))
+    (run_dir / "config.json").write_text(json.dumps({"dataset": "digits", "method": "standard", "epochs": 2}))
     pt = run_dir / "model.pt"
     torch.save(_Payload(marker), pt)
     return pt
