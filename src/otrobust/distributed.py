@@ -113,8 +113,9 @@ def teardown(joined: bool) -> None:
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of a global batch of ``n`` that process ``rank`` trains on (sizes differ by ≤ 1).
 
-    >>> [shard_bounds(10, r, 3) for r in range(3)]
-    [(0, 3), (3, 6), (6, 10)]
+    Examples:
+        >>> [shard_bounds(10, r, 3) for r in range(3)]
+        [(0, 3), (3, 6), (6, 10)]
     """
     return rank * n // world_size, (rank + 1) * n // world_size
 

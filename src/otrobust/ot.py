@@ -125,7 +125,10 @@ class GOTRegularizer(nn.Module):
         latent_dim: D, size of ``z``.
         variant: ``"s"`` (all pairs) or ``"lm"`` (label matching: only pairs with ``y_i = y_j``).
         solver: ``"semidual"`` (the paper's learned potential) or ``"sinkhorn"`` (exact, no parameters).
-        theta, lam, dx, dy: docs/method.md §1.
+        theta: θ, the entropic regularisation (docs/method.md §1).
+        lam: λ, the weight of the latent distance in the ground cost.
+        dx: the latent distance, ``"cos"`` or ``"l2"``.
+        dy: the prediction distance, ``"kl"`` or ``"l1"``.
         phi_grad: let the model's gradient flow through ``φ(z_i)`` (as the paper). False (the default, as
             ``TrainConfig.phi_grad``): the potential sees ``z`` detached and the model is reached through the
             cost only.

@@ -67,6 +67,7 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {}
+"""Every dataset otrobust reads, by name (``digits``, ``mnist``, ``cifar10``, ...), as a :class:`DatasetSpec`."""
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:

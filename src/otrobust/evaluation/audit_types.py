@@ -71,6 +71,11 @@ class AuditSettings:
 
 @dataclass
 class AuditReport:
+    """An audit's findings: the threat model, one :class:`Check` per check, the accuracy-vs-ε curve, seconds taken.
+
+    ``failed`` is True when any check failed; ``to_dict()`` is the ``audit.json`` record.
+    """
+
     threat: dict
     checks: list[Check]
     curve: dict

@@ -8,6 +8,7 @@ from otrobust.errors import OtrobustError
 from otrobust.models.latent import LATENT_CHOICES, LatentModel
 
 MODELS: dict[str, Callable[..., LatentModel]] = {}
+"""Every built-in architecture's factory by name (``cw-cnn``, ``resnet18``, ...); :func:`register_model` adds one."""
 
 
 def register_model(name: str):

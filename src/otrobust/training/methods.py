@@ -204,6 +204,8 @@ METHODS: dict[str, Callable] = {
     "got-trades-s": _with_ot(_trades),
     "got-trades-lm": _with_ot(_trades),
 }
+"""The objective of every method by name, ``(model, x, y, ctx) -> (loss, logs)``; the names are those of
+:data:`~otrobust.training.registry.METHOD_SPECS`."""
 
 
 def zero_step_warning(method: str, steps: int) -> str | None:

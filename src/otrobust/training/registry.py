@@ -48,6 +48,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("got-trades-s", "GOT-TRADES-S", "trades", "s", ot_weight=_BETA["s"]),
     MethodSpec("got-trades-lm", "GOT-TRADES-LM", "trades", "lm", ot_weight=_BETA["lm"]),
 )}
+"""Every training method by name: the one list that the CLI choices, the objectives and the presets read."""
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_SPECS)
 GOT_METHODS: tuple[str, ...] = tuple(n for n, s in METHOD_SPECS.items() if s.is_got)
