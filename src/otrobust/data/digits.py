@@ -31,7 +31,7 @@ DIGITS = register_dataset(DatasetSpec(
     name="digits", num_classes=10, in_channels=1, image_size=8, load=load_digits_split,
     # ε = 0.2 is 3.2 of the 16 grey steps: a full-ink pixel stays above 0.8 and blank paper below 0.2, but half the
     # ink pixels are faint (0 < v < 0.75), so at 0.3 the ball already holds images no one would call the same
-    # digit, and no method trained here keeps accuracy far above chance (README, "Defaults that train").
+    # digit, and no method trained here keeps accuracy far above chance (docs/training.md, "Defaults that train").
     # 1,437 training images: small batches and a small validation split leave enough steps per epoch.
     needs_root=False, default_model="small-cnn", default_eps=0.2, default_batch_size=32, default_val_size=200,
 ))

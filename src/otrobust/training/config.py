@@ -39,7 +39,8 @@ class TrainConfig:
     adv_weight: float | None = _f(None, "alpha: weight of the adversarial term (default: pgd-at 1, trades 6, mart 6)")
     clean_weight: float = _f(0.0, "weight of the clean cross-entropy in pgd-at / got-pgd-*")
     ot_weight: float | None = _f(None, "beta: weight of the OT term in got-* methods (default: 1 for the "
-                                 "label-matching variants, 0.5 for the standard ones; the paper: 10; see README)")
+                                 "label-matching variants, 0.5 for the standard ones; the paper: 10;"
+                                 " see docs/training.md)")
     ot_warmup_epochs: float = _f(0.0, "ramp beta linearly from 0 over this many epochs (0: off)")
     ot_solver: str = _f("semidual", "OT solver: the paper's learned potential or exact Sinkhorn",
                         ("semidual", "sinkhorn"))

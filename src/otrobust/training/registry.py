@@ -35,7 +35,7 @@ class MethodSpec:
 
 
 # β by OT variant: the standard variant's cost also matches adversarial points to benign points of other classes,
-# a stronger pull towards one latent point than label matching's, so it gets half the weight (README).
+# a stronger pull towards one latent point than label matching's, so it gets half the weight (docs/training.md).
 _BETA = {"lm": 1.0, "s": 0.5}
 
 METHOD_SPECS: dict[str, MethodSpec] = {s.name: s for s in (
