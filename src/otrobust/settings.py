@@ -23,6 +23,15 @@ def setting(default: Any = None, help: str = "", choices: tuple | None = None, *
     default when the value itself would not say it (``None`` meaning "the dataset's"); ``factory`` builds a
     mutable default (a list); ``repeatable``: a list setting whose flag is given once per item; ``aliases``:
     more names for the flag.
+
+    Examples:
+        >>> @dataclasses.dataclass
+        ... class Settings:
+        ...     eps: float = setting(0.3, "attack radius")
+        ...     attacks: list = setting(help="attacks to run", factory=lambda: ["pgd"], nargs="+")
+        >>> eps, attacks = dataclasses.fields(Settings)
+        >>> eps.metadata["help"], default_of(eps), default_of(attacks)
+        ('attack radius', 0.3, ['pgd'])
     """
     metadata = {"help": help, "choices": choices, "flag": flag, "positional": positional, "nargs": nargs,
                 "metavar": metavar, "default_text": default_text, "repeatable": repeatable,

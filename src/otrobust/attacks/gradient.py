@@ -82,7 +82,12 @@ def with_eot(attack: Callable, draws: int) -> Callable:
 
 def default_step_size(eps: float, steps: int) -> float:
     """The PGD step when none is given: ``2.5 · ε / steps`` (Madry et al.), so that ``steps`` steps can cross the
-    ε-ball from its centre to its edge and back; ``steps`` = 0 is treated as 1."""
+    ε-ball from its centre to its edge and back; ``steps`` = 0 is treated as 1.
+
+    Examples:
+        >>> default_step_size(8 / 255, 10) * 255     # PGD-10 at 8/255 steps by 2/255
+        2.0
+    """
     return 2.5 * eps / max(steps, 1)
 
 

@@ -251,7 +251,12 @@ def attack_budgets(names: list[str], *, eps: float, steps: int = 20, step_size: 
                    restarts: int = 1, schedule: str = "constant", aa_iter: int | None = None,
                    aa_queries: int | None = None) -> dict[str, str]:
     """How hard each attack of :func:`build_attacks` (called with the same arguments) tries, one line per name:
-    steps, step size and restarts for PGD, iterations or queries for the AutoAttack ones."""
+    steps, step size and restarts for PGD, iterations or queries for the AutoAttack ones.
+
+    Examples:
+        >>> attack_budgets(["fgsm", "pgd", "square"], eps=0.3, steps=20, restarts=5)
+        {'fgsm': '1 step of 0.3', 'pgd': '20 steps of 0.0375, 5 restarts', 'square': '5000 queries'}
+    """
     from otrobust.attacks.autoattack import STANDARD_ITERATIONS, STANDARD_QUERIES
 
     step = default_step_size(eps, steps) if step_size is None else step_size
