@@ -20,7 +20,7 @@ import time
 import _timing as T
 import torch
 
-from otrobust.attacks.gradient import pgd
+from otrobust.attacks.gradient import PGD
 from otrobust.data import ImageData
 from otrobust.evaluation.evaluate import evaluate_model
 
@@ -28,7 +28,7 @@ from otrobust.evaluation.evaluate import evaluate_model
 def otrobust_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device, defaults: bool = True):
     step = 2.5 * eps / steps
     pieces = {} if defaults else {"chunk": 0, "workers": 1}
-    attacks = {"pgd": lambda m, x, y: pgd(m, x, y, eps, step, steps, **pieces)}
+    attacks = {"pgd": PGD(eps=eps, step_size=step, steps=steps, **pieces)}
     return lambda: evaluate_model(model, data, attacks, batch_size=batch_size, device=device,
                                   nhwc=defaults).accuracy("worst")
 

@@ -43,7 +43,7 @@ def ot_fn(batch: int, solver: str, device):
 
 
 def resnet_fn(batch: int, kind: str, device):
-    from otrobust.attacks.gradient import pgd
+    from otrobust.attacks.gradient import PGD, last_iterate
     from otrobust.models import create_model
 
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def resnet_fn(batch: int, kind: str, device):
         inputs = x
         if kind == "pgd1":
             model.eval()
-            inputs = pgd(model, x, y, 8 / 255, 10 / 255, 1, track_best=False)
+            inputs = last_iterate(PGD(eps=8 / 255, step_size=10 / 255, steps=1), model, x, y)
             model.train()
         loss = F.cross_entropy(model(inputs), y)
         opt.zero_grad(set_to_none=True)

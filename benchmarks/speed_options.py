@@ -9,8 +9,8 @@ the paired speed-up before/after (> 1: the change helps). Changes:
 
 - ``frozen weights in attack``: attacks with the model's parameters out of autograd
   (``attacks.gradient.frozen_parameters``) against the weights recorded in every step's graph, PGD-10 only;
-- ``in-place attack``: the attack update done in place (``attacks.gradient._step_and_project_``) against the
-  previous out-of-place formula ``project(_ascent_step(...))`` (kept below as the reference), PGD-10 only;
+- ``in-place attack``: the attack update done in place (``attacks.norms.Norm.step_and_project_``) against the
+  previous out-of-place formula ``project(ascent_step(...))`` (kept below as the reference), PGD-10 only;
 - ``channels-last``: ``--channels-last on`` vs ``off``, PGD-AT training step, attack on the whole batch;
 - ``attack pieces``: the attack in pieces of 64 images one after the other vs the whole batch (128), PGD-AT
   training step, one worker;
@@ -41,29 +41,27 @@ import torch
 import torch.nn.functional as F
 
 from otrobust.attacks import gradient
-from otrobust.attacks.gradient import (
-    _ascent_step,
-    _random_start,
-    bn_mode,
-    frozen_parameters,
-    margin_loss,
-    pgd,
-    project,
-)
+from otrobust.attacks.gradient import PGD, bn_mode, frozen_parameters, last_iterate, margin_loss
+from otrobust.attacks.norms import get_norm, project
 from otrobust.data import ImageData
 from otrobust.evaluation.evaluate import evaluate_model
 from otrobust.training import methods
 
 
+def ascent_step(x_adv, grad, step_size):
+    """The ℓ∞ ascent step out of place, as it was before the in-place update."""
+    return x_adv + step_size * grad.sign()
+
+
 def pgd_out_of_place(model, x, y, eps, step_size, steps):
     """The training PGD as it was before the in-place update: the reference for ``in-place attack``."""
     x = x.detach()
-    x_adv = project(_random_start(x, eps, "linf"), x, eps, "linf")
+    x_adv = project(get_norm("linf").random_start(x, eps), x, eps, "linf")
     with frozen_parameters(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(margin_loss(model(x_adv), y).sum(), x_adv)
-            x_adv = project(_ascent_step(x_adv.detach(), grad, step_size, "linf"), x, eps, "linf")
+            x_adv = project(ascent_step(x_adv.detach(), grad, step_size), x, eps, "linf")
     return x_adv.detach()
 
 
@@ -105,12 +103,12 @@ def pairs(args, device):
 
     if "frozen weights in attack" in args.only:
         model = copy.deepcopy(base).eval()
-        attack = lambda: pgd(model, xb, yb, eps, step, k, track_best=False)  # noqa: E731
+        attack = lambda: last_iterate(PGD(eps=eps, step_size=step, steps=k), model, xb, yb)  # noqa: E731
         out["frozen weights in attack"] = (lambda: _under(weights_in_attack_graph, attack), attack)
     if "in-place attack" in args.only:
         model = copy.deepcopy(base).eval()
         out["in-place attack"] = (lambda: pgd_out_of_place(model, xb, yb, eps, step, k),
-                                  lambda: pgd(model, xb, yb, eps, step, k, track_best=False))
+                                  lambda: last_iterate(PGD(eps=eps, step_size=step, steps=k), model, xb, yb))
     if "channels-last" in args.only:
         out["channels-last"] = (train_step("pgd-at", channels_last=False, attack_chunk=0),
                                 train_step("pgd-at", channels_last=True, attack_chunk=0))
@@ -132,8 +130,8 @@ def pairs(args, device):
     if "eval layout" in args.only:
         n = args.eval_n
         model, data = copy.deepcopy(base).eval(), ImageData(x[:n], y[:n], 10)
-        whole = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20, chunk=0, workers=1)}
-        pieces = {"pgd": lambda m, a, b: pgd(m, a, b, eps, 2.5 * eps / 20, 20)}
+        whole = {"pgd": PGD(eps=eps, step_size=2.5 * eps / 20, steps=20, chunk=0, workers=1)}
+        pieces = {"pgd": PGD(eps=eps, step_size=2.5 * eps / 20, steps=20)}
         out["eval layout"] = (
             lambda: evaluate_model(model, data, whole, batch_size=256, device=device, nhwc=False),
             lambda: evaluate_model(model, data, pieces, batch_size=256, device=device))

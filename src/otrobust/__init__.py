@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
-from otrobust.attacks.gradient import bn_mode, fgsm, pgd, pgd_trace, project, trades_adversary  # noqa: E402
+from otrobust.attacks.gradient import PGD, TradesAdversary, best_iterate, bn_mode, fgsm, last_iterate  # noqa: E402
+from otrobust.attacks.norms import project  # noqa: E402
+from otrobust.attacks.table import ATTACK_SPECS, AttackSpec, Budget  # noqa: E402
 from otrobust.data import DATASETS, ImageData, load_dataset  # noqa: E402
 from otrobust.errors import OtrobustError  # noqa: E402
 from otrobust.evaluation.audit import AuditReport, AuditSettings, audit_model  # noqa: E402
@@ -15,8 +17,11 @@ from otrobust.training.methods import METHODS  # noqa: E402
 from otrobust.training.registry import METHOD_SPECS, MethodSpec  # noqa: E402
 
 __all__ = [
+    "ATTACK_SPECS",
+    "AttackSpec",
     "AuditReport",
     "AuditSettings",
+    "Budget",
     "DATASETS",
     "METHODS",
     "METHOD_SPECS",
@@ -28,9 +33,12 @@ __all__ = [
     "LatentModel",
     "MethodSpec",
     "OtrobustError",
+    "PGD",
     "TrainConfig",
+    "TradesAdversary",
     "__version__",
     "audit_model",
+    "best_iterate",
     "bn_mode",
     "build_attacks",
     "create_model",
@@ -38,13 +46,11 @@ __all__ = [
     "fgsm",
     "ground_cost",
     "label_mask",
+    "last_iterate",
     "latent_forward",
     "load_dataset",
     "load_model",
-    "pgd",
-    "pgd_trace",
     "project",
     "semidual_ot",
     "sinkhorn_ot",
-    "trades_adversary",
 ]

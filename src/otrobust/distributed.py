@@ -6,7 +6,7 @@ and seed (up to float rounding):
 
 - every process walks the same global batches (same data order, same per-step seed) and takes rows
   ``shard_bounds(B, rank, N)`` of each one, after augmentation;
-- random attack starts are drawn for the whole global batch and sliced (``attacks.pgd(shard=...)``);
+- random attack starts are drawn for the whole global batch and sliced (``attacks.last_iterate(shard=...)``);
 - each process's mean loss is weighted by ``shard_weight`` so that DDP's gradient *average* over processes
   equals the gradient of the global-batch mean, even when B is not a multiple of N;
 - with ``--ot-scope global`` the OT term is computed on the gathered batch (identical on every process),

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from otrobust.attacks.gradient import fgsm, margin_loss, pgd, pgd_trace, project, step_sizes, trades_adversary
+from otrobust.attacks.gradient import PGD, TradesAdversary, best_iterate, fgsm, last_iterate, margin_loss, step_sizes
+from otrobust.attacks.norms import project
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import evaluate_model
@@ -22,12 +23,14 @@ def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
 
 ATTACKS = {
     "fgsm": lambda m, x, y, eps, norm: fgsm(m, x, y, eps, norm=norm),
-    "pgd-ce": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, restarts=2, norm=norm),
-    "pgd-cw-cosine": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, loss="cw", norm=norm,
-                                                    schedule="cosine"),
-    "pgd-dlr-step": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, loss="dlr", norm=norm, schedule="step"),
-    "pgd-last-iterate": lambda m, x, y, eps, norm: pgd(m, x, y, eps, eps / 4, 7, norm=norm, track_best=False),
-    "trades": lambda m, x, y, eps, norm: trades_adversary(m, x, eps, eps / 4, 5, norm=norm),
+    "pgd-ce": lambda m, x, y, eps, norm: PGD(eps=eps, step_size=eps / 4, steps=7, restarts=2, norm=norm)(m, x, y),
+    "pgd-cw-cosine": lambda m, x, y, eps, norm: PGD(eps=eps, step_size=eps / 4, steps=7, loss="cw", norm=norm,
+                                                    schedule="cosine")(m, x, y),
+    "pgd-dlr-step": lambda m, x, y, eps, norm: PGD(eps=eps, step_size=eps / 4, steps=7, loss="dlr", norm=norm,
+                                                   schedule="step")(m, x, y),
+    "pgd-last-iterate": lambda m, x, y, eps, norm: last_iterate(PGD(eps=eps, step_size=eps / 4, steps=7, norm=norm),
+                                                                m, x, y),
+    "trades": lambda m, x, y, eps, norm: TradesAdversary(eps=eps, step_size=eps / 4, steps=5, norm=norm)(m, x),
 }
 
 
@@ -83,13 +86,14 @@ def test_step_size_schedules():
 def test_pgd_trace_records_the_loss_at_every_iterate(trained_digits_model):
     data = load_dataset("digits", "test", size=32)
     torch.manual_seed(0)
-    res = pgd_trace(trained_digits_model, data.x, data.y, 0.1, 0.025, 6, restarts=2)
+    attack = PGD(eps=0.1, step_size=0.025, steps=6, restarts=2)
+    res = best_iterate(attack, trained_digits_model, data.x, data.y)
     assert res.loss.shape == (2, 7, 32)
     assert bool(torch.isfinite(res.loss).all())
     # Ascent: on a trained model the mean loss ends well above where it started.
     assert float(res.loss[0, -1].mean()) > float(res.loss[0, 0].mean())
     torch.manual_seed(0)
-    assert torch.equal(res.x_adv, pgd(trained_digits_model, data.x, data.y, 0.1, 0.025, 6, restarts=2))
+    assert torch.equal(res.x_adv, attack(trained_digits_model, data.x, data.y))
 
 
 def _accuracy(model, data, attack) -> torch.Tensor:
@@ -101,7 +105,7 @@ def test_pgd_lowers_a_trained_models_accuracy_below_fgsm(trained_digits_model):
     data = load_dataset("digits", "test")
     eps = 0.1
     fgsm_acc = _accuracy(trained_digits_model, data, lambda m, x, y: fgsm(m, x, y, eps)).float().mean()
-    pgd_acc = _accuracy(trained_digits_model, data, lambda m, x, y: pgd(m, x, y, eps, eps / 8, 20)).float().mean()
+    pgd_acc = _accuracy(trained_digits_model, data, PGD(eps=eps, step_size=eps / 8, steps=20)).float().mean()
     clean = evaluate_model(trained_digits_model, data).accuracy("clean")
     assert float(pgd_acc) < float(fgsm_acc) < clean
 
@@ -111,10 +115,10 @@ def test_restarts_and_best_iterate_never_raise_accuracy(trained_digits_model):
     latter is broken by the former; and the best iterate is never worse than the last one."""
     data = load_dataset("digits", "test", size=120)
     eps = 0.08
-    one = _accuracy(trained_digits_model, data, lambda m, x, y: pgd(m, x, y, eps, eps / 4, 10, restarts=1))
-    four = _accuracy(trained_digits_model, data, lambda m, x, y: pgd(m, x, y, eps, eps / 4, 10, restarts=4))
-    last = _accuracy(trained_digits_model, data,
-                     lambda m, x, y: pgd(m, x, y, eps, eps / 4, 10, restarts=1, track_best=False))
+    one = _accuracy(trained_digits_model, data, PGD(eps=eps, step_size=eps / 4, steps=10, restarts=1))
+    four = _accuracy(trained_digits_model, data, PGD(eps=eps, step_size=eps / 4, steps=10, restarts=4))
+    last = _accuracy(trained_digits_model, data, lambda m, x, y: last_iterate(
+        PGD(eps=eps, step_size=eps / 4, steps=10, restarts=1), m, x, y))
     assert not bool((four & ~one).any())
     assert not bool((one & ~last).any())
     assert float(four.float().mean()) <= float(one.float().mean()) < 1.0
@@ -130,22 +134,25 @@ def test_pgd_does_not_synchronise_inside_the_step_loop(monkeypatch):
 
     for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    out = pgd(model, x, y, 0.1, 0.02, 5, restarts=2, loss="dlr", schedule="cosine")
-    out_l2 = pgd_trace(model, x, y, 0.5, 0.1, 5, norm="l2").x_adv
+    out = PGD(eps=0.1, step_size=0.02, steps=5, restarts=2, loss="dlr", schedule="cosine")(model, x, y)
+    out_l2 = best_iterate(PGD(eps=0.5, step_size=0.1, steps=5, norm="l2"), model, x, y).x_adv
     monkeypatch.undo()
     assert out.shape == x.shape and out_l2.shape == x.shape
 
 
 def test_unknown_norm_is_a_one_line_error():
     with pytest.raises(OtrobustError, match="unknown norm"):
-        pgd(tiny_model(), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), 0.1, 0.01, 2, norm="l1")
+        PGD(eps=0.1, step_size=0.01, steps=2, norm="l1")(tiny_model(), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
 
 
 PIECES = {
-    "pgd-restarts": lambda m, x, y, c, w: pgd(m, x, y, 0.1, 0.025, 6, restarts=3, chunk=c, workers=w),
-    "pgd-trace": lambda m, x, y, c, w: pgd_trace(m, x, y, 0.1, 0.025, 6, restarts=2, chunk=c, workers=w),
-    "pgd-training": lambda m, x, y, c, w: pgd(m, x, y, 0.1, 0.025, 6, track_best=False, chunk=c, workers=w),
-    "trades": lambda m, x, y, c, w: trades_adversary(m, x, 0.1, 0.025, 6, chunk=c, workers=w),
+    "pgd-restarts": lambda m, x, y, c, w: PGD(eps=0.1, step_size=0.025, steps=6, restarts=3, chunk=c,
+                                              workers=w)(m, x, y),
+    "pgd-trace": lambda m, x, y, c, w: best_iterate(PGD(eps=0.1, step_size=0.025, steps=6, restarts=2, chunk=c,
+                                                        workers=w), m, x, y),
+    "pgd-training": lambda m, x, y, c, w: last_iterate(PGD(eps=0.1, step_size=0.025, steps=6, chunk=c, workers=w),
+                                                       m, x, y),
+    "trades": lambda m, x, y, c, w: TradesAdversary(eps=0.1, step_size=0.025, steps=6, chunk=c, workers=w)(m, x),
 }
 
 
@@ -176,7 +183,7 @@ def test_workers_repeat_their_result_exactly():
     runs = []
     for _ in range(3):
         torch.manual_seed(1)
-        runs.append(pgd(model, x, y, 0.1, 0.02, 4, chunk=5, workers=3))
+        runs.append(PGD(eps=0.1, step_size=0.02, steps=4, chunk=5, workers=3)(model, x, y))
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
 
 
@@ -220,7 +227,7 @@ def test_pieces_draw_the_same_random_starts():
     starts = []
     for chunk in (0, 4):
         torch.manual_seed(0)
-        starts.append(pgd(model, x, y, 0.1, 0.02, 0, restarts=2, chunk=chunk))
+        starts.append(PGD(eps=0.1, step_size=0.02, steps=0, restarts=2, chunk=chunk)(model, x, y))
     assert torch.equal(*starts)
 
 
@@ -235,6 +242,6 @@ def test_default_pieces_by_device_and_bad_values():
     assert attack_chunk(None, x, workers=2) == 128 and attack_chunk(None, x[:20], workers=2) == 32
     assert attack_workers(None, x) == torch.get_num_threads() and attack_workers(3, x) == 3
     with pytest.raises(OtrobustError, match="attack chunk"):
-        pgd(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long), 0.1, 0.02, 1, chunk=-1)
+        PGD(eps=0.1, step_size=0.02, steps=1, chunk=-1)(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long))
     with pytest.raises(OtrobustError, match="attack workers"):
-        pgd(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long), 0.1, 0.02, 1, workers=0)
+        PGD(eps=0.1, step_size=0.02, steps=1, workers=0)(tiny_model(), x[:4], torch.zeros(4, dtype=torch.long))

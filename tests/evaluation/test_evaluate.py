@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from otrobust.attacks.table import ATTACK_NAMES as ATTACKS
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import NoInputGradient, OtrobustError
 from otrobust.evaluation.evaluate import (
-    ATTACKS,
     EvalResult,
     binomial_interval,
     build_attacks,

@@ -11,14 +11,8 @@ import torch
 from conftest import TINY_RUN
 
 from otrobust.attacks import gradient
-from otrobust.attacks.gradient import (
-    _ascent_step,
-    _step_and_project_,
-    frozen_parameters,
-    pgd,
-    project,
-    trades_adversary,
-)
+from otrobust.attacks.gradient import PGD, TradesAdversary, frozen_parameters, last_iterate
+from otrobust.attacks.norms import get_norm, project
 from otrobust.cli.main import build_parser, config_from_args
 from otrobust.errors import OtrobustError
 from otrobust.models import create_model
@@ -29,6 +23,14 @@ from otrobust.training.loop import train, training_precision, use_channels_last
 from otrobust.training.methods import METHODS, StepContext
 
 CPU = torch.device("cpu")
+
+
+def _ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+    """The ascent step as the papers write it, out of place: the reference for the in-place update."""
+    if norm == "linf":
+        return x_adv + step_size * grad.sign()
+    g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+    return x_adv + step_size * grad / g_norm
 
 
 def _model(seed: int = 0):
@@ -44,7 +46,7 @@ def test_in_place_attack_update_is_bit_identical_to_the_formula(norm, eps, step)
     grad = torch.randn(16, 1, 8, 8, generator=g)
     grad[0] = 0.0  # sign(0) = 0 and the ℓ2 norm clamp
     expected = project(_ascent_step(x_adv, grad, step, norm), x, eps, norm)
-    got = _step_and_project_(x_adv.clone(), grad.clone(), x, step, eps, norm)
+    got = get_norm(norm).step_and_project_(x_adv.clone(), grad.clone(), x, step, eps)
     assert torch.equal(got, expected)
 
 
@@ -56,7 +58,7 @@ def test_attacks_freeze_the_weights_only_while_they_run(monkeypatch):
     seen = []
     model.register_forward_hook(lambda m, i, o: seen.append(any(p.requires_grad for p in m.parameters())))
     torch.manual_seed(0)
-    frozen = pgd(model, x, y, 0.3, 0.1, 2)
+    frozen = PGD(eps=0.3, step_size=0.1, steps=2)(model, x, y)
     assert seen and not any(seen)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     with pytest.raises(RuntimeError, match="boom"), frozen_parameters(model):
@@ -65,7 +67,7 @@ def test_attacks_freeze_the_weights_only_while_they_run(monkeypatch):
     # Same kernels, same input gradients: freezing changes no value.
     monkeypatch.setattr(gradient, "frozen_parameters", contextlib.nullcontext)
     torch.manual_seed(0)
-    tracked = pgd(model, x, y, 0.3, 0.1, 2)
+    tracked = PGD(eps=0.3, step_size=0.1, steps=2)(model, x, y)
     assert torch.equal(frozen, tracked)
 
 
@@ -74,17 +76,19 @@ def test_a_shard_gets_the_random_start_the_whole_batch_would_give_it(norm, eps):
     model = _model()
     x, y = torch.rand(12, 1, 8, 8), torch.arange(12) % 10
     torch.manual_seed(3)
-    whole = pgd(model, x, y, eps, 0.1, 0, norm=norm, track_best=False)
+    attack = PGD(eps=eps, step_size=0.1, steps=0, norm=norm)
+    whole = last_iterate(attack, model, x, y)
     torch.manual_seed(3)
-    part = pgd(model, x[5:9], y[5:9], eps, 0.1, 0, norm=norm, track_best=False, shard=(5, 12))
+    part = last_iterate(attack, model, x[5:9], y[5:9], shard=(5, 12))
     assert torch.equal(part, whole[5:9])
     torch.manual_seed(4)  # no steps: a sign() of near-zero gradients would amplify batch-size rounding
-    whole = trades_adversary(model, x, eps, 0.1, 0, norm=norm)
+    adversary = TradesAdversary(eps=eps, step_size=0.1, steps=0, norm=norm)
+    whole = adversary(model, x)
     torch.manual_seed(4)
-    part = trades_adversary(model, x[:7], eps, 0.1, 0, norm=norm, shard=(0, 12))
+    part = adversary(model, x[:7], shard=(0, 12))
     assert torch.equal(part, whole[:7])
     with pytest.raises(OtrobustError, match="shard"):
-        pgd(model, x[:4], y[:4], eps, 0.1, 1, track_best=False, shard=(10, 12))
+        last_iterate(PGD(eps=eps, step_size=0.1, steps=1), model, x[:4], y[:4], shard=(10, 12))
 
 
 def test_channels_last_gives_the_same_step_within_float_tolerance():

@@ -40,6 +40,8 @@ VERSIONS: dict[str, tuple[str, ...]] = {
 }
 SINGLE_ATTACKS: dict[str, str] = {"apgd-ce": "apgd-ce", "apgd-dlr": "apgd-dlr", "apgd-t": "apgd-t",
                                   "fab": "fab-t", "square": "square"}
+# The reference attacks that use no gradient (the table's black-box family runs them).
+GRADIENT_FREE = ("square",)
 REFERENCE_NORMS = {"linf": "Linf", "l2": "L2"}
 STANDARD_ITERATIONS = 100
 STANDARD_QUERIES = 5000
@@ -107,7 +109,7 @@ class AutoAttackRunner:
         return self.n_iter is None and self.n_queries is None and self.n_targets is None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if any(name != "square" for name in self.attacks):  # Square alone needs no gradient
+        if any(name not in GRADIENT_FREE for name in self.attacks):  # Square alone needs no gradient
             require_input_gradient(model, x)
         reference = self._build(model, x)
         with torch.no_grad():

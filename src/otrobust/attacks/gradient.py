@@ -7,8 +7,9 @@ labels the caller passes: the true labels by default everywhere in otrobust.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -16,15 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from otrobust.attacks._pieces import T, attack_chunk, attack_workers, map_pieces
+from otrobust.attacks.norms import Norm, get_norm, whole_batch
 from otrobust.errors import NoInputGradient, OtrobustError
 
-NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "dlr")
 
 
 def _attack_in_pieces(model: nn.Module, x: torch.Tensor, attack: Callable[[slice], T], chunk: int | None,
                       workers: int | None) -> list[T]:
-    """``attack(rows)`` on every piece of the batch ``x`` (``chunk`` and ``workers`` as in :func:`pgd`, resolved
+    """``attack(rows)`` on every piece of the batch ``x`` (``chunk`` and ``workers`` as in :class:`PGD`, resolved
     by device), with the model's weights out of autograd."""
     workers = attack_workers(workers, x)
     with frozen_parameters(model):
@@ -91,74 +92,6 @@ def default_step_size(eps: float, steps: int) -> float:
     return 2.5 * eps / max(steps, 1)
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
-    """Project ``x_adv`` onto the ε-ball around ``x`` (ℓ∞ or ℓ2, per example) intersected with [0, 1]."""
-    delta = x_adv - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
-        delta = delta * (eps / norms).clamp(max=1.0)
-    return (x + delta).clamp(0.0, 1.0)
-
-
-def _whole_batch(x: torch.Tensor, shard: tuple[int, int] | None) -> tuple[torch.Tensor, slice]:
-    """An uninitialised tensor shaped like the whole batch ``x`` is a shard of, and the rows of ``x`` in it.
-
-    shard = (first row, rows in the whole batch), or None when ``x`` is the whole batch. Random starts are drawn
-    for the whole batch and sliced, so every process of a data-parallel run draws exactly the numbers a single
-    process would have drawn for its rows.
-    """
-    if shard is None:
-        return torch.empty_like(x), slice(None)
-    start, total = shard
-    if not 0 <= start <= total - len(x):
-        raise OtrobustError(f"shard {shard} does not hold the {len(x)} rows of this batch")
-    fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
-    whole = torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
-    return whole, slice(start, start + len(x))
-
-
-def _random_start(x: torch.Tensor, eps: float, norm: str, shard: tuple[int, int] | None = None) -> torch.Tensor:
-    whole, rows = _whole_batch(x, shard)
-    if norm == "linf":
-        return x + whole.uniform_(-eps, eps)[rows]
-    noise = whole.normal_()[rows]
-    noise = noise / noise.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1))
-    radius = torch.rand(len(whole), device=x.device)[rows].view(-1, *[1] * (x.ndim - 1))
-    return x + eps * radius * noise
-
-
-def _ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return x_adv + step_size * grad.sign()
-    g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
-    return x_adv + step_size * grad / g_norm
-
-
-def _step_and_project_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, step_size: float, eps: float,
-                       norm: str) -> torch.Tensor:
-    """``project(_ascent_step(x_adv, grad, step_size, norm), x, eps, norm)`` computed in place in ``x_adv`` (and
-    ``grad``), with the same arithmetic in the same order: the result is bit-identical, but an attack step
-    allocates no image-sized buffers and launches fewer kernels. Both tensors must be the caller's to overwrite.
-    """
-    if any(stride == 0 and size > 1 for stride, size in zip(grad.stride(), grad.shape, strict=True)):
-        grad = grad.clone()  # autograd may hand back a broadcast (stride-0) view, which cannot be written in place
-    if norm == "linf":
-        x_adv.add_(grad.sign_(), alpha=step_size)
-    else:
-        g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
-        x_adv.add_(grad.mul_(step_size).div_(g_norm))
-    delta = x_adv.sub_(x)
-    if norm == "linf":
-        delta.clamp_(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
-        delta.mul_((eps / norms).clamp(max=1.0))
-    return delta.add_(x).clamp_(0.0, 1.0)
-
-
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     """Per-example attack loss (B,) to maximise: ``ce``, ``cw`` (max other logit − true logit), or ``dlr``
     (Croce & Hein 2020: the CW margin divided by ``z_π1 − z_π3``, scale-invariant)."""
@@ -205,10 +138,11 @@ def require_input_gradient(model: nn.Module, x: torch.Tensor) -> None:
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """Single-step attack (Goodfellow et al. 2015): one step of size ε along the gradient's sign."""
-    x_adv = x.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x_adv).float(), y)
-    grad = input_gradient(loss, x_adv)
-    return project(_ascent_step(x.detach(), grad, eps, norm), x, eps, norm).detach()
+    strategy = get_norm(norm)
+    x = x.detach()
+    x_adv = x.clone().requires_grad_(True)
+    grad = input_gradient(F.cross_entropy(model(x_adv).float(), y), x_adv)
+    return strategy.step_and_project_(x.clone(), grad, x, eps, eps)
 
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -226,8 +160,39 @@ def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list
     return [step_size * (1.0 if t < steps / 2 else 0.1 if t < 3 * steps / 4 else 0.01) for t in range(steps)]
 
 
+class Iterate(NamedTuple):
+    """One point of a projected gradient ascent. ``logits`` and ``loss`` (B,) are None at the last point of a run
+    (no gradient is taken there). Its tensors are valid until the next iterate is drawn: the step overwrites them."""
+
+    restart: int
+    x_adv: torch.Tensor
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None
+
+
+def ascent(model: nn.Module, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+           starts: list[torch.Tensor], sizes: list[float], norm: Norm, eps: float) -> Iterator[Iterate]:
+    """Projected gradient ascent on ``objective(logits)`` (per example, (B,), or summed) from each of ``starts``:
+    ``x_{t+1} = Π_{B_ε(x) ∩ [0,1]}(x_t + η_t · d(∇ objective))``, d the norm's steepest ascent direction.
+
+    Yields every iterate of every start in order, the start first and the point after the last step last.
+    Everything stays on the device: no .item(), no branching on tensor values, so the loop never waits for an
+    accelerator.
+    """
+    for restart, start in enumerate(starts):
+        x_adv = start.clone()
+        for size in sizes:
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            value = objective(logits)
+            yield Iterate(restart, x_adv.detach(), logits.detach(), value.detach())
+            grad = input_gradient(value, x_adv)
+            x_adv = norm.step_and_project_(x_adv.detach(), grad, x, size, eps)
+        yield Iterate(restart, x_adv.detach(), None, None)
+
+
 class PGDResult(NamedTuple):
-    """What a PGD run leaves behind: the returned points and the attack loss along the way.
+    """What a best-iterate PGD run leaves behind: the returned points and the attack loss along the way.
 
     x_adv: like x; loss: (restarts, steps + 1, B) float32, the per-example attack loss at every iterate
     (the random start first, the final iterate last), non-finite values kept as they came.
@@ -237,122 +202,151 @@ class PGDResult(NamedTuple):
     loss: torch.Tensor
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-        restarts: int = 1, random_start: bool = True, loss: str = "ce", norm: str = "linf",
-        track_best: bool = True, schedule: str = "constant", shard: tuple[int, int] | None = None,
-        chunk: int | None = None, workers: int | None = None) -> torch.Tensor:
-    """Projected gradient ascent (Madry et al. 2018) on ``loss`` (``ce``, ``cw`` or ``dlr``) within the ε-ball.
+@dataclass(frozen=True, kw_only=True)
+class PGD:
+    """Projected gradient descent (Madry et al. 2018): ``steps`` steps of ``step_size`` (η, shaped over the steps
+    by ``schedule``, see :func:`step_sizes`) up ``loss`` (``ce``, ``cw`` or ``dlr``, see :func:`margin_loss`) in
+    the ``norm`` ball of radius ``eps``, from a uniform random point of the ball (``random_start``) or from x,
+    ``restarts`` times. ``chunk``: images per piece (see ``attack_chunk``); ``workers``: pieces attacked at the
+    same time (see ``attack_workers``): they change the speed, not the attack.
 
-    With ``track_best`` (evaluation), an example counts as broken if *any* iterate of *any* restart
-    misclassified it, and that iterate is returned; without it (training), the last iterate.
-    ``schedule`` shapes the step size over the iterations (see :func:`step_sizes`). ``shard = (first row,
-    whole batch size)`` marks ``x`` as rows of a larger batch split across processes: the random start is
-    drawn for the whole batch and sliced, so the result matches a single process attacking the whole batch.
-    ``chunk``: images per piece, see :func:`attack_chunk` (random starts are drawn for the whole batch first);
-    ``workers``: pieces attacked at the same time, see :func:`attack_workers`.
-    x: (B, C, H, W) in [0, 1]; y: (B,) labels to move away from -> x_adv like x.
+    Called as ``attack(model, x, y) -> x_adv``, it is the evaluation attack (:func:`best_iterate`); training takes
+    :func:`last_iterate`. x: (B, C, H, W) in [0, 1]; y: (B,) labels to move away from.
     """
-    if not track_best:
-        return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, False, schedule,
-                    trace=False, shard=shard, chunk=chunk, workers=workers).x_adv
-    if shard is not None:
-        raise OtrobustError("pgd(shard=...) is for training (track_best=False)")
-    return pgd_trace(model, x, y, eps, step_size, steps, restarts=restarts, random_start=random_start,
-                     loss=loss, norm=norm, schedule=schedule, chunk=chunk, workers=workers).x_adv
+
+    eps: float
+    step_size: float
+    steps: int
+    restarts: int = 1
+    random_start: bool = True
+    loss: str = "ce"
+    norm: str = "linf"
+    schedule: str = "constant"
+    chunk: int | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        get_norm(self.norm)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return best_iterate(self, model, x, y).x_adv
+
+    def starts(self, x: torch.Tensor, shard: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Every restart's starting point, drawn for the whole batch before any piece runs, so that the random
+        numbers (and the attack) do not depend on the pieces; ``shard`` as in :func:`last_iterate`."""
+        norm = get_norm(self.norm)
+        return [norm.project_(norm.random_start(x, self.eps, shard), x, self.eps) if self.random_start
+                else x.clone() for _ in range(max(1, self.restarts))]
+
+    def iterates(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 starts: list[torch.Tensor]) -> Iterator[Iterate]:
+        """This attack's :func:`ascent` on one piece (``x``, ``y`` and ``starts`` the piece's rows)."""
+        sizes = step_sizes(self.step_size, self.steps, self.schedule)
+        return ascent(model, lambda logits: margin_loss(logits, y, self.loss), x, starts, sizes,
+                      get_norm(self.norm), self.eps)
 
 
-def pgd_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-              restarts: int = 1, random_start: bool = True, loss: str = "ce", norm: str = "linf",
-              schedule: str = "constant", chunk: int | None = None, workers: int | None = None) -> PGDResult:
-    """:func:`pgd` with best-so-far tracking that also returns the attack loss at every iterate (for audits)."""
-    return _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, True, schedule, trace=True,
-                chunk=chunk, workers=workers)
-
-
-def _pgd(model, x, y, eps, step_size, steps, restarts, random_start, loss, norm, track_best, schedule,
-         trace: bool, shard: tuple[int, int] | None = None, chunk: int | None = None,
-         workers: int | None = None) -> PGDResult:
-    if norm not in NORMS:
-        raise OtrobustError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    sizes = step_sizes(step_size, steps, schedule)
+def best_iterate(attack: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> PGDResult:
+    """PGD for evaluation: an example counts as broken if *any* iterate of *any* restart misclassified it, and
+    that iterate is returned (an unbroken one gets its last iterate); the loss of every iterate is kept."""
+    step_sizes(attack.step_size, attack.steps, attack.schedule)  # a bad schedule fails before any piece runs
     x = x.detach()
-    # Every restart's start is drawn for the whole batch before any piece runs, so the random numbers (and
-    # the attack) do not depend on the pieces.
-    starts = [project(_random_start(x, eps, norm, shard), x, eps, norm) if random_start else x.clone()
-              for _ in range(max(1, restarts))]
-    parts = _attack_in_pieces(model, x, lambda rows: _pgd_steps(model, x[rows], y[rows], [s[rows] for s in starts],
-                                                                sizes, eps, loss, norm, track_best, trace),
-                              chunk, workers)
+    starts = attack.starts(x)
+    parts = _attack_in_pieces(model, x, lambda rows: _keep_best(model, attack.iterates(
+        model, x[rows], y[rows], [s[rows] for s in starts]), x[rows], y[rows], attack.loss), attack.chunk,
+        attack.workers)
     if len(parts) == 1:
         return parts[0]
-    return PGDResult(torch.cat([p.x_adv for p in parts]),
-                     torch.cat([p.loss for p in parts], dim=2) if trace else torch.empty(0))
+    return PGDResult(torch.cat([p.x_adv for p in parts]), torch.cat([p.loss for p in parts], dim=2))
 
 
-def _pgd_steps(model, x, y, starts, sizes, eps, loss, norm, track_best, trace: bool) -> PGDResult:
-    # Everything below stays on the device: no .item(), no Python branching on tensor values, so the
-    # step loop never waits for the accelerator.
+def _keep_best(model: nn.Module, iterates: Iterator[Iterate], x: torch.Tensor, y: torch.Tensor,
+               loss: str) -> PGDResult:
     shape = (-1, *[1] * (x.ndim - 1))
     best = x.clone()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     history: list[torch.Tensor] = []
-    for start in starts:
-        x_adv = start.clone()
-        for size in sizes:
-            x_adv.requires_grad_(True)
-            logits = model(x_adv)
-            if track_best:
-                fooled = logits.detach().argmax(1) != y
-                best = torch.where((fooled & ~broken).view(shape), x_adv.detach(), best)
-                broken |= fooled
-            value = margin_loss(logits, y, loss)
-            if trace:
-                history.append(value.detach())
-            grad = input_gradient(value, x_adv)
-            x_adv = _step_and_project_(x_adv.detach(), grad, x, size, eps, norm)
-        if not track_best:
-            return PGDResult(x_adv.detach(), torch.empty(0))
-        with torch.no_grad():
-            logits = model(x_adv)
-            fooled = logits.argmax(1) != y
-            if trace:
-                history.append(margin_loss(logits, y, loss))
-        best = torch.where((fooled & ~broken).view(shape), x_adv, best)
-        # Unbroken examples keep the last iterate (a valid point in the ball), not the clean input.
-        best = torch.where((~broken & ~fooled).view(shape), x_adv, best)
-        broken |= fooled
-    losses = torch.stack(history).view(len(starts), len(sizes) + 1, len(x)) if trace else torch.empty(0)
-    return PGDResult(best.detach(), losses)
-
-
-def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int,
-                     p_clean: torch.Tensor | None = None, norm: str = "linf",
-                     shard: tuple[int, int] | None = None, chunk: int | None = None,
-                     workers: int | None = None) -> torch.Tensor:
-    """TRADES inner maximisation (Zhang et al. 2019): maximise ``KL(f(x) ‖ f(x'))`` from ``x + 0.001·N(0, I)``.
-
-    p_clean: (B, M) clean probabilities if already computed (saves a forward pass); shard, chunk, workers: as in
-    :func:`pgd`.
-    """
-    x = x.detach()
-    p_clean = p_clean.detach() if p_clean is not None else None
-    whole, rows = _whole_batch(x, shard)
-    start = project(x + 0.001 * whole.normal_()[rows], x, eps, norm)
-
-    def attack(piece: slice) -> torch.Tensor:
-        x_adv, x_piece = start[piece].clone(), x[piece]
-        if p_clean is None:
+    runs = 0
+    for it in iterates:
+        if it.logits is None:  # the last point of a run: no gradient was taken, so evaluate it here
+            runs += 1
             with torch.no_grad():
-                p_piece = model(x_piece).float().softmax(1)
-        else:
-            p_piece = p_clean[piece]
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            log_p_adv = model(x_adv).float().log_softmax(1)
-            kl = F.kl_div(log_p_adv, p_piece, reduction="sum")
-            grad = input_gradient(kl, x_adv)
-            x_adv = _step_and_project_(x_adv.detach(), grad, x_piece, step_size, eps, norm)
-        return x_adv.detach()
+                logits = model(it.x_adv)
+                fooled = logits.argmax(1) != y
+                history.append(margin_loss(logits, y, loss))
+            best = torch.where((fooled & ~broken).view(shape), it.x_adv, best)
+            # Unbroken examples keep the last iterate (a valid point in the ball), not the clean input.
+            best = torch.where((~broken & ~fooled).view(shape), it.x_adv, best)
+            broken |= fooled
+            continue
+        fooled = it.logits.argmax(1) != y
+        best = torch.where((fooled & ~broken).view(shape), it.x_adv, best)
+        broken |= fooled
+        history.append(it.loss)
+    return PGDResult(best.detach(), torch.stack(history).view(runs, len(history) // runs, len(x)))
 
-    parts = _attack_in_pieces(model, x, attack, chunk, workers)
+
+def last_iterate(attack: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
+    """PGD for training: the last iterate of one run (Madry et al.'s inner maximisation). ``shard = (first row,
+    whole batch size)`` marks ``x`` as rows of a larger batch split across processes: the random start is drawn
+    for the whole batch and sliced, so the result matches a single process attacking the whole batch."""
+    if attack.restarts != 1:
+        raise OtrobustError(f"a training attack runs once (restarts = 1), not {attack.restarts} times; restarts "
+                            "need the best-iterate attack")
+    x = x.detach()
+    starts = attack.starts(x, shard)
+    parts = _attack_in_pieces(model, x, lambda rows: _last(attack.iterates(
+        model, x[rows], y[rows], [s[rows] for s in starts])), attack.chunk, attack.workers)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _last(iterates: Iterator[Iterate]) -> torch.Tensor:
+    for it in iterates:
+        x_adv = it.x_adv
+    return x_adv
+
+
+@dataclass(frozen=True, kw_only=True)
+class TradesAdversary:
+    """TRADES inner maximisation (Zhang et al. 2019): maximise ``KL(f(x) ‖ f(x'))`` by ``steps`` steps of
+    ``step_size`` in the ``norm`` ball of radius ``eps``, from ``x + 0.001·N(0, I)``; the last iterate.
+    ``chunk``, ``workers`` as in :class:`PGD`.
+
+    Called as ``adversary(model, x, p_clean=None, shard=None) -> x_adv``: p_clean (B, M) are the clean
+    probabilities if already computed (saves a forward pass); shard as in :func:`last_iterate`.
+    """
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "linf"
+    chunk: int | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        get_norm(self.norm)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, *, p_clean: torch.Tensor | None = None,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
+        norm = get_norm(self.norm)
+        x = x.detach()
+        p_clean = p_clean.detach() if p_clean is not None else None
+        whole, rows = whole_batch(x, shard)
+        start = norm.project_(x + 0.001 * whole.normal_()[rows], x, self.eps)
+
+        def attack(piece: slice) -> torch.Tensor:
+            x_piece = x[piece]
+            if p_clean is None:
+                with torch.no_grad():
+                    p_piece = model(x_piece).float().softmax(1)
+            else:
+                p_piece = p_clean[piece]
+
+            def kl(logits: torch.Tensor) -> torch.Tensor:
+                return F.kl_div(logits.float().log_softmax(1), p_piece, reduction="sum")
+
+            return _last(ascent(model, kl, x_piece, [start[piece]], [self.step_size] * self.steps, norm, self.eps))
+
+        parts = _attack_in_pieces(model, x, attack, self.chunk, self.workers)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

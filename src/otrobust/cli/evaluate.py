@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from otrobust import distributed
-from otrobust.attacks.gradient import default_step_size, with_eot
+from otrobust.attacks.gradient import with_eot
+from otrobust.attacks.table import ATTACK_SPECS, Budget, for_randomized_model
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
@@ -71,24 +72,25 @@ def _same_on_every_process(settings: dict, target: Target, info: distributed.Dis
         distributed.check_same({**same, **fingerprint(target.model, target.test)}, info, what)
 
 
-def _attacks(settings: EvalSettings, eps: float, say) -> dict:
+def _attacks(settings: EvalSettings, budget: Budget, say) -> dict:
     names = list(settings.attack)
     if settings.randomized:  # EOT everywhere: AutoAttack's rand version, and gradients averaged over draws
-        names = ["autoattack-rand" if n == "autoattack" else n for n in names]
+        names = [for_randomized_model(n) for n in names]
         say(f"randomised model: gradient attacks average {settings.eot_draws} forwards (EOT); autoattack runs as "
-            "autoattack-rand")
-    # One worker for a randomised model: threads drawing from one generator in turn would not repeat.
-    workers = 1 if settings.randomized else settings.attack_workers
-    attacks = build_attacks(names, norm=settings.norm, seed=settings.seed, workers=workers, **_budget(settings, eps))
-    if settings.randomized:
-        attacks = {n: a if n.startswith(("autoattack", "apgd", "fab", "square")) else with_eot(a, settings.eot_draws)
+            f"{for_randomized_model('autoattack')}")
+    attacks = build_attacks(names, budget)
+    if settings.randomized:  # the reference code draws its own randomness and its own EOT
+        attacks = {n: a if ATTACK_SPECS[n].reference_code else with_eot(a, settings.eot_draws)
                    for n, a in attacks.items()}
     return attacks
 
 
-def _budget(settings: EvalSettings, eps: float) -> dict:
-    return dict(eps=eps, steps=settings.steps, step_size=settings.step_size, restarts=settings.restarts,
-                schedule=settings.schedule, aa_iter=settings.aa_iter, aa_queries=settings.aa_queries)
+def _budget(settings: EvalSettings, eps: float) -> Budget:
+    # One worker for a randomised model: threads drawing from one generator in turn would not repeat.
+    return Budget(eps=eps, norm=settings.norm, steps=settings.steps, step_size=settings.step_size,
+                  restarts=settings.restarts, schedule=settings.schedule, seed=settings.seed,
+                  aa_iter=settings.aa_iter, aa_queries=settings.aa_queries,
+                  workers=1 if settings.randomized else settings.attack_workers)
 
 
 def _evaluate(settings: EvalSettings, info: distributed.DistInfo, device, say) -> int:
@@ -106,7 +108,8 @@ def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device,
     prepare(target, settings, device, say)
     eps = get_dataset_spec(target.dataset).default_eps if settings.eps is None else settings.eps
     _same_on_every_process({**settings.result_settings(), "eps": eps}, target, info, "evaluation")
-    attacks = _attacks(settings, eps, say)
+    budget = _budget(settings, eps)
+    attacks = _attacks(settings, budget, say)
     cache = None
     if settings.cache_folder:
         recorded = {**settings.result_settings(), "eps": eps}
@@ -131,12 +134,11 @@ def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device,
     seconds = time.perf_counter() - t0
     if not info.is_main:
         return 0
-    step_size = settings.step_size if settings.step_size is not None else default_step_size(eps, settings.steps)
     threat = {"norm": settings.norm, "eps": eps, "n": len(target.test), "labels": settings.labels,
               "seed": settings.seed, "dataset": target.dataset, "steps": settings.steps,
-              "restarts": settings.restarts, "schedule": settings.schedule, "step_size": step_size,
+              "restarts": settings.restarts, "schedule": settings.schedule, "step_size": budget.step_size,
               "autoattack_standard": settings.aa_standard, "randomized": settings.randomized}
-    budgets = attack_budgets(list(attacks), **_budget(settings, eps))
+    budgets = attack_budgets(list(attacks), budget)
     written = _write_outputs(settings, target, result, threat, budgets, seconds, eps)  # first: printing may fail
     _print_eval(result, threat, budgets, seconds, settings.aa_standard)
     for path in written:
@@ -205,7 +207,7 @@ def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, a
         lo, hi = result.interval("worst")
         print(f"\nrobust accuracy, worst case over {', '.join(result.per_attack)} ({label_text}): "
               f"{100 * result.accuracy('worst'):.2f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
-    if not aa_standard and any(n.startswith(("autoattack", "apgd", "fab", "square")) for n in result.per_attack):
+    if not aa_standard and any(ATTACK_SPECS[n].reference_code for n in result.per_attack):
         print("note: --aa-iter/--aa-queries make this a cheaper run, NOT standard AutoAttack")
     for name, texts in result.warnings.items():
         for text in texts:

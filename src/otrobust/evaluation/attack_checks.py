@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from otrobust.attacks.gradient import fgsm, pgd
+from otrobust.attacks.gradient import PGD
+from otrobust.attacks.table import ATTACK_SPECS, Budget
 from otrobust.data.base import ImageData
-from otrobust.evaluation.audit_types import AuditState, Check, percent
+from otrobust.evaluation.audit_types import AuditState, Check, eps_tag, percent
 from otrobust.evaluation.statistics import fraction_true, higher_than
 
 
@@ -44,7 +45,8 @@ def check_steps_restarts(a: AuditState) -> Check:
 def check_fgsm(a: AuditState) -> Check:
     """Iterative attacks must beat a single step; the reverse signals gradient masking (Carlini §5.4)."""
     s = a.s
-    f = a.run(f"fgsm@{s.eps:.6g}", lambda m, x, y: fgsm(m, x, y, s.eps, norm=s.norm))
+    spec = ATTACK_SPECS["fgsm"]
+    f = a.run(f"{spec.name}@{eps_tag(s.eps)}", spec.build(Budget(eps=s.eps, norm=s.norm)), spec, s.eps)
     p = a.pgd()
     significant, detail = higher_than(p, f)
     ref = "Carlini et al. §5.4"
@@ -75,10 +77,10 @@ def _versus_white_box(a: AuditState, name: str, other: torch.Tensor, what: str, 
 
 def check_black_box(a: AuditState) -> Check:
     """A black-box attack (Square) must not beat the white-box ones (Carlini §5.5)."""
-    from otrobust.attacks.autoattack import single_attack
-
     s = a.s
-    square = a.run("square", single_attack("square", s.eps, s.norm, seed=s.seed, n_queries=s.square_queries))
+    spec = ATTACK_SPECS["square"]
+    budget = Budget(eps=s.eps, norm=s.norm, seed=s.seed, aa_queries=s.square_queries)
+    square = a.run(spec.name, spec.build(budget), spec, s.eps)
     check = _versus_white_box(a, "black-box", square, "square", "Carlini et al. §5.5; Pintor et al.")
     check.evidence["queries"] = s.square_queries
     return check
@@ -94,7 +96,7 @@ def check_transfer(a: AuditState, surrogate: nn.Module | None) -> Check:
     crafted = []
     torch.manual_seed(s.seed)
     for x, y in a.batches():
-        crafted.append(pgd(surrogate, x, y, s.eps, a.step, s.steps, norm=s.norm).cpu())
+        crafted.append(PGD(eps=s.eps, step_size=a.step, steps=s.steps, norm=s.norm)(surrogate, x, y).cpu())
     moved = ImageData(torch.cat(crafted), a.data.y, a.data.num_classes)
     with torch.no_grad():
         correct = torch.cat([a.model(x).argmax(1).cpu() for x, _ in _chunks(moved, s.batch_size, a.device)])
@@ -145,7 +147,7 @@ def check_autoattack(a: AuditState) -> Check:
                   else autoattack(s.eps, s.norm, "standard", seed=s.seed))
     left_out = too_few_classes(runner.attacks, a.data.num_classes)
     runner.attacks = tuple(name for name in runner.attacks if name not in left_out)
-    correct = a.run("autoattack", runner)
+    correct = a.run("autoattack", runner, ATTACK_SPECS["autoattack"], s.eps)
     warnings = list(runner.warnings)
     pgd_suite = a.white_box()
     stronger, detail = higher_than(pgd_suite, correct)

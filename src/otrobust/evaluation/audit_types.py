@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from otrobust.attacks.gradient import default_step_size, pgd, with_eot
+from otrobust.attacks.gradient import PGD, default_step_size, with_eot
+from otrobust.attacks.table import AttackSpec, Family, pgd_spec
 from otrobust.data.base import ImageData
 from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError
@@ -94,6 +95,20 @@ class AuditReport:
                 "seconds": round(self.seconds, 1)}
 
 
+@dataclass(frozen=True)
+class AttackRun:
+    """What a result of :meth:`AuditState.run` came from: the attack's table entry, its radius, its labels."""
+
+    spec: AttackSpec
+    eps: float | None
+    labels: str
+
+
+def eps_tag(eps: float) -> str:
+    """ε as written in a result's key (6 significant digits): two radii with one tag share one result."""
+    return f"{eps:.6g}"
+
+
 def percent(v: float) -> str:
     return f"{100 * v:.1f}%"
 
@@ -111,18 +126,21 @@ class AuditState:
         self.info = info
         self.step = default_step_size(settings.eps, settings.steps)
         self.results: dict[str, torch.Tensor] = {}
+        self.runs: dict[str, AttackRun] = {}  # what each attacked result in ``results`` came from
         self.curve: dict = {}
 
-    def run(self, key: str, attack, labels: str = "true") -> torch.Tensor:
-        """Per-example correctness (N,) under ``attack``, re-seeded so that runs are comparable."""
+    def run(self, key: str, attack, spec: AttackSpec, eps: float | None, labels: str = "true") -> torch.Tensor:
+        """Per-example correctness (N,) under ``attack`` (the table's ``spec`` at radius ``eps``), re-seeded so
+        that runs are comparable; recorded under ``key``, and computed once per key."""
         if key not in self.results:
             t0 = time.perf_counter()
-            if self.s.randomized and not key.startswith(("square", "autoattack")):  # those draw their own
+            if self.s.randomized and not spec.reference_code:  # the reference code draws its own
                 attack = with_eot(attack, self.s.eot_draws)
             res = run_evaluation(self.model, self.data, {key: attack}, labels=labels, batch_size=self.s.batch_size,
                                  device=self.device, seed=self.s.seed, info=self.info,
                                  allow_non_finite=True)  # reported by the gradients check
             self.results[key] = res.per_attack[key]
+            self.runs[key] = AttackRun(spec, eps, labels)
             self.log(f"  {key}: {percent(fraction_true(self.results[key]))} ({time.perf_counter() - t0:.1f}s)")
         return self.results[key]
 
@@ -130,10 +148,10 @@ class AuditState:
             labels: str = "true") -> torch.Tensor:
         steps = steps or self.s.steps
         eps = self.s.eps if eps is None else eps
-        key = f"pgd-{loss}-{steps}x{restarts}@{eps:.6g}" + ("" if labels == "true" else "-predicted")
-        size = default_step_size(eps, steps)
-        return self.run(key, lambda m, x, y: pgd(m, x, y, eps, size, steps, restarts=restarts, loss=loss,
-                                                 norm=self.s.norm), labels)
+        key = f"pgd-{loss}-{steps}x{restarts}@{eps_tag(eps)}" + ("" if labels == "true" else "-predicted")
+        attack = PGD(eps=eps, step_size=default_step_size(eps, steps), steps=steps, restarts=restarts, loss=loss,
+                     norm=self.s.norm)
+        return self.run(key, attack, pgd_spec(loss), eps, labels)
 
     @property
     def clean(self) -> torch.Tensor:
@@ -144,12 +162,12 @@ class AuditState:
         return self.results["clean"]
 
     def white_box(self) -> torch.Tensor:
-        """Per-example worst case over every gradient-based run at the audited ε (true labels)."""
+        """Per-example worst case over every run of otrobust's gradient attacks at the audited ε (true labels)."""
         out = self.clean.clone()
-        tag = f"@{self.s.eps:.6g}"
-        for key, correct in self.results.items():
-            if key.endswith(tag) and key.startswith(("pgd-", "fgsm")):
-                out &= correct
+        for key, ran in self.runs.items():
+            if (ran.spec.family is Family.GRADIENT and ran.labels == "true" and ran.eps is not None
+                    and eps_tag(ran.eps) == eps_tag(self.s.eps)):
+                out &= self.results[key]
         return out
 
     def batches(self):

@@ -6,17 +6,16 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from otrobust.attacks import autoattack as aa
-from otrobust.attacks.gradient import NORMS, default_step_size, fgsm, pgd, step_sizes
+from otrobust.attacks.table import ATTACK_NAMES, ATTACK_SPECS, ROBUSTBENCH_ATTACK, Attack, Budget, attack_spec
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.statistics import binomial_interval
 
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> x_adv
 LABEL_SOURCES = ("true", "predicted")
 
 
@@ -188,68 +187,23 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                       {k: torch.cat(v) for k, v in adv_pred.items()})
 
 
-ATTACKS = ("fgsm", "pgd", "pgd-cw", "pgd-dlr", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "square",
-           "autoattack", "autoattack-fast", "autoattack-rand")
-ATTACK_HELP = {
-    "fgsm": "single step of size eps (Goodfellow et al. 2015)",
-    "pgd": "PGD on cross-entropy, random start, best iterate kept",
-    "pgd-cw": "PGD on the CW margin (max other logit - true logit)",
-    "pgd-dlr": "PGD on the scale-invariant DLR loss (Croce & Hein 2020)",
-    "apgd-ce": "AutoAttack's APGD on cross-entropy (reference code)",
-    "apgd-dlr": "AutoAttack's APGD on DLR",
-    "apgd-t": "AutoAttack's targeted APGD-DLR over 9 target classes",
-    "fab": "AutoAttack's targeted FAB (FAB-T)",
-    "square": "AutoAttack's Square, black box, 5000 queries",
-    "autoattack": "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square",
-    "autoattack-fast": "APGD-CE then APGD-T",
-    "autoattack-rand": "APGD-CE and APGD-DLR with 20-draw EOT, for randomised models",
-}
-
-
-def build_attacks(names: list[str], *, eps: float, steps: int = 20, step_size: float | None = None,
-                  restarts: int = 1, norm: str = "linf", schedule: str = "constant", seed: int = 0,
-                  aa_iter: int | None = None, aa_queries: int | None = None,
-                  aa_targets: int | None = None, workers: int | None = None) -> dict[str, Attack]:
-    """Attacks by name (see ``ATTACK_HELP``) sharing one threat model (``norm``, ``eps``).
-
-    ``steps`` / ``step_size`` (default 2.5·eps/steps) / ``restarts`` / ``schedule`` / ``workers`` (pieces
-    attacked at the same time, see ``attacks.attack_workers``) set the PGD attacks; ``seed`` and the ``aa_*``
-    overrides (cheaper, non-standard runs) set the AutoAttack ones.
-    """
-    if norm not in NORMS:
-        raise OtrobustError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    if not eps >= 0:
-        raise OtrobustError(f"eps must be >= 0, got {eps}")
-    step_sizes(1.0, 1, schedule)  # validates the schedule name here, before any attack runs
-    unknown = [n for n in names if n not in ATTACKS]
+def build_attacks(names: list[str], budget: Budget | None = None, **fields: Any) -> dict[str, Attack]:
+    """Attacks by name (see :data:`~otrobust.attacks.table.ATTACK_SPECS`) sharing one budget: ``budget``, or
+    :class:`~otrobust.attacks.table.Budget`'s fields as keywords (``build_attacks(["pgd"], eps=0.3, steps=40)``).
+    Duplicate names are dropped, the order kept."""
+    budget = budget if budget is not None else Budget(**fields)
+    unknown = [n for n in names if n not in ATTACK_SPECS]
     if unknown:
-        raise OtrobustError(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
-    iterative = [n for n in names if n.startswith("pgd")]
-    if iterative and steps < 1:
-        raise OtrobustError(f"--steps {steps} is too few for {', '.join(iterative)}: an iterative attack needs at "
-                            "least 1 step (with 0 only its random start is tried, which says nothing about "
+        raise OtrobustError(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACK_NAMES)}")
+    iterative = [n for n in names if ATTACK_SPECS[n].pgd_like]
+    if iterative and budget.steps < 1:
+        raise OtrobustError(f"--steps {budget.steps} is too few for {', '.join(iterative)}: an iterative attack needs "
+                            "at least 1 step (with 0 only its random start is tried, which says nothing about "
                             "robustness); use e.g. --steps 20")
-    step = default_step_size(eps, steps) if step_size is None else step_size
-    overrides = dict(seed=seed, n_iter=aa_iter, n_queries=aa_queries, n_targets=aa_targets)
-
-    def make(name: str) -> Attack:
-        if name == "fgsm":
-            return lambda m, x, y: fgsm(m, x, y, eps, norm=norm)
-        if name.startswith("pgd"):
-            loss = {"pgd": "ce", "pgd-cw": "cw", "pgd-dlr": "dlr"}[name]
-            return lambda m, x, y: pgd(m, x, y, eps, step, steps, restarts=restarts, loss=loss, norm=norm,
-                                       schedule=schedule, workers=workers)
-        if name.startswith("autoattack"):
-            version = {"autoattack": "standard", "autoattack-fast": "fast", "autoattack-rand": "rand"}[name]
-            return aa.autoattack(eps, norm, version, **overrides)
-        return aa.single_attack(name, eps, norm, **overrides)
-
-    return {n: make(n) for n in dict.fromkeys(names)}
+    return {n: ATTACK_SPECS[n].build(budget) for n in dict.fromkeys(names)}
 
 
-def attack_budgets(names: list[str], *, eps: float, steps: int = 20, step_size: float | None = None,
-                   restarts: int = 1, schedule: str = "constant", aa_iter: int | None = None,
-                   aa_queries: int | None = None) -> dict[str, str]:
+def attack_budgets(names: list[str], budget: Budget | None = None, **fields: Any) -> dict[str, str]:
     """How hard each attack of :func:`build_attacks` (called with the same arguments) tries, one line per name:
     steps, step size and restarts for PGD, iterations or queries for the AutoAttack ones.
 
@@ -257,22 +211,8 @@ def attack_budgets(names: list[str], *, eps: float, steps: int = 20, step_size: 
         >>> attack_budgets(["fgsm", "pgd", "square"], eps=0.3, steps=20, restarts=5)
         {'fgsm': '1 step of 0.3', 'pgd': '20 steps of 0.0375, 5 restarts', 'square': '5000 queries'}
     """
-    from otrobust.attacks.autoattack import STANDARD_ITERATIONS, STANDARD_QUERIES
-
-    step = default_step_size(eps, steps) if step_size is None else step_size
-    iterations = f"{aa_iter or STANDARD_ITERATIONS} iterations"
-    queries = f"{aa_queries or STANDARD_QUERIES} queries"
-
-    def budget(name: str) -> str:
-        if name == "fgsm":
-            return f"1 step of {eps:.4g}"
-        if name.startswith("pgd"):
-            text = f"{steps} steps of {step:.4g}, {restarts} restart{'' if restarts == 1 else 's'}"
-            return text + ("" if schedule == "constant" else f", {schedule} schedule")
-        return {"square": queries, "autoattack": f"{iterations}, {queries}",
-                "autoattack-rand": f"{iterations}, 20 EOT draws"}.get(name, iterations)
-
-    return {n: budget(n) for n in dict.fromkeys(names)}
+    budget = budget if budget is not None else Budget(**fields)
+    return {n: attack_spec(n).describe(budget) for n in dict.fromkeys(names)}
 
 
 def eval_record(result: EvalResult, threat: dict) -> dict:
@@ -292,7 +232,7 @@ def eval_record(result: EvalResult, threat: dict) -> dict:
 
 
 def robustbench_summary(result: EvalResult, *, dataset: str, eps: float, norm: str, architecture: str,
-                        name: str, attack: str = "autoattack") -> dict:
+                        name: str, attack: str = ROBUSTBENCH_ATTACK) -> dict:
     """A RobustBench-style model-info record (percent strings, as in RobustBench's ``model_info`` files)."""
     if attack not in result.per_attack:
         raise OtrobustError(f"a RobustBench summary needs the {attack!r} attack; add it to --attack")

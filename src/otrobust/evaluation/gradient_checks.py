@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from otrobust.attacks.gradient import input_gradient, margin_loss, pgd_trace
+from otrobust.attacks.gradient import PGD, best_iterate, input_gradient, margin_loss
 from otrobust.errors import NoInputGradient
 from otrobust.evaluation.audit_types import TRIVIAL_LINF, AuditSettings, AuditState, Check, percent
 from otrobust.evaluation.statistics import binomial_interval, fraction_true, higher_than
@@ -86,7 +86,7 @@ def check_loss_path(a: AuditState) -> Check:
     curve = torch.zeros(s.steps + 1)
     for x, y in a.batches():
         torch.manual_seed(s.seed)
-        res = pgd_trace(a.model, x, y, s.eps, a.step, s.steps, norm=s.norm)
+        res = best_iterate(PGD(eps=s.eps, step_size=a.step, steps=s.steps, norm=s.norm), a.model, x, y)
         loss = res.loss[0]  # (steps + 1, B)
         with torch.no_grad():
             correct = a.model(x).argmax(1) == y

@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from otrobust.attacks.table import Attack
 from otrobust.data.base import ImageData
 from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError, path_kind
-from otrobust.evaluation.evaluate import Attack, EvalResult, channels_last, evaluate_model
+from otrobust.evaluation.evaluate import EvalResult, channels_last, evaluate_model
 from otrobust.store.files import TEMP_SUFFIX, atomic_write_text, remove_stale_temp_files
 
 CLEAN = "clean"  # the pseudo-attack of a clean-only evaluation

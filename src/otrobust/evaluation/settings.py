@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from otrobust.attacks.table import ATTACK_SPECS, ROBUSTBENCH_ATTACK
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.audit_types import AuditSettings
-from otrobust.evaluation.evaluate import ATTACK_HELP
 from otrobust.settings import setting
 
 ATTACKS_TEXT = ("one or more attacks; the worst case over all of them is reported: "
-                + "; ".join(f"{name} ({what})" for name, what in ATTACK_HELP.items()))
+                + "; ".join(f"{name} ({spec.help})" for name, spec in ATTACK_SPECS.items()))
 
 
 @dataclass(kw_only=True)
@@ -128,8 +128,8 @@ class EvalSettings(ModelSettings):
         super().__post_init__()
         if self.norm == "linf" and self.eps is not None and self.eps > 1:
             raise OtrobustError(f"--eps {self.eps} is outside [0, 1] (images are in [0, 1]; try 0.3 or 8/255)")
-        if self.robustbench and "autoattack" not in self.attack:
-            raise OtrobustError("--robustbench reports AutoAttack accuracy: add autoattack to --attack")
+        if self.robustbench and ROBUSTBENCH_ATTACK not in self.attack:
+            raise OtrobustError(f"--robustbench reports AutoAttack accuracy: add {ROBUSTBENCH_ATTACK} to --attack")
 
     @property
     def cache_folder(self) -> str | None:

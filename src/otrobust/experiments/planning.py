@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otrobust.attacks.table import AA_UNITS, ATTACK_SPECS
 from otrobust.data import get_dataset_spec
 from otrobust.data.base import data_fingerprint
 from otrobust.errors import OtrobustError
@@ -36,11 +37,10 @@ NOT_IN_RUN_ID = ("out", "resume", "device", "data_dir", "checkpoint_every", "com
 
 # The cost model. A forward pass of one image = 1 unit; a full backward = 2 units; an attack step (input
 # gradient only) = 2. GPU seconds = units * forward FLOPs / THROUGHPUT, but at least MIN_SECONDS_PER_UNIT
-# per unit (small models are launch-bound). AutoAttack standard: AA_UNITS per image (APGD-CE on all, the
-# rest on the ~half left).
+# per unit (small models are launch-bound). Each attack's units per image are its AttackSpec.cost (AutoAttack
+# standard: AA_UNITS).
 THROUGHPUT_FLOPS = 20e12
 MIN_SECONDS_PER_UNIT = 4e-6
-AA_UNITS = 4500
 DATASET_SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000),
                  "cifar100": (50000, 10000), "svhn": (73257, 26032), "digits": (1437, 360)}
 
@@ -82,8 +82,9 @@ def train_units(cfg: TrainConfig) -> float:
 
 def eval_units(ev: Evaluation) -> float:
     """Forward-equivalents per test image for one evaluation (every attack at every eps x steps pair)."""
-    per_eps = sum(AA_UNITS if a.startswith("autoattack") else 3 if a == "fgsm" else 2 * (s or 20) + 1
-                  for a in ev.attacks for s in ev.steps or (None,))
+    # An unknown name is reported by the runner as not run; here it is costed as PGD.
+    per_eps = sum(ATTACK_SPECS.get(a, ATTACK_SPECS["pgd"]).cost(s or 20) for a in ev.attacks
+                  for s in ev.steps or (None,))
     return 1 + max(len(ev.eps), 1) * per_eps + (2 if ev.kind == "features" else 0)
 
 

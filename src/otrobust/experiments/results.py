@@ -9,7 +9,7 @@ from typing import Any
 from otrobust.data import get_dataset_spec
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
 from otrobust.experiments.presets import PAPER_ONLY_LABELS
-from otrobust.experiments.spec import SMOKE, Evaluation, Preset
+from otrobust.experiments.spec import SMOKE, SWEEP_ATTACK, Evaluation, Preset
 from otrobust.reporting.tables import format_eps, markdown_table
 
 RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
@@ -133,7 +133,7 @@ def _sweep_panels(planned, rows, evaluation: str, x: str) -> dict[str, dict[str,
     names, panels = display_names(planned), {}
     for p in planned:
         pts = [(r[x], r["accuracy"]) for r in rows if r["run"] == p.run.name and r["evaluation"] == evaluation
-               and r["metric"] == "pgd" and r["accuracy"] is not None]
+               and r["metric"] == SWEEP_ATTACK and r["accuracy"] is not None]
         if pts:
             panels.setdefault(_panel(p), {})[names[p.run.name]] = pts
     return panels

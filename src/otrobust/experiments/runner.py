@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.attacks.gradient import default_step_size
+from otrobust.attacks.table import ATTACK_SPECS
 from otrobust.errors import OtrobustError
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun, check_same_settings, run_status
 from otrobust.experiments.records import pack_bits
@@ -76,6 +77,12 @@ def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, devic
     return rows
 
 
+def _is_suite(name: str) -> bool:
+    """A whole AutoAttack version (the attack options apply to it); an unknown name is left to build_attacks."""
+    spec = ATTACK_SPECS.get(name)
+    return spec is not None and spec.suite
+
+
 def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[str, Any], device,
                    seed: int) -> list[dict[str, Any]]:
     import torch
@@ -89,7 +96,7 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
         for name in ev.attacks:  # an attack this build cannot run is reported in the results, not fatal
             try:
                 attacks.update(build_attacks([name], eps=eps, steps=steps or 20, step_size=ev.step_size,
-                                             norm=cfg.norm, **(options if name.startswith("autoattack") else {})))
+                                             norm=cfg.norm, **(options if _is_suite(name) else {})))
             except OtrobustError as exc:
                 missing.append((name, str(exc)))
         torch.manual_seed(seed)

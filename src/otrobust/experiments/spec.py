@@ -29,6 +29,10 @@ class Run:
     seeds: tuple[int, ...] = ()  # which seed indices of a multi-seed study train this run; empty: every one
 
 
+# The attack whose result rows the accuracy-against-eps figures plot.
+SWEEP_ATTACK = "pgd"
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Every (eps, steps) pair of these attacks on the first ``n`` test images (all when None).

@@ -14,6 +14,8 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any
 
+from otrobust.experiments.spec import SWEEP_ATTACK
+
 KEY = ("evaluation", "metric", "labels", "eps", "steps", "step_size")
 HEADLINE = (("pgd", "clean", "clean"), ("pgd", "pgd", "PGD-40"), ("autoattack", "autoattack", "AutoAttack"))
 
@@ -130,7 +132,7 @@ def sweep_panels(summary: list[dict[str, Any]], names: dict[str, str],
     (``{evaluation: panel title}``), PGD rows only."""
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in summary:
-        if r["evaluation"] in sweeps and r["metric"] == "pgd" and r["eps"] is not None:
+        if r["evaluation"] in sweeps and r["metric"] == SWEEP_ATTACK and r["eps"] is not None:
             line = panels.setdefault(sweeps[r["evaluation"]], {}).setdefault(names.get(r["run"], r["run"]), [])
             line.append((r["eps"], r["mean"]))
     for lines in panels.values():

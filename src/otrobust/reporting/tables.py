@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from otrobust.attacks.table import BLACK_BOX_STAGES
 from otrobust.errors import printable
 from otrobust.store.files import atomic_write_text
 
@@ -56,9 +57,6 @@ def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = Non
                                                if threat["labels"] == "predicted" else "")
             + f", seed = {threat['seed']}")
     return head + "\n\n" + markdown_table(["attack", "budget", "accuracy %", "95% CI", "correct", "seconds"], rows)
-
-
-BLACK_BOX_STAGES = ("square",)  # AutoAttack's stages that use no gradient
 
 
 def stage_table(robust: dict[str, int], n: int) -> str:

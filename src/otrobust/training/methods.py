@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otrobust.attacks.gradient import bn_mode, pgd, trades_adversary
+from otrobust.attacks.gradient import PGD, TradesAdversary, bn_mode, last_iterate
 from otrobust.errors import OtrobustError
 from otrobust.models.latent import latent_forward
 from otrobust.ot import GOTRegularizer
@@ -92,8 +92,8 @@ def _pgd_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
     if ctx.x_adv is not None:
         return ctx.x_adv
     with bn_mode(model, ctx.attack_bn):
-        return pgd(ctx.attack_model or model, x, y, ctx.eps, ctx.step_size, ctx.steps, norm=ctx.norm,
-                   track_best=False, shard=ctx.shard, **_attack_pieces(model, ctx))
+        attack = PGD(eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps, norm=ctx.norm, **_attack_pieces(model, ctx))
+        return last_iterate(attack, ctx.attack_model or model, x, y, shard=ctx.shard)
 
 
 def _trades_examples(model, x, ctx: StepContext, clean_logits: torch.Tensor | None) -> torch.Tensor:
@@ -101,8 +101,9 @@ def _trades_examples(model, x, ctx: StepContext, clean_logits: torch.Tensor | No
         return ctx.x_adv
     p_clean = clean_logits.detach().float().softmax(1) if clean_logits is not None and ctx.reuse_clean else None
     with bn_mode(model, ctx.attack_bn):
-        return trades_adversary(ctx.attack_model or model, x, ctx.eps, ctx.step_size, ctx.steps, p_clean=p_clean,
-                                norm=ctx.norm, shard=ctx.shard, **_attack_pieces(model, ctx))
+        adversary = TradesAdversary(eps=ctx.eps, step_size=ctx.step_size, steps=ctx.steps, norm=ctx.norm,
+                                    **_attack_pieces(model, ctx))
+        return adversary(ctx.attack_model or model, x, p_clean=p_clean, shard=ctx.shard)
 
 
 def _kl(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from otrobust import distributed
-from otrobust.attacks.gradient import default_step_size, pgd
+from otrobust.attacks.gradient import PGD, default_step_size
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.evaluate import evaluate_model
@@ -233,8 +233,8 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
     """Clean and PGD-``val_steps`` accuracy (true labels) on the held-out training images."""
     torch.manual_seed(seed)
     step = default_step_size(cfg.eps, cfg.val_steps)
-    attacks = {"pgd": lambda m, x, y: pgd(m, x, y, cfg.eps, step, cfg.val_steps, norm=cfg.norm,
-                                          chunk=cfg.attack_chunk, workers=cfg.attack_workers)}
+    attacks = {"pgd": PGD(eps=cfg.eps, step_size=step, steps=cfg.val_steps, norm=cfg.norm, chunk=cfg.attack_chunk,
+                          workers=cfg.attack_workers)}
     batch = 512 if torch.device(device).type != "cuda" else max(len(val), 1)  # GPU: the largest batch that fits
     while True:
         try:
