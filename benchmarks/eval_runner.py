@@ -16,8 +16,8 @@ from pathlib import Path
 import _timing as T
 import torch
 
+from otrobust.evaluation.batches import BatchCache, run_evaluation
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
-from otrobust.evaluation.runner import BatchCache, run_evaluation
 
 
 def main() -> None:

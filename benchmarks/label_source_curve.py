@@ -17,7 +17,7 @@ from torch import nn
 
 from otrobust.data import load_dataset
 from otrobust.evaluation.audit import accuracy_curve
-from otrobust.reporting.audit import plot_accuracy_curves
+from otrobust.reporting.audit_report import plot_accuracy_curves
 from otrobust.reporting.tables import markdown_table
 from otrobust.store.checkpoint import load_model
 

@@ -65,7 +65,7 @@ def test_a_moved_module_is_caught():
     assert PATH.search("see `otrobust/autoattack.py`").group(1) == "autoattack.py"
     assert not (PACKAGE / "autoattack.py").is_file()
     assert not resolves("otrobust.reproduce.evaluate_run")
-    assert resolves("otrobust.experiments.runner.evaluate_run")
+    assert resolves("otrobust.experiments.run_stages.evaluate_run")
 
 
 def test_architecture_diagram_follows_the_layers():

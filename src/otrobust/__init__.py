@@ -13,8 +13,8 @@ from otrobust.models import MODELS, LatentHook, LatentModel, create_model, laten
 from otrobust.ot import GOTRegularizer, ground_cost, label_mask, semidual_ot, sinkhorn_ot  # noqa: E402
 from otrobust.store.checkpoint import load_model  # noqa: E402
 from otrobust.training.config import TrainConfig  # noqa: E402
+from otrobust.training.method_registry import METHOD_SPECS, MethodSpec  # noqa: E402
 from otrobust.training.methods import METHODS  # noqa: E402
-from otrobust.training.registry import METHOD_SPECS, MethodSpec  # noqa: E402
 
 __all__ = [
     "ATTACK_SPECS",

@@ -1,7 +1,7 @@
 """Settings as dataclasses: each field is one setting, with its help text and choices beside its default.
 
 Every command's settings are such a dataclass (:class:`otrobust.training.config.TrainConfig`,
-:class:`otrobust.evaluation.settings.EvalSettings`, ...), and the command line is generated from them, one flag
+:class:`otrobust.evaluation.command_settings.EvalSettings`, ...), and the command line is generated from them, one flag
 per field, so a setting is declared once. ``setting`` records what the flag generator needs in the field's
 metadata; nothing here parses anything.
 """

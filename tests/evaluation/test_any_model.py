@@ -11,7 +11,7 @@ import torch
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.settings import EvalSettings
+from otrobust.evaluation.command_settings import EvalSettings
 from otrobust.evaluation.target import check_model
 from otrobust.store.weights import load_state_dict_file
 

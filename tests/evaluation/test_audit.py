@@ -13,7 +13,7 @@ from otrobust.errors import OtrobustError
 from otrobust.evaluation.audit import AuditSettings, audit_model
 from otrobust.evaluation.gradient_checks import eps_grid
 from otrobust.evaluation.statistics import higher_than, one_sided_sign_test
-from otrobust.reporting.audit import to_markdown, write_report
+from otrobust.reporting.audit_report import to_markdown, write_report
 from otrobust.store.checkpoint import load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 
 N = 60

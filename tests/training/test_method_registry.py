@@ -5,8 +5,8 @@ import pytest
 from otrobust.errors import OtrobustError
 from otrobust.experiments.presets import GOT_METHODS, METHOD_LABELS
 from otrobust.training.config import TrainConfig
+from otrobust.training.method_registry import METHOD_SPECS, base_method, method_spec, ot_variant
 from otrobust.training.methods import METHODS
-from otrobust.training.registry import METHOD_SPECS, base_method, method_spec, ot_variant
 
 
 def test_every_registered_method_has_an_objective_and_a_label():

@@ -1,5 +1,5 @@
 """The bodies of ``demo``, ``reproduce``, ``report``, ``plot`` and ``data download``: run the core, print and save
-(``eval`` and ``audit`` are in ``cli/evaluate.py``; parsing is in ``cli/main.py``)."""
+(``eval`` and ``audit`` are in ``cli/eval_audit.py``; parsing is in ``cli/main.py``)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from otrobust.cli.flags import add_flags, from_args
 from otrobust.errors import OtrobustError, printable
-from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
+from otrobust.evaluation.command_settings import AuditCommandSettings, EvalSettings
 from otrobust.experiments.reproduce import ReproduceSettings
 from otrobust.training.config import TrainConfig, config_from_dict, load_config_file
 
@@ -142,13 +142,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from otrobust.cli.evaluate import run_eval
+    from otrobust.cli.eval_audit import run_eval
 
     return run_eval(from_args(EvalSettings, args))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from otrobust.cli.evaluate import run_audit
+    from otrobust.cli.eval_audit import run_audit
 
     return run_audit(from_args(AuditCommandSettings, args))
 

@@ -13,8 +13,8 @@ from otrobust.attacks.table import AttackSpec, Family, pgd_spec
 from otrobust.data.base import ImageData
 from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError
+from otrobust.evaluation.batches import run_evaluation
 from otrobust.evaluation.evaluate import evaluate_model
-from otrobust.evaluation.runner import run_evaluation
 from otrobust.evaluation.statistics import fraction_true
 
 STATUSES = ("pass", "warn", "fail", "skip")
@@ -116,7 +116,7 @@ def percent(v: float) -> str:
 class AuditState:
     """The model, the data and every per-example result computed so far (true labels unless named).
 
-    Every attack runs through :func:`otrobust.evaluation.runner.run_evaluation`: in fixed batches seeded by their
+    Every attack runs through :func:`otrobust.evaluation.batches.run_evaluation`: in fixed batches seeded by their
     position, shared out among the processes of ``info`` (a torchrun job; one process when None), so that the
     results are the same on any number of them and every run of a key sees the same random starts."""
 

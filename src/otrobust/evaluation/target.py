@@ -1,4 +1,4 @@
-"""The model under test and its test images, from :class:`~otrobust.evaluation.settings.ModelSettings`: an
+"""The model under test and its test images, from :class:`~otrobust.evaluation.command_settings.ModelSettings`: an
 otrobust checkpoint, or any model (a factory, a weights file, normalisation folded in front).
 
 :func:`check_model` is what runs before any attack: logits of the right shape, two forwards that agree (or a
@@ -17,7 +17,7 @@ from torch import nn
 
 from otrobust.data import ImageData, get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.settings import ModelSettings
+from otrobust.evaluation.command_settings import ModelSettings
 from otrobust.models.external import UserModel, build_external, dtypes_cast, load_factory, writes_into_input
 from otrobust.models.latent import Normalize
 from otrobust.store.checkpoint import checkpoint_architecture, load_model_with_meta

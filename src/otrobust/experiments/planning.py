@@ -27,7 +27,7 @@ from otrobust.reporting.tables import markdown_table
 from otrobust.store.checkpoint import checkpoint_path
 from otrobust.store.files import read_jsonl
 from otrobust.training.config import TrainConfig, coerce_value, config_from_dict
-from otrobust.training.registry import method_spec
+from otrobust.training.method_registry import method_spec
 
 SCALES = ("smoke", "full")
 FULL_AUDIT_N = 500  # test images per audit at the full scale (the standard AutoAttack runs on them)

@@ -17,8 +17,8 @@ from typing import Any
 
 from otrobust.experiments.spec import SMOKE, Evaluation, PaperValue, Preset, Run
 from otrobust.training.config import TrainConfig
-from otrobust.training.registry import DEFAULT_OT_WEIGHT, METHOD_SPECS
-from otrobust.training.registry import GOT_METHODS as REGISTRY_GOT_METHODS
+from otrobust.training.method_registry import DEFAULT_OT_WEIGHT, METHOD_SPECS
+from otrobust.training.method_registry import GOT_METHODS as REGISTRY_GOT_METHODS
 
 # ---------------------------------------------------------------- shared settings
 PAPER_WARMUP_EPOCHS = 2.0

@@ -41,7 +41,7 @@ from otrobust.experiments.planning import (  # noqa: F401  (re-exported: the com
     run_status,
     scaled_evaluations,
 )
-from otrobust.experiments.runner import audit_run, evaluate_run, train_planned  # noqa: F401
+from otrobust.experiments.run_stages import audit_run, evaluate_run, train_planned  # noqa: F401
 from otrobust.experiments.spec import SMOKE
 from otrobust.reporting.tables import format_eps, markdown_table, write_csv  # noqa: F401
 from otrobust.settings import setting

@@ -162,7 +162,7 @@ def evaluation_specs(unit: Unit) -> list[dict[str, Any]]:
 
 def audit_settings(unit: Unit, ctx: UnitContext) -> dict[str, Any] | None:
     """The audit's settings at this scale (None when the unit has no audit)."""
-    from otrobust.experiments.runner import audit_plan
+    from otrobust.experiments.run_stages import audit_plan
 
     if not unit.audit:
         return None
@@ -239,7 +239,7 @@ def set_threads(threads: int) -> None:
 
 def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord:
     from otrobust.data import load_dataset
-    from otrobust.experiments.runner import audit_plan, audit_run, evaluate_run, features_path, train_planned
+    from otrobust.experiments.run_stages import audit_plan, audit_run, evaluate_run, features_path, train_planned
     from otrobust.store.provenance import processor_name, versions
     from otrobust.training.setup import pick_device, training_precision
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError, path_kind
-from otrobust.training.registry import METHOD_NAMES
+from otrobust.training.method_registry import METHOD_NAMES
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:

@@ -16,7 +16,7 @@ from otrobust.attacks.gradient import PGD, TradesAdversary, bn_mode, last_iterat
 from otrobust.errors import OtrobustError
 from otrobust.models.latent import latent_forward
 from otrobust.ot import GOTRegularizer
-from otrobust.training.registry import (  # noqa: F401  (DEFAULT_OT_WEIGHT, ot_variant: imported from here too)
+from otrobust.training.method_registry import (  # noqa: F401  (DEFAULT_OT_WEIGHT, ot_variant: imported from here too)
     DEFAULT_ADV_WEIGHT,
     DEFAULT_OT_WEIGHT,
     METHOD_NAMES,
@@ -206,7 +206,7 @@ METHODS: dict[str, Callable] = {
     "got-trades-lm": _with_ot(_trades),
 }
 """The objective of every method by name, ``(model, x, y, ctx) -> (loss, logs)``; the names are those of
-:data:`~otrobust.training.registry.METHOD_SPECS`."""
+:data:`~otrobust.training.method_registry.METHOD_SPECS`."""
 
 
 def zero_step_warning(method: str, steps: int) -> str | None:
@@ -223,7 +223,7 @@ def zero_step_warning(method: str, steps: int) -> str | None:
 
 
 def get_method(name: str) -> Callable:
-    """The objective of method ``name`` (a name of :data:`otrobust.training.registry.METHOD_SPECS`)."""
+    """The objective of method ``name`` (a name of :data:`otrobust.training.method_registry.METHOD_SPECS`)."""
     if name not in METHODS:
         raise OtrobustError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}")
     return METHODS[name]

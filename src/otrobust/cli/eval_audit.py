@@ -18,9 +18,9 @@ from otrobust.attacks.gradient import with_eot
 from otrobust.attacks.table import ATTACK_SPECS, Budget, for_randomized_model
 from otrobust.data import get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
+from otrobust.evaluation.batches import BatchCache, fingerprint, run_evaluation, shard_starts
+from otrobust.evaluation.command_settings import AuditCommandSettings, EvalSettings
 from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
-from otrobust.evaluation.runner import BatchCache, fingerprint, run_evaluation, shard_starts
-from otrobust.evaluation.settings import AuditCommandSettings, EvalSettings
 from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.per_example import write_per_example
 from otrobust.reporting.tables import black_box_note, eval_table, stage_table
@@ -261,7 +261,7 @@ def run_audit(settings: AuditCommandSettings) -> int:
 
 def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -> int:
     from otrobust.evaluation import audit
-    from otrobust.reporting.audit import to_markdown, write_report
+    from otrobust.reporting.audit_report import to_markdown, write_report
 
     say = print if info.is_main else _quiet
     target = load_target(settings, device)

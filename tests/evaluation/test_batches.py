@@ -15,8 +15,8 @@ from conftest import tiny_flags
 
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
+from otrobust.evaluation.batches import BatchCache, batch_seed, run_evaluation
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
-from otrobust.evaluation.runner import BatchCache, batch_seed, run_evaluation
 from otrobust.store.files import FAULT_ENV
 
 # (--num-images: torchrun takes --n for an abbreviation of its own flags.)

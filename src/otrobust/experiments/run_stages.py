@@ -169,7 +169,7 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
     fail, failed_checks, report}``, ``report`` the path of audit.md from the folder above the run folders. ``quick``
     audits with the CPU budget at the full scale too."""
     from otrobust.evaluation.audit import audit_model
-    from otrobust.reporting.audit import write_report
+    from otrobust.reporting.audit_report import write_report
 
     ckpt = resolve_checkpoint(p.run_dir)
     n, settings = audit_plan(p, scale, n, quick)
