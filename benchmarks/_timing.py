@@ -174,8 +174,9 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
     (``attack_chunk``, ``attack_workers`` and ``forward_chunk`` None)."""
     from otrobust.attacks.gradient import default_step_size
     from otrobust.ot import GOTRegularizer
-    from otrobust.training.loop import gradients_finite
-    from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, ot_variant
+    from otrobust.training.method_registry import ot_variant
+    from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers
+    from otrobust.training.setup import gradients_finite
 
     device = next(model.parameters()).device
     if channels_last:

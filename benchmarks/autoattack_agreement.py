@@ -24,7 +24,7 @@ import torch
 
 from otrobust.cli.main import main as otrobust_main
 from otrobust.data import get_dataset_spec, load_dataset
-from otrobust.evaluation.evaluate import binomial_interval
+from otrobust.evaluation.statistics import binomial_interval
 from otrobust.store.checkpoint import load_model
 
 

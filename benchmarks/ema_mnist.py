@@ -110,7 +110,8 @@ def cost(args) -> None:
     from otrobust import distributed
     from otrobust.data import iterate_batches
     from otrobust.training.config import TrainConfig
-    from otrobust.training.loop import Trainer, resolve
+    from otrobust.training.loop import Trainer
+    from otrobust.training.setup import resolve
 
     device = T.setup(args)
     started = time.perf_counter()

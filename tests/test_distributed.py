@@ -192,7 +192,8 @@ def _ema_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from safetensors.torch import save_file
 
     from otrobust.models import unwrap
-    from otrobust.training.loop import Trainer, resolve
+    from otrobust.training.loop import Trainer
+    from otrobust.training.setup import resolve
 
     info = distributed.env_info()
     device, joined = distributed.setup(info, torch.device("cpu"))

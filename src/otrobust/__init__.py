@@ -7,7 +7,8 @@ from otrobust.attacks.norms import project  # noqa: E402
 from otrobust.attacks.table import ATTACK_SPECS, AttackSpec, Budget  # noqa: E402
 from otrobust.data import DATASETS, ImageData, load_dataset  # noqa: E402
 from otrobust.errors import OtrobustError  # noqa: E402
-from otrobust.evaluation.audit import AuditReport, AuditSettings, audit_model  # noqa: E402
+from otrobust.evaluation.audit import audit_model  # noqa: E402
+from otrobust.evaluation.audit_types import AuditReport, AuditSettings  # noqa: E402
 from otrobust.evaluation.evaluate import EvalResult, build_attacks, evaluate_model  # noqa: E402
 from otrobust.models import MODELS, LatentHook, LatentModel, create_model, latent_forward  # noqa: E402
 from otrobust.ot import GOTRegularizer, ground_cost, label_mask, semidual_ot, sinkhorn_ot  # noqa: E402

@@ -27,8 +27,8 @@ from conftest import tiny_flags
 from otrobust.cli.main import main
 from otrobust.data import DATASETS, ImageData, get_dataset_spec, load_dataset
 from otrobust.store import files
-from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
-from otrobust.store.files import TEMP_SUFFIX, append_jsonl, atomic_write_bytes, read_jsonl
+from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from otrobust.store.files import CHECKPOINT_DIR, TEMP_SUFFIX, append_jsonl, atomic_write_bytes, read_jsonl
 
 TINY = tiny_flags(dataset=None)  # no --dataset flag: a --config file's dataset still applies
 

@@ -42,9 +42,11 @@ from torch import nn
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.audit import AuditSettings, audit_model
+from otrobust.evaluation.audit import audit_model
+from otrobust.evaluation.audit_types import AuditSettings
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
-from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, load_model
+from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_model
+from otrobust.store.files import CHECKPOINT_DIR
 from otrobust.training.config import TrainConfig, field_kind
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,

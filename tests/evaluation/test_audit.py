@@ -10,7 +10,8 @@ from torch import nn
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.audit import AuditSettings, audit_model
+from otrobust.evaluation.audit import audit_model
+from otrobust.evaluation.audit_types import AuditSettings
 from otrobust.evaluation.gradient_checks import eps_grid
 from otrobust.evaluation.statistics import higher_than, one_sided_sign_test
 from otrobust.reporting.audit_report import to_markdown, write_report

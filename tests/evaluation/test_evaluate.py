@@ -9,14 +9,8 @@ from otrobust.attacks.table import ATTACK_NAMES as ATTACKS
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import NoInputGradient, OtrobustError
-from otrobust.evaluation.evaluate import (
-    EvalResult,
-    binomial_interval,
-    build_attacks,
-    eval_record,
-    evaluate_model,
-    robustbench_summary,
-)
+from otrobust.evaluation.evaluate import EvalResult, build_attacks, eval_record, evaluate_model, robustbench_summary
+from otrobust.evaluation.statistics import binomial_interval
 
 
 def test_wilson_interval_known_values():

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from otrobust.errors import OtrobustError
-from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS, SMOKE
-from otrobust.experiments.reproduce import cost_table, parse_overrides, plan, run_id, scaled_evaluations
-from otrobust.training.config import METHOD_NAMES
+from otrobust.experiments.planning import cost_table, parse_overrides, plan, run_id, scaled_evaluations
+from otrobust.experiments.presets import PAPER_ONLY_LABELS, PRESETS
+from otrobust.experiments.spec import SMOKE
+from otrobust.training.method_registry import METHOD_NAMES
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "SPEC.md"
 PLOTS = {"curves", "eps", "steps", "beta", "tsne"}

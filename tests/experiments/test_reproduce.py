@@ -14,8 +14,11 @@ import torch
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.experiments.presets import PRESETS, Evaluation
-from otrobust.experiments.reproduce import evaluate_run, plan, reproduce, run_status, train_planned
+from otrobust.experiments.planning import plan, run_status
+from otrobust.experiments.presets import PRESETS
+from otrobust.experiments.reproduce import reproduce
+from otrobust.experiments.run_stages import evaluate_run, train_planned
+from otrobust.experiments.spec import Evaluation
 from otrobust.store import files
 from otrobust.store.checkpoint import load_checkpoint, load_model, resolve_checkpoint
 from otrobust.store.files import FAULT_ENV, read_jsonl

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from otrobust.experiments import study
-from otrobust.experiments.reproduce import plan, reproduce
+from otrobust.experiments.planning import plan
+from otrobust.experiments.reproduce import reproduce
 from otrobust.experiments.studies import STUDIES
-from otrobust.training.loop import build_model, epoch_order
+from otrobust.training.setup import build_model, epoch_order
 
 
 def _row(run, seed, acc, metric="pgd", evaluation="pgd"):

@@ -15,8 +15,8 @@ from conftest import tiny_flags
 from otrobust import TrainConfig, load_model
 from otrobust.cli.main import main
 from otrobust.errors import OtrobustError
-from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
-from otrobust.store.files import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temp_files
+from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from otrobust.store.files import CHECKPOINT_DIR, append_jsonl, atomic_write_text, read_jsonl, remove_stale_temp_files
 
 TINY = tiny_flags(dataset=None)  # no --dataset flag: a --config file's dataset still applies
 

@@ -28,8 +28,8 @@ from safetensors.torch import load_file
 from otrobust.cli.main import main
 from otrobust.errors import OtrobustError
 from otrobust.store import files
-from otrobust.store.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint
-from otrobust.store.files import FAULT_ENV, TEMP_SUFFIX, fault_point
+from otrobust.store.checkpoint import checkpoint_path, load_checkpoint
+from otrobust.store.files import CHECKPOINT_DIR, FAULT_ENV, TEMP_SUFFIX, fault_point
 
 EPOCHS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 3, 4, 2
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH

@@ -4,8 +4,9 @@ cannot learn says so, in float32 and in bf16."""
 import pytest
 
 from otrobust.training.config import TrainConfig
-from otrobust.training.loop import chance_warning, train
+from otrobust.training.loop import train
 from otrobust.training.methods import METHODS
+from otrobust.training.setup import chance_warning
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -18,7 +18,8 @@ from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, save_che
 from otrobust.training import loop
 from otrobust.training.config import TrainConfig
 from otrobust.training.ema import WeightAverage, ema_decay_at
-from otrobust.training.loop import Trainer, build_model, resolve, train
+from otrobust.training.loop import Trainer, train
+from otrobust.training.setup import build_model, resolve
 
 # wrn-16-1 has batch norm: its running statistics are averaged too. 4 steps per epoch, 2 epochs.
 RUN = {**TINY_RUN, "model": "wrn-16-1", "method": "pgd-at", "train_size": 64, "epochs": 2, "ema": 0.9}
@@ -151,8 +152,8 @@ def test_a_decay_outside_0_1_is_refused(decay):
 
 
 def test_presets_take_ema_through_set(tmp_path):
+    from otrobust.experiments.planning import parse_overrides, plan
     from otrobust.experiments.presets import PRESETS
-    from otrobust.experiments.reproduce import parse_overrides, plan
 
     planned = plan(PRESETS["table1"], "smoke", tmp_path, overrides=parse_overrides(["ema=0.999"]))
     assert planned and all(p.config.ema == 0.999 for p in planned)

@@ -6,7 +6,8 @@ from torch import nn
 
 from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
-from otrobust.training.methods import METHODS, StepContext, _attack_pieces, base_method, get_method, ot_variant
+from otrobust.training.method_registry import base_method, ot_variant
+from otrobust.training.methods import METHODS, StepContext, _attack_pieces, get_method
 
 
 def _setup(method: str, latent: str = "penultimate"):

@@ -18,7 +18,7 @@ from otrobust.data import DATASETS, ImageData, get_dataset_spec, load_dataset
 from otrobust.ot import GOTRegularizer, semidual_ot
 from otrobust.store.checkpoint import checkpoint_path, load_checkpoint
 from otrobust.training import methods
-from otrobust.training.loop import step_seed
+from otrobust.training.setup import step_seed
 
 STEPS_PER_EPOCH = 4
 FLAGS = ["--dataset", "digits", "--train-size", str(16 * STEPS_PER_EPOCH), "--val-size", "16", "--batch-size", "16",

@@ -19,8 +19,9 @@ from otrobust.models import create_model
 from otrobust.ot import GOTRegularizer
 from otrobust.store.checkpoint import load_checkpoint
 from otrobust.training.config import TrainConfig
-from otrobust.training.loop import train, training_precision, use_channels_last
+from otrobust.training.loop import train
 from otrobust.training.methods import METHODS, StepContext
+from otrobust.training.setup import training_precision, use_channels_last
 
 CPU = torch.device("cpu")
 

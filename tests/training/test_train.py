@@ -18,7 +18,8 @@ from otrobust.store import files
 from otrobust.store.checkpoint import load_checkpoint
 from otrobust.store.files import FAULT_ENV
 from otrobust.training.config import TrainConfig
-from otrobust.training.loop import ot_weight_at, split_train_val, train
+from otrobust.training.loop import train
+from otrobust.training.setup import ot_weight_at, split_train_val
 
 # No device key: TrainConfig's default ("auto") applies, as before.
 TINY = {k: v for k, v in {**TINY_RUN, "train_size": 256, "val_size": 64, "epochs": 2, "batch_size": 64, "steps": 2,

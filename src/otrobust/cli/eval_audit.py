@@ -24,8 +24,14 @@ from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_rec
 from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.per_example import write_per_example
 from otrobust.reporting.tables import black_box_note, eval_table, stage_table
-from otrobust.store.checkpoint import CHECKPOINT_DIR, load_model
-from otrobust.store.files import atomic_write_text, cache_key, check_outputs_spare_inputs, check_writable
+from otrobust.store.checkpoint import load_model
+from otrobust.store.files import (
+    CHECKPOINT_DIR,
+    atomic_write_text,
+    cache_key,
+    check_outputs_spare_inputs,
+    check_writable,
+)
 from otrobust.store.lock import run_lock
 from otrobust.training.setup import pick_device
 

@@ -27,10 +27,7 @@ from otrobust.evaluation.attack_checks import (
     check_steps_restarts,
     check_transfer,
 )
-from otrobust.evaluation.audit_types import (  # noqa: F401  (QUICK, STATUSES, TRIVIAL_LINF: re-exported)
-    QUICK,
-    STATUSES,
-    TRIVIAL_LINF,
+from otrobust.evaluation.audit_types import (
     AuditReport,
     AuditSettings,
     AuditState,

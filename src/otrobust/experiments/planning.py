@@ -205,7 +205,7 @@ def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = Non
 
 def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overrides: dict[str, Any] | None,
               device: str, seed_index: int, same_seed: dict[str, PlannedRun]) -> PlannedRun:
-    from otrobust.training.loop import resolve
+    from otrobust.training.setup import resolve
 
     values, note = dict(run.config), ""
     if scale == "smoke":

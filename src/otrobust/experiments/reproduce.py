@@ -25,25 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError
-from otrobust.experiments.planning import (  # noqa: F401  (re-exported: the command's vocabulary)
+from otrobust.experiments.planning import (
     COST_ASSUMPTION,
-    FULL_AUDIT_N,
     SCALES,
-    PlannedRun,
-    applies,
     check_data,
     cost_table,
     get_preset,
     parse_overrides,
     plan,
     print_plan,
-    run_id,
-    run_status,
     scaled_evaluations,
 )
-from otrobust.experiments.run_stages import audit_run, evaluate_run, train_planned  # noqa: F401
 from otrobust.experiments.spec import SMOKE
-from otrobust.reporting.tables import format_eps, markdown_table, write_csv  # noqa: F401
+from otrobust.reporting.tables import markdown_table
 from otrobust.settings import setting
 
 MAX_SEEDS = 1000

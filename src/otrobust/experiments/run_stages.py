@@ -155,7 +155,7 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
 def audit_plan(p: PlannedRun, scale: str, n: int | None = None, quick: bool = False):
     """(test images, AuditSettings) of the audit of ``p`` at ``scale``: the smoke budget on a few images, else ``n``
     images (default :data:`FULL_AUDIT_N`) with the full budget, or its CPU budget when ``quick``."""
-    from otrobust.evaluation.audit import AuditSettings
+    from otrobust.evaluation.audit_types import AuditSettings
 
     n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
     return n, AuditSettings.make(p.config.eps, p.config.norm, quick=quick or scale == "smoke",

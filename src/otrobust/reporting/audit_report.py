@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from otrobust.evaluation.audit import TRIVIAL_LINF, AuditReport
+from otrobust.evaluation.audit_types import TRIVIAL_LINF, AuditReport
 from otrobust.reporting.plots import new_figure, save_figure
 from otrobust.reporting.tables import markdown_table
 from otrobust.store.files import atomic_write_text

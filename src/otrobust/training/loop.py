@@ -43,7 +43,7 @@ from otrobust.training.runfiles import (
     restore_run_state,
     save_run_state,
 )
-from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's helpers are imported from here too)
+from otrobust.training.setup import (
     build_model,
     build_optimizers,
     chance_warning,
@@ -54,7 +54,6 @@ from otrobust.training.setup import (  # noqa: F401  (re-exported: the loop's he
     ot_weight_at,
     pick_device,
     resolve,
-    split_train_val,
     step_seed,
     training_precision,
     use_channels_last,

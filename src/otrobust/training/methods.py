@@ -16,12 +16,10 @@ from otrobust.attacks.gradient import PGD, TradesAdversary, bn_mode, last_iterat
 from otrobust.errors import OtrobustError
 from otrobust.models.latent import latent_forward
 from otrobust.ot import GOTRegularizer
-from otrobust.training.method_registry import (  # noqa: F401  (DEFAULT_OT_WEIGHT, ot_variant: imported from here too)
+from otrobust.training.method_registry import (
     DEFAULT_ADV_WEIGHT,
-    DEFAULT_OT_WEIGHT,
     METHOD_NAMES,
     base_method,
-    ot_variant,
 )
 
 # Images per piece of a training forward pass on a CPU (models without BN/dropout): pieces small enough for their

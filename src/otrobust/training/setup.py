@@ -22,7 +22,7 @@ from otrobust.models.architecture import Architecture
 from otrobust.ot import GOTRegularizer
 from otrobust.store.files import fault_point
 from otrobust.training.config import TrainConfig, check_eps, validate
-from otrobust.training.methods import DEFAULT_OT_WEIGHT, ot_variant
+from otrobust.training.method_registry import DEFAULT_OT_WEIGHT, ot_variant
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
