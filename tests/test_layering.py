@@ -1,6 +1,6 @@
 """The package's import direction: a module imports only from its own layer or the layers below it.
 
-Layers, lowest first. ``ot`` and ``distributed`` are self-contained; ``store`` knows the checkpoint format
+Layers, lowest first. ``ot``, ``distributed`` and ``devices`` are self-contained; ``store`` knows the checkpoint format
 and the models it rebuilds; evaluation sits below training because training validates with it; reporting
 renders what evaluation and training produce; experiments drive all of it; nothing imports ``cli``.
 """
@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "otrobust"
 LAYERS = (
     ("errors", "settings"),
-    ("ot", "distributed"),
+    ("ot", "distributed", "devices"),
     ("models", "data"),
     ("attacks",),
     ("store",),

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import torch
 
-from otrobust.data import get_dataset_spec, load_dataset
+from otrobust.data import download_dataset, get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError, printable
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.experiments.presets import PRESETS
 from otrobust.experiments.reproduce import ReproduceSettings
+from otrobust.experiments.studies import STUDIES
+from otrobust.reporting.per_example import diff_markdown, read_per_example
+from otrobust.reporting.plots import CURVE_METRICS, OT_CURVE, plot_learning_curves
 from otrobust.reporting.tables import format_eps, markdown_table, write_csv
 from otrobust.store.checkpoint import checkpoint_path, load_model
 from otrobust.store.files import atomic_write_text, read_jsonl
+from otrobust.training.config import TrainConfig, load_config_file
+from otrobust.training.loop import train
+from otrobust.training.runfiles import checkpoint_score
 
 DEMO_EPOCHS = 15
 DEMO_METHODS = ("standard", "trades", "got-trades-lm")  # no defence, the baseline everybody knows, and GOT
@@ -24,9 +31,6 @@ DEMO_METHODS = ("standard", "trades", "got-trades-lm")  # no defence, the baseli
 def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -> int:
     """Train no defence, TRADES and GOT-TRADES-LM on the bundled digits with the defaults; print clean and PGD-20
     accuracy side by side."""
-    from otrobust.training.config import TrainConfig
-    from otrobust.training.loop import train
-
     epochs = DEMO_EPOCHS if epochs is None else epochs
     if epochs < 1:
         raise OtrobustError(f"--epochs must be at least 1, got {epochs}")
@@ -53,8 +57,6 @@ def run_demo(epochs: int | None = None, out: str = "runs/demo", seed: int = 0) -
 def _check_demo_lengths(out: Path, epochs: int) -> None:
     """Refuse to continue a demo under ``out`` whose runs were started for another number of epochs: its table would
     compare models of different lengths under one heading."""
-    from otrobust.training.config import load_config_file
-
     for method in DEMO_METHODS:
         run_dir = out / method
         if not checkpoint_path(run_dir, "last").exists():
@@ -69,9 +71,6 @@ def _check_demo_lengths(out: Path, epochs: int) -> None:
 
 def run_reproduce(settings: ReproduceSettings) -> int:
     """``otrobust reproduce``: list the presets, or run one (see otrobust.experiments.reproduce)."""
-    from otrobust.experiments.presets import PRESETS
-    from otrobust.experiments.studies import STUDIES
-
     if settings.preset is None:
         print(markdown_table(["preset", "paper", "runs", "what"],
                              [[p.name, p.reference, len(p.runs), p.description]
@@ -117,8 +116,6 @@ def _history(run_dir: Path) -> list[dict]:
 def _best(history: list[dict], method: object) -> dict:
     """The epoch whose checkpoint training kept as ``best`` (the one ``eval RUN_DIR`` uses): the first of the
     highest :func:`~otrobust.training.runfiles.checkpoint_score`."""
-    from otrobust.training.runfiles import checkpoint_score
-
     scored = []
     for r in history:
         try:
@@ -147,8 +144,6 @@ def _cached_evaluations(run_dir: Path, say) -> list[dict]:
 def _run_summary(run_dir: Path, say=print) -> tuple[dict, list[dict], list[dict]]:
     """(summary row, metrics history, cached evaluation rows) of one run directory; values of an unexpected type
     show as missing."""
-    from otrobust.training.config import load_config_file
-
     if not (run_dir / "config.json").is_file():
         raise OtrobustError(f"{str(run_dir)!r} is not a run directory (no config.json); pass folders made by "
                             "otrobust train or reproduce")
@@ -195,8 +190,6 @@ def run_report(runs: list[str], out: str | Path) -> int:
                                 [[format_eps(r.get(k)) if k == "eps" else "–" if r.get(k) is None else r.get(k)
                                   for k in eval_fields[:7]] for r in evals])]
     try:
-        from otrobust.reporting.plots import plot_learning_curves
-
         # "$" would start matplotlib's mathtext in a legend label
         figures = plot_learning_curves({printable(k).replace("$", r"\$"): v for k, v in histories.items()},
                                        out / "learning_curves")
@@ -214,8 +207,6 @@ def run_report(runs: list[str], out: str | Path) -> int:
 def run_plot(runs: list[str], out: str | Path) -> int:
     """``otrobust plot``: the learning curves of any runs (validation clean and PGD accuracy, OT term, per epoch
     from each run's metrics.jsonl) in one PNG; a run still training is drawn as far as it has gone."""
-    from otrobust.reporting.plots import CURVE_METRICS, OT_CURVE, plot_learning_curves
-
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise OtrobustError(f"--out {str(out)!r} must name a .png file")
@@ -234,8 +225,6 @@ def run_plot(runs: list[str], out: str | Path) -> int:
 
 
 def _diff_per_example(files: list[str], out: Path) -> int:
-    from otrobust.reporting.per_example import diff_markdown, read_per_example
-
     if len(files) != 2:
         raise OtrobustError(f"otrobust report compares two per-example files; got {len(files)}")
     text = diff_markdown(read_per_example(Path(files[0])), read_per_example(Path(files[1])), printable(files[0]),
@@ -248,8 +237,6 @@ def _diff_per_example(files: list[str], out: Path) -> int:
 
 def run_data_download(name: str, root: str, source: str | None = None) -> int:
     """``otrobust data download NAME --root DIR``: fetch, verify and unpack a dataset."""
-    from otrobust.data import download_dataset
-
     folder = download_dataset(name, Path(root), source=source)
     print(f"{name} is in {folder}; use --data-dir {root}")
     return 0

@@ -17,13 +17,18 @@ from otrobust import distributed
 from otrobust.attacks.gradient import with_eot
 from otrobust.attacks.table import ATTACK_SPECS, Budget, for_randomized_model
 from otrobust.data import get_dataset_spec, load_dataset
+from otrobust.devices import pick_device
 from otrobust.errors import OtrobustError
+from otrobust.evaluation import audit
+from otrobust.evaluation.attack_checks import black_box_note
 from otrobust.evaluation.batches import BatchCache, fingerprint, run_evaluation, shard_starts
 from otrobust.evaluation.command_settings import AuditCommandSettings, EvalSettings
 from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
+from otrobust.evaluation.surrogate import train_surrogate
 from otrobust.evaluation.target import Target, check_model, load_target
+from otrobust.reporting.audit_report import to_markdown, write_report
 from otrobust.reporting.per_example import write_per_example
-from otrobust.reporting.tables import black_box_note, eval_table, stage_table
+from otrobust.reporting.tables import eval_table, stage_table
 from otrobust.store.checkpoint import load_model
 from otrobust.store.files import (
     CHECKPOINT_DIR,
@@ -33,7 +38,6 @@ from otrobust.store.files import (
     check_writable,
 )
 from otrobust.store.lock import run_lock
-from otrobust.training.setup import pick_device
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -266,9 +270,6 @@ def run_audit(settings: AuditCommandSettings) -> int:
 
 
 def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -> int:
-    from otrobust.evaluation import audit
-    from otrobust.reporting.audit_report import to_markdown, write_report
-
     say = print if info.is_main else _quiet
     target = load_target(settings, device)
     prepare(target, settings, device, say)
@@ -303,8 +304,6 @@ def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -
 def _surrogate(target: Target, settings: AuditCommandSettings, budget, device, log):
     """A model of the same architecture, freshly initialised and trained normally for a few epochs (the transfer
     check's source), or None without training images."""
-    from otrobust.evaluation.audit import train_surrogate
-
     try:
         train_set = load_dataset(target.dataset, "train", target.data_dir, size=2000 if settings.quick else 5000)
     except OtrobustError as exc:

@@ -11,11 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from otrobust.cli.commands import run_data_download, run_demo, run_plot, run_report, run_reproduce
+from otrobust.cli.eval_audit import run_audit, run_eval
 from otrobust.cli.flags import add_flags, from_args
 from otrobust.errors import OtrobustError, printable
 from otrobust.evaluation.command_settings import AuditCommandSettings, EvalSettings
 from otrobust.experiments.reproduce import ReproduceSettings
 from otrobust.training.config import TrainConfig, config_from_dict, load_config_file
+from otrobust.training.loop import Interrupted, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,8 +136,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from otrobust.training.loop import train
-
     cfg = config_from_args(args)
     train(cfg, show_progress=args.progress, argv=getattr(args, "command_line", None))
     print(f"run saved in {cfg.out}")
@@ -142,44 +143,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from otrobust.cli.eval_audit import run_eval
-
     return run_eval(from_args(EvalSettings, args))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from otrobust.cli.eval_audit import run_audit
-
     return run_audit(from_args(AuditCommandSettings, args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from otrobust.cli.commands import run_demo
-
     return run_demo(epochs=args.epochs, out=args.out, seed=args.seed)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from otrobust.cli.commands import run_reproduce
-
     return run_reproduce(from_args(ReproduceSettings, args))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from otrobust.cli.commands import run_report
-
     return run_report(args.runs, args.out)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from otrobust.cli.commands import run_plot
-
     return run_plot(args.runs, args.out)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from otrobust.cli.commands import run_data_download
-
     return run_data_download(args.name, args.root, args.source)
 
 
@@ -262,7 +249,6 @@ def _main(argv: list[str]) -> int:
             pass
         return 141  # 128 + SIGPIPE
     except Exception as exc:  # a training run (of train or reproduce) stopped by a signal, its checkpoint saved
-        from otrobust.training.loop import Interrupted
 
         if not isinstance(exc, Interrupted):
             raise

@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from otrobust.attacks.autoattack import autoattack, is_severe, too_few_classes
 from otrobust.attacks.gradient import PGD
-from otrobust.attacks.table import ATTACK_SPECS, Budget
+from otrobust.attacks.table import ATTACK_SPECS, BLACK_BOX_STAGES, Budget
 from otrobust.data.base import ImageData
 from otrobust.evaluation.audit_types import AuditState, Check, eps_tag, percent
 from otrobust.evaluation.statistics import fraction_true, higher_than
@@ -137,8 +138,6 @@ def check_labels(a: AuditState) -> Check:
 def check_autoattack(a: AuditState) -> Check:
     """Run AutoAttack (reference code) and surface its own warnings; attacks that need more classes than the
     data has (the DLR-based APGD-T on 2 or 3 classes) are left out and named."""
-    from otrobust.attacks.autoattack import autoattack, is_severe, too_few_classes
-
     s = a.s
     if s.randomized:  # APGD-CE and APGD-DLR with EOT
         runner = autoattack(s.eps, s.norm, "rand", seed=s.seed, n_iter=s.aa_iter)
@@ -166,3 +165,15 @@ def check_autoattack(a: AuditState) -> Check:
                      f"({percent(ev['pgd_suite_accuracy'])}): report AutoAttack, not PGD", ev, ref)
     return Check("autoattack", "pass", f"AutoAttack {percent(ev['accuracy'])} with no warnings (PGD suite "
                  f"{percent(ev['pgd_suite_accuracy'])})", ev, ref)
+
+
+def black_box_note(robust: dict[str, int]) -> str | None:
+    """A warning when a black-box stage broke images that every gradient-based stage before it left standing: a
+    sign of gradient masking (``robust`` as :func:`~otrobust.reporting.tables.stage_table`'s)."""
+    names = list(robust)
+    for before, stage in zip(names, names[1:], strict=False):
+        broke = robust[before] - robust[stage]
+        if stage in BLACK_BOX_STAGES and broke > 0:
+            return (f"{stage}, a black-box attack, broke {broke} image{'s' if broke != 1 else ''} that the "
+                    "gradient-based attacks before it did not: a sign of gradient masking (run otrobust audit)")
+    return None

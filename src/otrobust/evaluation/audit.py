@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from otrobust.data.base import ImageData
@@ -33,7 +32,7 @@ from otrobust.evaluation.audit_types import (
     AuditState,
     Check,
 )
-from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.evaluation.gradient_checks import (
     check_determinism,
     check_eps_curve,
@@ -42,23 +41,6 @@ from otrobust.evaluation.gradient_checks import (
     check_unbounded,
 )
 from otrobust.evaluation.statistics import fraction_true
-
-
-def train_surrogate(model: nn.Module, data: ImageData, epochs: int, *, seed: int = 0, batch_size: int = 128,
-                    lr: float = 1e-3, device="cpu") -> nn.Module:
-    """Standard (non-robust) training of ``model`` for a few epochs: a cheap surrogate for transfer attacks."""
-    from otrobust.data.loader import iterate_batches
-
-    torch.manual_seed(seed)
-    model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed + epoch)
-        for x, y in iterate_batches(data, batch_size, shuffle=True, generator=gen, device=device):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    return model.eval()
 
 
 def _run_check(name: str, run: Callable[[], Check]) -> Check:
@@ -111,8 +93,6 @@ def accuracy_curve(model: nn.Module, data: ImageData, eps_list: list[float], *, 
                    norm: str = "linf", steps: int = 20, seed: int = 0, batch_size: int = 256,
                    device: torch.device | str = "cpu") -> list[float]:
     """Worst-case accuracy over PGD-CE and PGD-CW at each ε (0 means clean), against ``labels``."""
-    from otrobust.evaluation.evaluate import build_attacks
-
     out = []
     for eps in eps_list:
         attacks = build_attacks(["pgd", "pgd-cw"], eps=eps, steps=steps, norm=norm) if eps > 0 else {}

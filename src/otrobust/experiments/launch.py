@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from otrobust.errors import OtrobustError
+from otrobust.experiments import merge, slurm
 from otrobust.experiments.units import Unit, UnitContext, cpu_share, unit_status
 
 POLL_SECONDS = 0.5
@@ -36,11 +37,7 @@ def unit_command(settings, unit_id: str, threads: int) -> list[str]:
 
 def launch(settings, units: list[Unit], ctx: UnitContext, log: Callable[[str], None] = print) -> Path | None:
     """Run the units not yet done with the launcher ``settings.launch`` asks for, then merge every record."""
-    from otrobust.experiments import merge
-
     if settings.launch == "slurm":
-        from otrobust.experiments import slurm
-
         failed = slurm.submit(settings, units, ctx, log)
         if failed is None:  # submitted without waiting: the merge job writes the results
             return None

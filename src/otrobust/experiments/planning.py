@@ -23,11 +23,13 @@ from otrobust.errors import OtrobustError
 from otrobust.experiments.presets import PRESETS
 from otrobust.experiments.spec import SMOKE, Evaluation, Preset, Run
 from otrobust.experiments.studies import STUDIES
+from otrobust.models.architecture import Architecture
 from otrobust.reporting.tables import markdown_table
 from otrobust.store.checkpoint import checkpoint_path
 from otrobust.store.files import read_jsonl
 from otrobust.training.config import TrainConfig, coerce_value, config_from_dict
 from otrobust.training.method_registry import method_spec
+from otrobust.training.setup import resolve
 
 SCALES = ("smoke", "full")
 FULL_AUDIT_N = 500  # test images per audit at the full scale (the standard AutoAttack runs on them)
@@ -51,7 +53,6 @@ def forward_flops(model_name: str, dataset: str, latent: str = "penultimate") ->
     import torch
     from torch import nn
 
-    from otrobust.models.architecture import Architecture
 
     spec = get_dataset_spec(dataset)
     total = [0.0]
@@ -205,8 +206,6 @@ def plan(preset: Preset, scale: str, out: str | Path, data_dir: str | None = Non
 
 def _plan_run(run: Run, scale: str, out: str | Path, data_dir: str | None, overrides: dict[str, Any] | None,
               device: str, seed_index: int, same_seed: dict[str, PlannedRun]) -> PlannedRun:
-    from otrobust.training.setup import resolve
-
     values, note = dict(run.config), ""
     if scale == "smoke":
         values.update(SMOKE["train"])

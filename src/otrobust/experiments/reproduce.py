@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError
+from otrobust.experiments import launch
+from otrobust.experiments import merge as merging
 from otrobust.experiments.planning import (
     COST_ASSUMPTION,
     SCALES,
@@ -37,6 +39,15 @@ from otrobust.experiments.planning import (
     scaled_evaluations,
 )
 from otrobust.experiments.spec import SMOKE
+from otrobust.experiments.units import (
+    STATUSES,
+    UnitContext,
+    build_units,
+    default_threads,
+    find_unit,
+    run_unit,
+    unit_status,
+)
 from otrobust.reporting.tables import markdown_table
 from otrobust.settings import setting
 
@@ -118,8 +129,6 @@ class ReproduceSettings:
 
 def plan_units(settings: ReproduceSettings, log: Callable[[str], None] = print):
     """(preset, planned runs, scaled evaluations, units, context) of the settings' plan."""
-    from otrobust.experiments.units import UnitContext, build_units, default_threads
-
     preset = get_preset(settings.preset)
     planned = plan(preset, settings.scale, settings.out, settings.data_dir, parse_overrides(settings.overrides),
                    settings.device, settings.seeds)
@@ -132,8 +141,6 @@ def plan_units(settings: ReproduceSettings, log: Callable[[str], None] = print):
 
 def list_units(settings: ReproduceSettings, log: Callable[[str], None] = print) -> list[list[Any]]:
     """``--units`` and ``--status``: every unit with what it waits for, its estimated cost and status."""
-    from otrobust.experiments.units import STATUSES, unit_status
-
     preset, planned, evaluations, units, ctx = plan_units(settings, log)
     cost = {id(p): r for p, r in zip(planned, cost_table(preset, planned, evaluations), strict=True)}
     statuses = {u.id: unit_status(u, ctx) for u in units}
@@ -169,9 +176,6 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
     ``settings`` (the command's) may instead ask for one unit (``unit``), a merge of records (``merge``), or a
     launch of the units elsewhere (``launch``). Returns the results folder (None for ``dry_run`` and ``unit``).
     """
-    from otrobust.experiments import merge as merging
-    from otrobust.experiments.units import find_unit, run_unit
-
     if settings is None:
         settings = ReproduceSettings(preset=name, scale=scale, out=str(out), data_dir=data_dir, dry_run=dry_run,
                                      device=device, seeds=seeds, audit=audit,
@@ -191,8 +195,6 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reprod
         run_unit(find_unit(units, settings.unit), units, ctx)
         return None
     if settings.launch is not None:
-        from otrobust.experiments import launch
-
         return launch.launch(settings, units, ctx, log)
     for i, u in enumerate(units, 1):
         log(f"[{i}/{len(units)}] {u.id}")

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.data import get_dataset_spec
+from otrobust.experiments import study
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
-from otrobust.experiments.presets import PAPER_ONLY_LABELS
+from otrobust.experiments.presets import DATASET_LABELS, PAPER_ONLY_LABELS
 from otrobust.experiments.spec import SMOKE, SWEEP_ATTACK, Evaluation, Preset
+from otrobust.reporting import plots
 from otrobust.reporting.tables import format_eps, markdown_table
 
 RESULT_FIELDS = ("preset", "scale", "run", "seed", "label", "dataset", "model", "method", "evaluation", "metric",
@@ -122,8 +124,6 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
 
 
 def _panel(p: PlannedRun) -> str:
-    from otrobust.experiments.presets import DATASET_LABELS
-
     dataset = p.run.config.get("dataset", p.config.dataset)
     label = DATASET_LABELS.get(dataset, dataset)
     return f"{label} ({p.config.dataset} stand-in)" if p.note else label
@@ -154,8 +154,6 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
                  features: dict[str, dict[str, Any]]) -> list[Path]:
     """The preset's figures (``preset.plots``) from its results rows, the first seed's learning curves
     (``histories``, per run name) and its t-SNE features (``features``, per run name: arrays by key)."""
-    from otrobust.reporting import plots
-
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
     if "curves" in preset.plots:  # the first seed's curves
@@ -172,8 +170,6 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
                                               fig_dir / "accuracy_vs_steps",
                                               title=f"Robust accuracy vs PGD steps, {title}")
     if "label-sweep" in preset.plots:
-        from otrobust.experiments import study
-
         panels = study.sweep_panels(study.seed_summary(rows), names, LABEL_SWEEPS)
         files += plots.plot_accuracy_vs_eps(panels, fig_dir / "accuracy_vs_eps_label_protocols",
                                             title=f"Robust accuracy vs ε under two label protocols, {title}")
@@ -202,8 +198,6 @@ LABEL_SWEEPS = {"eps-sweep": "true labels, PGD-40, step 2.5·ε/40",
 
 def with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]]) -> str:
     """results.md with the multi-seed summary and paired differences (experiments.study) after its introduction."""
-    from otrobust.experiments import study
-
     paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
     text = study.study_markdown(study.seed_summary(rows),
                                 study.paired_differences(rows, {r.name: r.baseline for r in preset.runs if r.baseline}),

@@ -17,18 +17,22 @@ from typing import Any
 from otrobust.attacks.gradient import default_step_size
 from otrobust.attacks.table import ATTACK_SPECS
 from otrobust.errors import OtrobustError
+from otrobust.evaluation.audit import audit_model
+from otrobust.evaluation.audit_types import AuditSettings
+from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.evaluation.statistics import binomial_interval
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun, check_same_settings, run_status
 from otrobust.experiments.records import pack_bits
 from otrobust.experiments.spec import SMOKE, Evaluation
+from otrobust.reporting.audit_report import write_report
 from otrobust.store.checkpoint import load_model, resolve_checkpoint
 from otrobust.store.files import atomic_write_bytes, atomic_write_text, cache_key
 from otrobust.training.config import TrainConfig
+from otrobust.training.loop import train
 
 
 def train_planned(p: PlannedRun, log: Callable[[str], None] = print) -> str:
     """Train (or resume, or skip) one planned run; returns the status it had."""
-    from otrobust.training.loop import train
-
     status = run_status(p)
     check_same_settings(p)
     if status != "done":
@@ -87,8 +91,6 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
                    seed: int) -> list[dict[str, Any]]:
     import torch
 
-    from otrobust.evaluation.evaluate import build_attacks, evaluate_model
-    from otrobust.evaluation.statistics import binomial_interval
 
     rows: list[dict[str, Any]] = []
     for i, (eps, steps) in enumerate(product(ev.eps or (cfg.eps,), ev.steps or (None,))):
@@ -134,7 +136,6 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
     import numpy as np
     import torch
 
-    from otrobust.evaluation.evaluate import build_attacks
 
     attack = build_attacks(["pgd"], eps=cfg.eps, steps=ev.steps[-1], norm=cfg.norm)["pgd"]
     torch.manual_seed(seed)
@@ -155,8 +156,6 @@ def _save_features(model, data, cfg: TrainConfig, ev: Evaluation, path: Path, de
 def audit_plan(p: PlannedRun, scale: str, n: int | None = None, quick: bool = False):
     """(test images, AuditSettings) of the audit of ``p`` at ``scale``: the smoke budget on a few images, else ``n``
     images (default :data:`FULL_AUDIT_N`) with the full budget, or its CPU budget when ``quick``."""
-    from otrobust.evaluation.audit_types import AuditSettings
-
     n = SMOKE["audit_n"] if scale == "smoke" else n or FULL_AUDIT_N
     return n, AuditSettings.make(p.config.eps, p.config.norm, quick=quick or scale == "smoke",
                                  **(SMOKE["audit"] if scale == "smoke" else {}))
@@ -168,9 +167,6 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
     ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
     fail, failed_checks, report}``, ``report`` the path of audit.md from the folder above the run folders. ``quick``
     audits with the CPU budget at the full scale too."""
-    from otrobust.evaluation.audit import audit_model
-    from otrobust.reporting.audit_report import write_report
-
     ckpt = resolve_checkpoint(p.run_dir)
     n, settings = audit_plan(p, scale, n, quick)
     out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"

@@ -100,6 +100,7 @@ def _executor(settings, ctx: UnitContext, dependency: str | None = None, name: s
 def submit(settings, units: list[Unit], ctx: UnitContext, log: Callable[[str], None] = print) -> list[str] | None:
     """Submit the units not yet done. With ``settings.wait``, wait for them and return the ids of those that ended
     without a record (the caller merges); else submit the merge job too, print the job ids and return None."""
+    # an import cycle: launch imports this module to submit with slurm
     from otrobust.experiments.launch import unit_command
 
     check_reachable()

@@ -15,6 +15,7 @@ from statistics import mean, stdev
 from typing import Any
 
 from otrobust.experiments.spec import SWEEP_ATTACK
+from otrobust.reporting.tables import markdown_table
 
 KEY = ("evaluation", "metric", "labels", "eps", "steps", "step_size")
 HEADLINE = (("pgd", "clean", "clean"), ("pgd", "pgd", "PGD-40"), ("autoattack", "autoattack", "AutoAttack"))
@@ -88,8 +89,6 @@ def study_markdown(summary: list[dict[str, Any]], diffs: list[dict[str, Any]], n
                    paper: dict[tuple[str, str], float] | None = None) -> str:
     """The study's Markdown: a headline table (clean, PGD, AutoAttack: mean ± sd over seeds, the paper's number),
     the paired differences, and every measurement's mean ± sd with its per-seed values."""
-    from otrobust.reporting.tables import markdown_table
-
     paper = paper or {}
     order = list(dict.fromkeys(r["run"] for r in summary))
     cell = {(r["run"], r["evaluation"], r["metric"]): r for r in summary if r["labels"] in (None, "true")}

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otrobust.data import load_dataset
+from otrobust.data.base import data_fingerprint
+from otrobust.devices import pick_device
 from otrobust.errors import OtrobustError
 from otrobust.experiments.planning import NOT_IN_RUN_ID, PlannedRun, applies, run_status
 from otrobust.experiments.records import (
@@ -35,11 +38,14 @@ from otrobust.experiments.records import (
     record_to_json,
     sha256_file,
 )
-from otrobust.experiments.spec import Evaluation, Preset
+from otrobust.experiments.run_stages import audit_plan, audit_run, evaluate_run, features_path, train_planned
+from otrobust.experiments.spec import SMOKE, Evaluation, Preset
 from otrobust.store.checkpoint import resolve_checkpoint
 from otrobust.store.files import atomic_write_text, read_jsonl
 from otrobust.store.lock import LOCK_NAME, lock_owner, run_lock
 from otrobust.store.lock import _running as pid_running
+from otrobust.store.provenance import processor_name, versions
+from otrobust.training.setup import training_precision
 
 STATUSES = ("done", "running", "failed", "queued", "partial", "new")
 # Training settings a record leaves out: where and how a run is executed, and the starting checkpoint's path (the
@@ -162,8 +168,6 @@ def evaluation_specs(unit: Unit) -> list[dict[str, Any]]:
 
 def audit_settings(unit: Unit, ctx: UnitContext) -> dict[str, Any] | None:
     """The audit's settings at this scale (None when the unit has no audit)."""
-    from otrobust.experiments.run_stages import audit_plan
-
     if not unit.audit:
         return None
     n, settings = audit_plan(unit.planned, ctx.scale, ctx.audit_n, ctx.audit_quick)
@@ -238,11 +242,6 @@ def set_threads(threads: int) -> None:
 
 
 def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord:
-    from otrobust.data import load_dataset
-    from otrobust.experiments.run_stages import audit_plan, audit_run, evaluate_run, features_path, train_planned
-    from otrobust.store.provenance import processor_name, versions
-    from otrobust.training.setup import pick_device, training_precision
-
     set_threads(ctx.threads)
     p, dev = unit.planned, pick_device(ctx.device)
     if unit.init_unit is not None and not Path(p.config.init).is_file():
@@ -295,14 +294,10 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
 
 
 def _attack_options(scale: str) -> dict[str, Any] | None:
-    from otrobust.experiments.spec import SMOKE
-
     return SMOKE["attack_options"] if scale == "smoke" else None
 
 
 def _data_fingerprint(p: PlannedRun) -> str | None:
-    from otrobust.data.base import data_fingerprint
-
     return data_fingerprint(p.config.data_dir)
 
 

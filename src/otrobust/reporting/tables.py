@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-from otrobust.attacks.table import BLACK_BOX_STAGES
 from otrobust.errors import printable
 from otrobust.store.files import atomic_write_text
 
@@ -69,15 +68,3 @@ def stage_table(robust: dict[str, int], n: int) -> str:
                      "–" if before is None else str(before - left)])
         before = left
     return markdown_table(["after", "robust accuracy %", "images it broke"], rows)
-
-
-def black_box_note(robust: dict[str, int]) -> str | None:
-    """A warning when a black-box stage broke images that every gradient-based stage before it left standing: a
-    sign of gradient masking (``robust`` as :func:`stage_table`'s)."""
-    names = list(robust)
-    for before, stage in zip(names, names[1:], strict=False):
-        broke = robust[before] - robust[stage]
-        if stage in BLACK_BOX_STAGES and broke > 0:
-            return (f"{stage}, a black-box attack, broke {broke} image{'s' if broke != 1 else ''} that the "
-                    "gradient-based attacks before it did not: a sign of gradient masking (run otrobust audit)")
-    return None

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from otrobust import __version__
+
 
 # ---------------------------------------------------------------- provenance
 @functools.lru_cache(maxsize=1)
@@ -39,8 +41,6 @@ def versions() -> dict[str, Any]:
     """Versions of everything that changes a run's numbers, and the git commit of otrobust if any."""
     import numpy
     import safetensors
-
-    from otrobust import __version__
 
     commit, dirty = _git_state()
     return {

@@ -25,6 +25,7 @@ import torch
 
 from otrobust import distributed
 from otrobust.data import iterate_batches, random_crop_flip
+from otrobust.devices import pick_device
 from otrobust.errors import OtrobustError
 from otrobust.models import unwrap
 from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_weights, resolve_checkpoint
@@ -52,7 +53,6 @@ from otrobust.training.setup import (
     gradients_finite,
     load_training_data,
     ot_weight_at,
-    pick_device,
     resolve,
     step_seed,
     training_precision,

@@ -1,4 +1,4 @@
-"""Setting a training run up: resolving its defaults, the device, the data split, the model, the optimisers, the
+"""Setting a training run up: resolving its defaults, the data split, the model, the optimisers, the
 per-step schedules (β and ε warm-up, the step seed, the data order) and the per-epoch validation.
 
 Plain functions of the settings; :mod:`otrobust.training.loop` calls them in order.
@@ -38,22 +38,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return validate(dataclasses.replace(cfg, model=cfg.model or spec.default_model, eps=eps, step_size=step_size,
                                         batch_size=cfg.batch_size or spec.default_batch_size, ot_weight=ot_weight,
                                         val_size=cfg.val_size or spec.default_val_size))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise OtrobustError(f"--device {name} asked for, but no CUDA device is available")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise OtrobustError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise OtrobustError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 @dataclasses.dataclass(frozen=True)
