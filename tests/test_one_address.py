@@ -13,6 +13,7 @@ defines it, and the package's own modules are imported at the top of a file.
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def borrowed_names(source: str) -> list[str]:
     return found
 
 
+def _says_why(line: str) -> bool:
+    """Whether ``line`` carries a comment with words in it (a bare ``# noqa: ...`` says nothing)."""
+    comment = line.partition("#")[2]
+    return bool(re.sub(r"noqa(:\s*[A-Z]+\d+(,\s*[A-Z]+\d+)*)?", "", comment).strip(" ()"))
+
+
 def uncommented_local_imports(source: str) -> list[int]:
     """Line numbers of the imports of otrobust made inside a function without a comment saying why: a comment on
     the import itself, or on the line above it or above the run of imports it belongs to."""
@@ -96,12 +103,12 @@ def uncommented_local_imports(source: str) -> list[int]:
                 isinstance(node, ast.Import) and any(a.name.split(".")[0] == "otrobust" for a in node.names))
             if not is_ours:
                 continue
-            if any("#" in line for line in lines[node.lineno - 1:node.end_lineno]):
+            if any(_says_why(line) for line in lines[node.lineno - 1:node.end_lineno]):
                 continue
             above = node.lineno - 2
             while above >= 0 and lines[above].strip().startswith(("from ", "import ")):
                 above -= 1
-            if above < 0 or not lines[above].strip().startswith("#"):
+            if above < 0 or not (lines[above].strip().startswith("#") and _says_why(lines[above])):
                 bad.append(node.lineno)
     return sorted(set(bad))
 
@@ -152,3 +159,4 @@ def test_the_checks_catch_what_they_must():
                "    from otrobust.ot import label_mask\n")
     assert uncommented_local_imports(grouped) == []
     assert uncommented_local_imports("def f():\n    import otrobust.ot  # cycle\n") == []
+    assert uncommented_local_imports("def f():\n    import otrobust.ot  # noqa: F401\n") == [2]
