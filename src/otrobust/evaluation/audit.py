@@ -35,8 +35,9 @@ from otrobust.evaluation.audit_types import (  # noqa: F401  (QUICK, STATUSES, T
     AuditSettings,
     AuditState,
     Check,
+    Subject,
 )
-from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import ThreatModel, evaluate_model
 from otrobust.evaluation.gradient_checks import (
     check_determinism,
     check_eps_curve,
@@ -76,10 +77,10 @@ def _run_check(name: str, run: Callable[[], Check]) -> Check:
 
 def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, surrogate: nn.Module | None = None,
                 device: torch.device | str = "cpu", log: Callable[[str], None] | None = None,
-                threat_extra: dict | None = None, info: DistInfo | None = None) -> AuditReport:
-    """Run every check on ``data`` (already cut to the first n examples) and return the report. ``info``: run
-    the attacks in batches shared out among torchrun's processes (see :class:`AuditState`); every process
-    returns the same report."""
+                subject: Subject | None = None, info: DistInfo | None = None) -> AuditReport:
+    """Run every check on ``data`` (already cut to the first n examples) and return the report; ``subject`` names
+    the dataset and the model in its threat model. ``info``: run the attacks in batches shared out among
+    torchrun's processes (see :class:`AuditState`); every process returns the same report."""
     log = log or (lambda text: None)
     t0 = time.perf_counter()
     was_training = model.training
@@ -103,10 +104,10 @@ def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, s
             log(f"  -> {checks[-1].status}: {checks[-1].finding}")
     finally:
         model.train(was_training)
-    threat = {"norm": settings.norm, "eps": settings.eps, "n": len(data), "labels": "true", "seed": settings.seed,
-              "steps": settings.steps, "restarts": settings.restarts, "quick": settings.quick,
-              "randomized": settings.randomized,
-              "clean_accuracy": fraction_true(a.clean), **(threat_extra or {})}
+    threat = ThreatModel(norm=settings.norm, eps=settings.eps, n=len(data), labels="true", seed=settings.seed,
+                         steps=settings.steps, restarts=settings.restarts, quick=settings.quick,
+                         randomized=settings.randomized, clean_accuracy=fraction_true(a.clean),
+                         dataset=subject.dataset if subject else None, model=subject.model if subject else None)
     return AuditReport(threat, checks, a.curve, time.perf_counter() - t0)
 
 

@@ -168,7 +168,7 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
     ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
     fail, failed_checks, report}``, ``report`` the path of audit.md from the folder above the run folders. ``quick``
     audits with the CPU budget at the full scale too."""
-    from otrobust.evaluation.audit import audit_model
+    from otrobust.evaluation.audit import Subject, audit_model
     from otrobust.reporting.audit import write_report
 
     ckpt = resolve_checkpoint(p.run_dir)
@@ -178,7 +178,7 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
         log(f"auditing {p.run.name} on {min(n, len(test))} test images")
         report = audit_model(load_model(ckpt, device), test.first(n), settings, device=device,
                              surrogate=load_model(surrogate, device) if surrogate else None,
-                             threat_extra={"dataset": p.config.dataset, "model": f"{p.config.model} from {ckpt}"})
+                             subject=Subject(p.config.dataset, f"{p.config.model} from {ckpt}"))
         write_report(report, out)
     summary = json.loads((out / "audit.json").read_text())
     counts = summary["counts"]
