@@ -15,6 +15,7 @@ from otrobust.attacks.table import ATTACK_NAMES, ATTACK_SPECS, ROBUSTBENCH_ATTAC
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.statistics import binomial_interval
+from otrobust.store.files import typed_fields
 
 LABEL_SOURCES = ("true", "predicted")
 
@@ -55,36 +56,13 @@ class ThreatModel:
 
     @classmethod
     def from_json(cls, data: Any, source: str = "the threat model") -> ThreatModel:
-        return cls(**_typed(data, _THREAT_TYPES, source, required=("norm", "eps", "n")))
+        return cls(**typed_fields(data, _THREAT_TYPES, source, required=("norm", "eps", "n")))
 
 
 _THREAT_TYPES: dict[str, type | tuple[type, ...]] = {
     "norm": str, "eps": (int, float), "n": int, "labels": str, "seed": int, "dataset": str, "model": str,
     "steps": int, "restarts": int, "schedule": str, "step_size": (int, float), "autoattack_standard": bool,
     "quick": bool, "randomized": bool, "clean_accuracy": (int, float)}
-
-
-def _typed(data: Any, types: dict[str, type | tuple[type, ...]], source: str,
-           required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``data`` (a JSON object) checked against ``types`` (None allowed where a key is not ``required``); anything
-    else is one OtrobustError naming ``source`` and the key."""
-    if not isinstance(data, dict):
-        raise OtrobustError(f"{source} should be an object, found {type(data).__name__}")
-    unknown = [k for k in data if k not in types]
-    if unknown:
-        raise OtrobustError(f"{source} has unknown field(s) {', '.join(map(repr, unknown))}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise OtrobustError(f"{source} lacks {', '.join(missing)}")
-    for key, value in data.items():
-        kind = types[key]
-        wants_number = kind in ((int, float), int)
-        if value is None and key not in required:
-            continue
-        if not isinstance(value, kind) or (wants_number and isinstance(value, bool)):
-            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise OtrobustError(f"{source}: {key} should be {names}, found {type(value).__name__}")
-    return dict(data)
 
 
 @dataclass(frozen=True, kw_only=True)
