@@ -112,15 +112,16 @@ def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, s
 
 
 def accuracy_curve(model: nn.Module, data: ImageData, eps_list: list[float], *, labels: str = "true",
-                   norm: str = "linf", steps: int = 20, seed: int = 0, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> list[float]:
-    """Worst-case accuracy over PGD-CE and PGD-CW at each ε (0 means clean), against ``labels``."""
+                   settings: AuditSettings | None = None, device: torch.device | str = "cpu") -> list[float]:
+    """Worst-case accuracy over PGD-CE and PGD-CW at each ε (0 means clean), against ``labels``, with the norm,
+    steps, seed and batch size of ``settings`` (its own ε is not used; default: ℓ∞, 20 steps, seed 0, 256)."""
     from otrobust.evaluation.evaluate import build_attacks
 
+    s = settings or AuditSettings(eps=1.0)
     out = []
     for eps in eps_list:
-        attacks = build_attacks(["pgd", "pgd-cw"], eps=eps, steps=steps, norm=norm) if eps > 0 else {}
-        torch.manual_seed(seed)
-        res = evaluate_model(model, data, attacks, labels=labels, batch_size=batch_size, device=device)
+        attacks = build_attacks(["pgd", "pgd-cw"], eps=eps, steps=s.steps, norm=s.norm) if eps > 0 else {}
+        torch.manual_seed(s.seed)
+        res = evaluate_model(model, data, attacks, labels=labels, batch_size=s.batch_size, device=device)
         out.append(res.accuracy("worst") if attacks else res.accuracy("clean"))
     return out

@@ -37,6 +37,7 @@ from otrobust.training.config import TrainConfig
 from otrobust.training.ema import WeightAverage
 from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, zero_step_warning
 from otrobust.training.runfiles import (
+    Optimisers,
     check_config_is_ours,
     checkpoint_score,
     prepare_run_dir,
@@ -418,8 +419,9 @@ class Trainer:
 
     def save(self, which: str, state: TrainState) -> None:
         """Checkpoint ``which`` (``last`` or ``best``) of the model, its optimisers and ``state``."""
-        save_run_state(self.run_dir, which, self.cfg, self.model, self.reg, self.opt, self.phi_opt, self.sched,
-                       {**dataclasses.asdict(state), **self.precision.to_dict()}, self.spec, ema=self.ema)
+        save_run_state(self.run_dir, which, self.cfg, self.model, self.reg,
+                       Optimisers(self.opt, self.phi_opt, self.sched, self.ema),
+                       {**dataclasses.asdict(state), **self.precision.to_dict()}, self.spec)
 
     def restore(self) -> None:
         """Load the ``last`` checkpoint into the model, its optimisers and the state (``--resume``)."""
