@@ -16,7 +16,7 @@ from pathlib import Path
 import _timing as T
 import torch
 
-from otrobust.evaluation.batches import BatchCache, run_evaluation
+from otrobust.evaluation.batches import BatchCache, RunOptions, run_evaluation
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     def recorded():
         with tempfile.TemporaryDirectory() as folder:
             run_evaluation(model, data, attacks, batch_size=args.batch_size, device=device,
-                           cache=BatchCache(Path(folder), "key", {}, log=lambda text: None))
+                           options=RunOptions(cache=BatchCache(Path(folder), "key", {}, log=lambda text: None)))
 
     fns = {"evaluate_model": lambda: evaluate_model(model, data, attacks, batch_size=args.batch_size, device=device),
            "run_evaluation": lambda: run_evaluation(model, data, attacks, batch_size=args.batch_size, device=device),

@@ -22,7 +22,7 @@ import torch
 
 from otrobust.attacks.gradient import PGD
 from otrobust.data import ImageData
-from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import EvalOptions, evaluate_model
 
 
 def otrobust_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device, defaults: bool = True):
@@ -30,7 +30,7 @@ def otrobust_eval(model, data: ImageData, eps: float, steps: int, batch_size: in
     pieces = {} if defaults else {"chunk": 0, "workers": 1}
     attacks = {"pgd": PGD(eps=eps, step_size=step, steps=steps, **pieces)}
     return lambda: evaluate_model(model, data, attacks, batch_size=batch_size, device=device,
-                                  nhwc=defaults).accuracy("worst")
+                                  options=EvalOptions(nhwc=defaults)).accuracy("worst")
 
 
 def torchattacks_eval(model, data: ImageData, eps: float, steps: int, batch_size: int, device, nhwc: bool = False):

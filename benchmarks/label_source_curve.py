@@ -17,6 +17,7 @@ from torch import nn
 
 from otrobust.data import load_dataset
 from otrobust.evaluation.audit import accuracy_curve
+from otrobust.evaluation.audit_types import AuditSettings
 from otrobust.reporting.audit_report import plot_accuracy_curves
 from otrobust.reporting.tables import markdown_table
 from otrobust.store.checkpoint import load_model
@@ -49,11 +50,12 @@ def main() -> None:
     data = load_dataset(args.dataset, "test", args.data_dir, size=args.n)
     eps = [float(e) for e in args.eps.split(",")]
     t0 = time.perf_counter()
+    budget = AuditSettings(eps=max(eps), steps=args.steps)  # the curve's norm, steps, seed and batch size
     curves = {
-        "true labels (otrobust default)": accuracy_curve(model, data, eps, labels="true", steps=args.steps),
-        "predicted labels (paper's protocol)": accuracy_curve(model, data, eps, labels="predicted", steps=args.steps),
+        "true labels (otrobust default)": accuracy_curve(model, data, eps, labels="true", settings=budget),
+        "predicted labels (paper's protocol)": accuracy_curve(model, data, eps, labels="predicted", settings=budget),
         "true labels, input rounding (masked)": accuracy_curve(InputRounding(model), data, eps, labels="true",
-                                                               steps=args.steps),
+                                                               settings=budget),
     }
     bound = float(torch.bincount(data.y, minlength=data.num_classes).max()) / len(data)
     print(f"{args.dataset}, first {len(data)} test images, worst of PGD-{args.steps} CE and CW, Linf; "

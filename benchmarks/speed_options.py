@@ -44,7 +44,7 @@ from otrobust.attacks import gradient
 from otrobust.attacks.gradient import PGD, bn_mode, frozen_parameters, last_iterate, margin_loss
 from otrobust.attacks.norms import get_norm, project
 from otrobust.data import ImageData
-from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import EvalOptions, evaluate_model
 from otrobust.training import methods
 
 
@@ -133,7 +133,8 @@ def pairs(args, device):
         whole = {"pgd": PGD(eps=eps, step_size=2.5 * eps / 20, steps=20, chunk=0, workers=1)}
         pieces = {"pgd": PGD(eps=eps, step_size=2.5 * eps / 20, steps=20)}
         out["eval layout"] = (
-            lambda: evaluate_model(model, data, whole, batch_size=256, device=device, nhwc=False),
+            lambda: evaluate_model(model, data, whole, batch_size=256, device=device,
+                                   options=EvalOptions(nhwc=False)),
             lambda: evaluate_model(model, data, pieces, batch_size=256, device=device))
     if args.compile:
         compiled = torch.compile(copy.deepcopy(base))

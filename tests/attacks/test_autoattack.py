@@ -11,7 +11,7 @@ from torch import nn
 from otrobust.attacks import autoattack as aa
 from otrobust.data import ImageData, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.evaluation.evaluate import EvalOptions, build_attacks, evaluate_model
 from otrobust.models import create_model
 
 CHEAP = dict(n_iter=5, n_queries=30)  # a few iterations: these tests check plumbing, not strength
@@ -120,7 +120,7 @@ def test_colour_images_in_the_channels_last_layout_of_otrobust_eval():
     with torch.no_grad():
         y = model(x).argmax(1)  # all correct and a tiny ε, so every attack of the suite runs on them
     result = evaluate_model(model, ImageData(x, y, 10), {"autoattack": aa.autoattack(1e-5, "linf", **CHEAP)},
-                            batch_size=4, device="cpu", nhwc=True)
+                            batch_size=4, device="cpu", options=EvalOptions(nhwc=True))
     assert result.accuracy("clean") == 1.0 and 0.0 <= result.accuracy("autoattack") <= 1.0
 
 

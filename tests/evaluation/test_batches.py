@@ -15,7 +15,7 @@ from conftest import tiny_flags
 
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
-from otrobust.evaluation.batches import BatchCache, batch_seed, run_evaluation
+from otrobust.evaluation.batches import BatchCache, RunOptions, batch_seed, run_evaluation
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.store.files import FAULT_ENV
 
@@ -102,9 +102,10 @@ def test_batches_in_any_order_or_split_give_one_result(trained_digits_model, tmp
     attacks = build_attacks(["pgd"], eps=0.2, steps=3)
     whole = run_evaluation(trained_digits_model, data, attacks, batch_size=8, seed=3)
     cache = BatchCache(tmp_path / "cache", "k", {}, log=lambda s: None)
-    cached = run_evaluation(trained_digits_model, data, attacks, batch_size=8, seed=3, cache=cache)
+    cached = run_evaluation(trained_digits_model, data, attacks, batch_size=8, seed=3, options=RunOptions(cache=cache))
     assert cache.done() == 5
-    read_back = run_evaluation(trained_digits_model, data, {"pgd": None}, batch_size=8, seed=3, cache=cache)
+    read_back = run_evaluation(trained_digits_model, data, {"pgd": None}, batch_size=8, seed=3,
+                               options=RunOptions(cache=cache))
     for res in (cached, read_back):
         assert torch.equal(res.per_attack["pgd"], whole.per_attack["pgd"])
         assert torch.equal(res.predictions["pgd"], whole.predictions["pgd"])
@@ -134,7 +135,7 @@ def _pgd_records(model, data, folder, key: str, steps: int):
     """Run PGD-``steps`` recorded in ``folder`` under ``key``; returns (result, the cache)."""
     cache = BatchCache(folder, key, {}, log=lambda s: None)
     return run_evaluation(model, data, build_attacks(["pgd"], eps=0.1, steps=steps), batch_size=8, seed=0,
-                          cache=cache), cache
+                          options=RunOptions(cache=cache)), cache
 
 
 def test_a_record_made_under_other_settings_is_recomputed_not_trusted(trained_digits_model, tmp_path):
@@ -149,7 +150,7 @@ def test_a_record_made_under_other_settings_is_recomputed_not_trusted(trained_di
     said = []
     cache = BatchCache(tmp_path / "strong", "strong", {}, log=said.append)
     again = run_evaluation(trained_digits_model, data, build_attacks(["pgd"], eps=0.1, steps=10), batch_size=8,
-                           seed=0, cache=cache)
+                           seed=0, options=RunOptions(cache=cache))
     assert torch.equal(again.per_attack["pgd"], strong.per_attack["pgd"])
     assert len(said) == 3 and all("made under other settings: recomputing it" in s for s in said)
 
@@ -167,7 +168,7 @@ def test_a_damaged_or_hand_edited_record_is_recomputed(trained_digits_model, tmp
     said = []
     cache = BatchCache(tmp_path / "c", "k", {}, log=said.append)
     again = run_evaluation(trained_digits_model, data, build_attacks(["pgd"], eps=0.1, steps=3), batch_size=8,
-                           seed=0, cache=cache)
+                           seed=0, options=RunOptions(cache=cache))
     assert torch.equal(again.per_attack["pgd"], whole.per_attack["pgd"])
     assert len(said) == 1 and "pgd-000000008.json" in said[0] and "damaged or edited by hand" in said[0]
     assert json.loads(record.read_text())["record"]["key"] == "k"  # recomputed and recorded again

@@ -9,7 +9,14 @@ from otrobust.attacks.table import ATTACK_NAMES as ATTACKS
 from otrobust.cli.main import main
 from otrobust.data import load_dataset
 from otrobust.errors import NoInputGradient, OtrobustError
-from otrobust.evaluation.evaluate import EvalResult, build_attacks, eval_record, evaluate_model, robustbench_summary
+from otrobust.evaluation.evaluate import (
+    EvalResult,
+    ThreatModel,
+    build_attacks,
+    eval_record,
+    evaluate_model,
+    robustbench_summary,
+)
 from otrobust.evaluation.statistics import binomial_interval
 
 
@@ -25,12 +32,12 @@ def test_worst_case_is_per_example_and_respects_label_source():
     clean = torch.tensor([True, True, True, False])
     a = torch.tensor([True, False, True, True])
     b = torch.tensor([True, True, False, True])
-    true = EvalResult(clean, {"a": a, "b": b}, labels="true")
+    true = EvalResult(clean=clean, per_attack={"a": a, "b": b}, labels="true")
     assert true.worst.tolist() == [True, False, False, False]
     assert true.accuracy("worst") == 0.25 and true.accuracy("a") == 0.75
     assert true.interval("worst") == binomial_interval(1, 4)
     # Predicted labels (the paper's protocol) can count a clean mistake as robust: that is the inflation.
-    predicted = EvalResult(clean, {"a": a, "b": b}, labels="predicted")
+    predicted = EvalResult(clean=clean, per_attack={"a": a, "b": b}, labels="predicted")
     assert predicted.worst.tolist() == [True, False, False, True]
     summary = true.summary()
     assert set(summary) == {"clean", "a", "b", "worst_case"} and summary["worst_case"]["correct"] == 1
@@ -79,8 +86,9 @@ def test_attack_warnings_are_collected_once():
 
 def test_records_state_the_label_source_and_robustbench_fields():
     clean = torch.tensor([True, True, False, True])
-    res = EvalResult(clean, {"autoattack": torch.tensor([True, False, False, True])}, labels="predicted")
-    rec = eval_record(res, {"norm": "linf", "eps": 0.3})
+    res = EvalResult(clean=clean, per_attack={"autoattack": torch.tensor([True, False, False, True])},
+                     labels="predicted")
+    rec = eval_record(res, ThreatModel(norm="linf", eps=0.3, n=4, labels="predicted"))
     assert 0 <= rec["robust_accuracy"] <= 1 and rec["labels"] == "predicted" and "PREDICTED" in rec["labels_note"]
     rb = robustbench_summary(res, dataset="cifar10", eps=8 / 255, norm="linf", architecture="resnet18", name="r")
     assert rb["eps"] == "8/255" and rb["autoattack_acc"] == "50.00" and rb["clean_acc"] == "75.00"

@@ -207,7 +207,7 @@ def test_l2_threat_model_trains_and_evaluates_end_to_end(tmp_path):
     assert cfg.norm == "l2" and cfg.eps == 1.5 and cfg.step_size == 2.5 * 1.5 / 2
     test = load_dataset("digits", "test", size=32)
     rows = evaluate_run(tmp_path / "l2", Evaluation("l2", ("pgd",), eps=(0.5, 1.5), steps=(3,)), cfg, test)
-    assert [(r["metric"], r["eps"]) for r in rows] == [("clean", None), ("pgd", 0.5), ("pgd", 1.5)]
+    assert [(r.metric, r.eps) for r in rows] == [("clean", None), ("pgd", 0.5), ("pgd", 1.5)]
     from otrobust.evaluation.evaluate import build_attacks
 
     model = load_model(tmp_path / "l2")
@@ -256,7 +256,7 @@ def test_an_image_folder_dataset_takes_its_shape_from_the_images(tmp_path):
     test = load_dataset("folder", "test", tmp_path / "data")
     rows = evaluate_run(tmp_path / "run", Evaluation("pgd", ("pgd",), steps=(2,)), config_from_dict(
         json.loads((tmp_path / "run" / "config.json").read_text())), test)
-    assert [r["n"] for r in rows] == [6, 6]
+    assert [r.n for r in rows] == [6, 6]
 
 
 def test_a_run_directory_with_other_settings_is_not_reused(tmp_path):

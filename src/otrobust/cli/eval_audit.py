@@ -21,9 +21,16 @@ from otrobust.devices import pick_device
 from otrobust.errors import OtrobustError
 from otrobust.evaluation import audit
 from otrobust.evaluation.attack_checks import black_box_note
-from otrobust.evaluation.batches import BatchCache, fingerprint, run_evaluation, shard_starts
+from otrobust.evaluation.batches import BatchCache, RunOptions, fingerprint, run_evaluation, shard_starts
 from otrobust.evaluation.command_settings import AuditCommandSettings, EvalSettings
-from otrobust.evaluation.evaluate import attack_budgets, build_attacks, eval_record, predict, robustbench_summary
+from otrobust.evaluation.evaluate import (
+    ThreatModel,
+    attack_budgets,
+    build_attacks,
+    eval_record,
+    predict,
+    robustbench_summary,
+)
 from otrobust.evaluation.surrogate import train_surrogate
 from otrobust.evaluation.target import Target, check_model, load_target
 from otrobust.reporting.audit_report import to_markdown, write_report
@@ -139,15 +146,15 @@ def _evaluate_locked(settings: EvalSettings, info: distributed.DistInfo, device,
                 for s in shard_starts(len(target.test), settings.batch_size, info))
     with _ProgressBar(settings, list(attacks), share) as progress:
         result = run_evaluation(target.model, target.test, attacks, labels=settings.labels,
-                                batch_size=settings.batch_size, device=device, seed=settings.seed, cache=cache,
-                                info=info, progress=progress)
+                                batch_size=settings.batch_size, device=device, seed=settings.seed,
+                                options=RunOptions(cache=cache, info=info, progress=progress))
     seconds = time.perf_counter() - t0
     if not info.is_main:
         return 0
-    threat = {"norm": settings.norm, "eps": eps, "n": len(target.test), "labels": settings.labels,
-              "seed": settings.seed, "dataset": target.dataset, "steps": settings.steps,
-              "restarts": settings.restarts, "schedule": settings.schedule, "step_size": budget.step_size,
-              "autoattack_standard": settings.aa_standard, "randomized": settings.randomized}
+    threat = ThreatModel(norm=settings.norm, eps=eps, n=len(target.test), labels=settings.labels,
+                         seed=settings.seed, dataset=target.dataset, steps=settings.steps,
+                         restarts=settings.restarts, schedule=settings.schedule, step_size=budget.step_size,
+                         autoattack_standard=settings.aa_standard, randomized=settings.randomized)
     budgets = attack_budgets(list(attacks), budget)
     written = _write_outputs(settings, target, result, threat, budgets, seconds, eps)  # first: printing may fail
     _print_eval(result, threat, budgets, seconds, settings.aa_standard)
@@ -198,7 +205,7 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, aa_standard: bool) -> None:
+def _print_eval(result, threat: ThreatModel, budgets: dict[str, str], seconds: float, aa_standard: bool) -> None:
     """The terminal report: the table (with each attack's budget), AutoAttack stage by stage, the worst case,
     notes and warnings."""
     print(eval_table(result.summary(), threat, budgets, result.seconds))
@@ -212,7 +219,7 @@ def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, a
         if note:
             print(f"warning: {note}")
     label_text = ("PREDICTED labels: the paper's protocol, not robustness against the true labels"
-                  if threat["labels"] == "predicted" else "true labels")
+                  if threat.labels == "predicted" else "true labels")
     if result.per_attack:
         lo, hi = result.interval("worst")
         print(f"\nrobust accuracy, worst case over {', '.join(result.per_attack)} ({label_text}): "
@@ -225,7 +232,7 @@ def _print_eval(result, threat: dict, budgets: dict[str, str], seconds: float, a
     print(f"time: {seconds:.1f} s")
 
 
-def _write_outputs(settings: EvalSettings, target: Target, result, threat: dict, budgets: dict, seconds: float,
+def _write_outputs(settings: EvalSettings, target: Target, result, threat: ThreatModel, budgets: dict, seconds: float,
                    eps: float) -> list[str]:
     """Write --json, --per-example and --robustbench (those asked for); returns their paths."""
     if settings.json_path:
@@ -287,7 +294,7 @@ def _audit(settings: AuditCommandSettings, info: distributed.DistInfo, device) -
     surrogate = load_model(settings.surrogate, device) if settings.surrogate else _surrogate(target, settings,
                                                                                               budget, device, log)
     report = audit.audit_model(target.model, target.test, budget, surrogate=surrogate, device=device, log=log,
-                               threat_extra={"dataset": target.dataset, "model": target.description}, info=info)
+                               subject=audit.Subject(target.dataset, target.description), info=info)
     if not info.is_main:
         return 1 if report.failed else 0
     verdict = to_markdown(report).split("\n## ")[0].rstrip()

@@ -31,8 +31,9 @@ from otrobust.evaluation.audit_types import (
     AuditSettings,
     AuditState,
     Check,
+    Subject,
 )
-from otrobust.evaluation.evaluate import build_attacks, evaluate_model
+from otrobust.evaluation.evaluate import ThreatModel, build_attacks, evaluate_model
 from otrobust.evaluation.gradient_checks import (
     check_determinism,
     check_eps_curve,
@@ -55,10 +56,10 @@ def _run_check(name: str, run: Callable[[], Check]) -> Check:
 
 def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, surrogate: nn.Module | None = None,
                 device: torch.device | str = "cpu", log: Callable[[str], None] | None = None,
-                threat_extra: dict | None = None, info: DistInfo | None = None) -> AuditReport:
-    """Run every check on ``data`` (already cut to the first n examples) and return the report. ``info``: run
-    the attacks in batches shared out among torchrun's processes (see :class:`AuditState`); every process
-    returns the same report."""
+                subject: Subject | None = None, info: DistInfo | None = None) -> AuditReport:
+    """Run every check on ``data`` (already cut to the first n examples) and return the report; ``subject`` names
+    the dataset and the model in its threat model. ``info``: run the attacks in batches shared out among
+    torchrun's processes (see :class:`AuditState`); every process returns the same report."""
     log = log or (lambda text: None)
     t0 = time.perf_counter()
     was_training = model.training
@@ -82,21 +83,22 @@ def audit_model(model: nn.Module, data: ImageData, settings: AuditSettings, *, s
             log(f"  -> {checks[-1].status}: {checks[-1].finding}")
     finally:
         model.train(was_training)
-    threat = {"norm": settings.norm, "eps": settings.eps, "n": len(data), "labels": "true", "seed": settings.seed,
-              "steps": settings.steps, "restarts": settings.restarts, "quick": settings.quick,
-              "randomized": settings.randomized,
-              "clean_accuracy": fraction_true(a.clean), **(threat_extra or {})}
+    threat = ThreatModel(norm=settings.norm, eps=settings.eps, n=len(data), labels="true", seed=settings.seed,
+                         steps=settings.steps, restarts=settings.restarts, quick=settings.quick,
+                         randomized=settings.randomized, clean_accuracy=fraction_true(a.clean),
+                         dataset=subject.dataset if subject else None, model=subject.model if subject else None)
     return AuditReport(threat, checks, a.curve, time.perf_counter() - t0)
 
 
 def accuracy_curve(model: nn.Module, data: ImageData, eps_list: list[float], *, labels: str = "true",
-                   norm: str = "linf", steps: int = 20, seed: int = 0, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> list[float]:
-    """Worst-case accuracy over PGD-CE and PGD-CW at each ε (0 means clean), against ``labels``."""
+                   settings: AuditSettings | None = None, device: torch.device | str = "cpu") -> list[float]:
+    """Worst-case accuracy over PGD-CE and PGD-CW at each ε (0 means clean), against ``labels``, with the norm,
+    steps, seed and batch size of ``settings`` (its own ε is not used; default: ℓ∞, 20 steps, seed 0, 256)."""
+    s = settings or AuditSettings(eps=1.0)
     out = []
     for eps in eps_list:
-        attacks = build_attacks(["pgd", "pgd-cw"], eps=eps, steps=steps, norm=norm) if eps > 0 else {}
-        torch.manual_seed(seed)
-        res = evaluate_model(model, data, attacks, labels=labels, batch_size=batch_size, device=device)
+        attacks = build_attacks(["pgd", "pgd-cw"], eps=eps, steps=s.steps, norm=s.norm) if eps > 0 else {}
+        torch.manual_seed(s.seed)
+        res = evaluate_model(model, data, attacks, labels=labels, batch_size=s.batch_size, device=device)
         out.append(res.accuracy("worst") if attacks else res.accuracy("clean"))
     return out

@@ -13,8 +13,8 @@ from otrobust.attacks.table import AttackSpec, Family, pgd_spec
 from otrobust.data.base import ImageData
 from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.batches import run_evaluation
-from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.batches import RunOptions, run_evaluation
+from otrobust.evaluation.evaluate import EvalOptions, ThreatModel, evaluate_model
 from otrobust.evaluation.statistics import fraction_true
 
 STATUSES = ("pass", "warn", "fail", "skip")
@@ -77,7 +77,7 @@ class AuditReport:
     ``failed`` is True when any check failed; ``to_dict()`` is the ``audit.json`` record.
     """
 
-    threat: dict
+    threat: ThreatModel
     checks: list[Check]
     curve: dict
     seconds: float = 0.0
@@ -90,9 +90,17 @@ class AuditReport:
         return {s: sum(c.status == s for c in self.checks) for s in STATUSES}
 
     def to_dict(self) -> dict:
-        return {"threat_model": self.threat, "failed": self.failed, "counts": self.counts(),
+        return {"threat_model": self.threat.to_json(), "failed": self.failed, "counts": self.counts(),
                 "checks": [asdict(c) for c in self.checks], "accuracy_vs_eps": self.curve,
                 "seconds": round(self.seconds, 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What an audit's threat model names beside the budget: the dataset and the model under test (in words)."""
+
+    dataset: str
+    model: str
 
 
 @dataclass(frozen=True)
@@ -137,8 +145,8 @@ class AuditState:
             if self.s.randomized and not spec.reference_code:  # the reference code draws its own
                 attack = with_eot(attack, self.s.eot_draws)
             res = run_evaluation(self.model, self.data, {key: attack}, labels=labels, batch_size=self.s.batch_size,
-                                 device=self.device, seed=self.s.seed, info=self.info,
-                                 allow_non_finite=True)  # reported by the gradients check
+                                 device=self.device, seed=self.s.seed,
+                                 options=RunOptions(info=self.info, allow_non_finite=True))  # see check_gradients
             self.results[key] = res.per_attack[key]
             self.runs[key] = AttackRun(spec, eps, labels)
             self.log(f"  {key}: {percent(fraction_true(self.results[key]))} ({time.perf_counter() - t0:.1f}s)")
@@ -158,7 +166,8 @@ class AuditState:
         if "clean" not in self.results:
             torch.manual_seed(self.s.seed)  # a randomised model's clean pass repeats too
             self.results["clean"] = evaluate_model(self.model, self.data, {}, batch_size=self.s.batch_size,
-                                                   device=self.device, allow_non_finite=True).clean
+                                                   device=self.device,
+                                                   options=EvalOptions(allow_non_finite=True)).clean
         return self.results["clean"]
 
     def white_box(self) -> torch.Tensor:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from otrobust.attacks.table import Attack
 from otrobust.data.base import ImageData
 from otrobust.distributed import DistInfo
 from otrobust.errors import OtrobustError, path_kind
-from otrobust.evaluation.evaluate import EvalResult, channels_last, evaluate_model
+from otrobust.evaluation.evaluate import EvalOptions, EvalResult, channels_last, evaluate_model
 from otrobust.store.files import TEMP_SUFFIX, atomic_write_text, remove_stale_temp_files
 
 CLEAN = "clean"  # the pseudo-attack of a clean-only evaluation
@@ -193,16 +194,27 @@ def shard_starts(n: int, batch_size: int, info: DistInfo) -> list[int]:
     return list(range(0, n, batch_size))[info.rank::info.world_size]
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(EvalOptions):
+    """:class:`~otrobust.evaluation.evaluate.EvalOptions` for :func:`run_evaluation`, with where its batches go:
+    ``cache`` records each finished batch (None: nothing is recorded), ``info`` the torchrun processes the batches
+    are shared out among (None: this process alone). ``progress(images)`` is called after each batch this process
+    finishes or reads back."""
+
+    cache: BatchCache | None = None
+    info: DistInfo | None = None
+
+
 def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack], *, labels: str = "true",
                    batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
-                   cache: BatchCache | None = None, info: DistInfo | None = None,
-                   progress: Callable[[int], None] | None = None, allow_non_finite: bool = False) -> EvalResult:
+                   options: RunOptions | None = None) -> EvalResult:
     """Every attack on every batch of ``data`` (see the module's contract); the same result on every process.
 
     A batch's attacks not yet recorded run in one :func:`evaluate_model` call (one clean pass for all of them).
-    ``progress(images)`` is called after each batch this process finishes or reads back; ``allow_non_finite``
-    as :func:`evaluate_model`'s."""
-    info = info or DistInfo()
+    ``options``: the batch cache, the processes, progress and ``allow_non_finite`` (as :func:`evaluate_model`'s),
+    see :class:`RunOptions`."""
+    options = options or RunOptions()
+    cache, progress, info = options.cache, options.progress, options.info or DistInfo()
     names = list(attacks) or [CLEAN]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     with channels_last(model, data.x.ndim == 4):  # once for the whole run, not once a batch
@@ -215,8 +227,8 @@ def run_evaluation(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                 seeds = {name: batch_seed(seed, start, names.index(name)) for name in pending}
                 torch.manual_seed(batch_seed(seed, start, CLEAN_INDEX))  # a randomised model's clean pass too
                 res = evaluate_model(model, data.take(slice(start, start + batch_size)), pending, labels=labels,
-                                     batch_size=batch_size, device=device, allow_non_finite=allow_non_finite,
-                                     attack_seeds=seeds)
+                                     batch_size=batch_size, device=device, attack_seeds=seeds,
+                                     options=EvalOptions(allow_non_finite=options.allow_non_finite))
                 for name in todo:
                     done[name] = _record(res, name)
                     if cache:
@@ -245,9 +257,10 @@ def merge(records: dict[tuple[str, int], dict[str, Any]], names: list[str], star
             stages.setdefault(name, {})[stage] = torch.tensor(
                 [v for s in starts for v in records[name, s]["stages"][stage]], dtype=torch.bool)
     warnings = {n: list(dict.fromkeys(w for s in starts for w in records[n, s]["warnings"])) for n in attacked}
-    return EvalResult(cat(first, "clean", torch.bool) if starts else torch.zeros(0, dtype=torch.bool),
-                      {n: cat(n, "correct", torch.bool) for n in attacked}, labels,
-                      {n: sum(records[n, s]["seconds"] for s in starts) for n in attacked},
-                      {n: w for n, w in warnings.items() if w}, stages,
-                      cat(first, "clean_pred", torch.long) if starts else torch.zeros(0, dtype=torch.long),
-                      {n: cat(n, "pred", torch.long) for n in attacked})
+    return EvalResult(
+        clean=cat(first, "clean", torch.bool) if starts else torch.zeros(0, dtype=torch.bool),
+        per_attack={n: cat(n, "correct", torch.bool) for n in attacked}, labels=labels,
+        seconds={n: sum(records[n, s]["seconds"] for s in starts) for n in attacked},
+        warnings={n: w for n, w in warnings.items() if w}, stages=stages,
+        clean_pred=cat(first, "clean_pred", torch.long) if starts else torch.zeros(0, dtype=torch.long),
+        predictions={n: cat(n, "pred", torch.long) for n in attacked})

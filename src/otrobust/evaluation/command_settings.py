@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from otrobust.attacks.table import ATTACK_SPECS, ROBUSTBENCH_ATTACK
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.audit_types import AuditSettings
-from otrobust.settings import setting
+from otrobust.settings import Flag, setting
 
 ATTACKS_TEXT = ("one or more attacks; the worst case over all of them is reported: "
                 + "; ".join(f"{name} ({spec.help})" for name, spec in ATTACK_SPECS.items()))
@@ -24,18 +24,19 @@ class ModelSettings:
     any model, from a factory (``model``) and a weights file (``weights``)."""
 
     path: str | None = setting(None, "run directory (its best checkpoint) or checkpoint file; or give --model",
-                               positional=True, nargs="?", default_text="none")
+                               default_text="none", flag=Flag(positional=True, nargs="?"))
     model: str | None = setting(None, "any model: a factory FILE.py:NAME or package.module:NAME, called with the "
                                 "num_classes, in_channels and image_size it accepts (naming a file runs it: name "
-                                "only code you trust)", metavar="FACTORY")
+                                "only code you trust)", flag=Flag(metavar="FACTORY"))
     weights: str | None = setting(None, "weights of --model: a .safetensors file or a PyTorch state-dict file "
-                                  "(read with weights_only=True: a pickle holding code is refused)", metavar="FILE")
+                                  "(read with weights_only=True: a pickle holding code is refused)",
+                                  flag=Flag(metavar="FILE"))
     num_classes: int | None = setting(None, "classes of --model's output", default_text="the dataset's")
     input_size: list[int] | None = setting(None, "input of --model as C H W (or H for square images)",
-                                           nargs="+", metavar="N", default_text="the dataset's")
+                                           default_text="the dataset's", flag=Flag(nargs="+", metavar="N"))
     normalize: list[float] | None = setting(None, "per-channel MEAN... STD... (or one MEAN STD) applied inside "
-                                            "the model, so that eps stays in [0, 1] pixel units", nargs="+",
-                                            metavar="X", default_text="none")
+                                            "the model, so that eps stays in [0, 1] pixel units", default_text="none",
+                                            flag=Flag(nargs="+", metavar="X"))
     randomized: bool = setting(False, "the model is randomised on purpose (two forwards differ): attack it with "
                                "the EOT variants")
     eot_draws: int = setting(20, "forwards averaged per gradient with --randomized (expectation over "
@@ -43,7 +44,7 @@ class ModelSettings:
     dataset: str | None = setting(None, "dataset", default_text="the one the model was trained on")
     data_dir: str | None = setting(None, "dataset folder", default_text="the training run's")
     n: int | None = setting(None, "use the first N test images (--num-images under torchrun, whose own flags "
-                            "--n abbreviates)", default_text="all", aliases=("--num-images",))
+                            "--n abbreviates)", default_text="all", flag=Flag(aliases=("--num-images",)))
     batch_size: int = setting(256, "batch size")
     seed: int = setting(0, "seed for random starts")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
@@ -85,7 +86,7 @@ class ModelSettings:
 class EvalSettings(ModelSettings):
     """``otrobust eval``: clean, per-attack and worst-case accuracy under one threat model."""
 
-    attack: list[str] = setting(help=ATTACKS_TEXT, nargs="+", metavar="NAME", factory=lambda: ["pgd"])
+    attack: list[str] = setting(help=ATTACKS_TEXT, factory=lambda: ["pgd"], flag=Flag(nargs="+", metavar="NAME"))
     eps: float | None = setting(None, "attack radius, e.g. 0.3 or 8/255", default_text="the dataset's")
     norm: str = setting("linf", "threat model", ("linf", "l2"))
     steps: int = setting(20, "PGD steps")
@@ -98,17 +99,18 @@ class EvalSettings(ModelSettings):
     labels: str = setting("true", "labels the attacks move away from (predicted is the paper's protocol, labelled "
                           "as such in every output)", ("true", "predicted"))
     attack_workers: int | None = setting(None, "PGD pieces attacked at the same time (1 with --randomized, so "
-                                         "that a model drawing random numbers repeats exactly)", metavar="N",
-                                         default_text="one per torch thread on CPU, 1 on GPU")
+                                         "that a model drawing random numbers repeats exactly)",
+                                         default_text="one per torch thread on CPU, 1 on GPU", flag=Flag(metavar="N"))
     json_path: str | None = setting(None, "also write the results as JSON here (top-level robust_accuracy in "
-                                    "[0, 1] is the worst case)", flag="--json")
+                                    "[0, 1] is the worst case)", flag=Flag(name="--json"))
     robustbench: str | None = setting(None, "also write a RobustBench-style summary (clean and AutoAttack "
                                       "accuracy, eps, norm, n, architecture); needs --attack autoattack",
-                                      metavar="PATH")
+                                      flag=Flag(metavar="PATH"))
     progress: bool | None = setting(None, "progress bar", default_text="when the terminal is interactive")
     per_example: str | None = setting(None, "also write one CSV row per test image: its label, the clean "
                                       "prediction, and for each attack whether it succeeded and the adversarial "
-                                      "prediction (otrobust report A.csv B.csv compares two)", metavar="FILE.csv")
+                                      "prediction (otrobust report A.csv B.csv compares two)",
+                                      flag=Flag(metavar="FILE.csv"))
     cache: str | None = setting(None, "folder where each finished batch of each attack is recorded; a killed run "
                                 "started again with the same arguments continues from it",
                                 default_text="JSON_PATH.parts with --json, else none")
@@ -153,7 +155,7 @@ class AuditCommandSettings(ModelSettings):
     """``otrobust audit``: where the report goes and the attack budget; None budgets are
     :class:`otrobust.evaluation.audit.AuditSettings`' own (smaller with ``quick``)."""
 
-    n: int | None = setting(200, "audit on the first N test images", aliases=("--num-images",))
+    n: int | None = setting(200, "audit on the first N test images", flag=Flag(aliases=("--num-images",)))
     out: str | None = setting(None, "report folder", default_text="RUN_DIR/audit, or next to the checkpoint")
     eps: float | None = setting(None, "attack radius", default_text="the dataset's")
     norm: str = setting("linf", "threat model", ("linf", "l2"))

@@ -15,11 +15,68 @@ from otrobust.attacks.table import ATTACK_NAMES, ATTACK_SPECS, ROBUSTBENCH_ATTAC
 from otrobust.data.base import ImageData
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.statistics import binomial_interval
+from otrobust.store.files import typed_fields
 
 LABEL_SOURCES = ("true", "predicted")
 
 
-@dataclass
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreatModel:
+    """What an evaluation or an audit measured against: the norm and radius, the first ``n`` test images, the labels
+    the attacks move away from, the seed, and the attack budget and the model where they were stated (None: not
+    stated, and left out of the JSON). ``to_json()`` is the ``threat_model`` object of ``eval --json`` and
+    ``audit.json``; :meth:`from_json` reads one back, checking every type.
+
+    Examples:
+        >>> t = ThreatModel(norm="linf", eps=0.3, n=100, seed=0, steps=20)
+        >>> t.to_json()
+        {'norm': 'linf', 'eps': 0.3, 'n': 100, 'labels': 'true', 'seed': 0, 'steps': 20}
+        >>> ThreatModel.from_json(t.to_json()) == t
+        True
+    """
+
+    norm: str
+    eps: float
+    n: int
+    labels: str = "true"
+    seed: int = 0
+    dataset: str | None = None
+    model: str | None = None
+    steps: int | None = None
+    restarts: int | None = None
+    schedule: str | None = None
+    step_size: float | None = None
+    autoattack_standard: bool | None = None
+    quick: bool | None = None
+    randomized: bool | None = None
+    clean_accuracy: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _THREAT_TYPES if getattr(self, f) is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "the threat model") -> ThreatModel:
+        return cls(**typed_fields(data, _THREAT_TYPES, source, required=("norm", "eps", "n")))
+
+
+_THREAT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "norm": str, "eps": (int, float), "n": int, "labels": str, "seed": int, "dataset": str, "model": str,
+    "steps": int, "restarts": int, "schedule": str, "step_size": (int, float), "autoattack_standard": bool,
+    "quick": bool, "randomized": bool, "clean_accuracy": (int, float)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """How an evaluation runs, not what it measures: ``nhwc`` runs in the channels-last memory format (see
+    :func:`channels_last`); ``allow_non_finite`` lets non-finite clean logits through instead of an OtrobustError
+    (the audit, which reports them); ``progress(images)`` is called as images are finished."""
+
+    nhwc: bool = True
+    allow_non_finite: bool = False
+    progress: Callable[[int], None] | None = None
+
+
+@dataclass(kw_only=True)
 class EvalResult:
     """Per-example outcomes. Tensors are bool (N,): True where the model is right."""
 
@@ -126,19 +183,20 @@ def _attacked(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
 
 def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack] | None = None, *,
                    labels: str = "true", batch_size: int = 256, device: torch.device | str = "cpu",
-                   progress: Callable[[int], None] | None = None, nhwc: bool = True,
-                   allow_non_finite: bool = False, attack_seeds: dict[str, int] | None = None) -> EvalResult:
+                   attack_seeds: dict[str, int] | None = None, options: EvalOptions | None = None) -> EvalResult:
     """Run every attack on every example of ``data`` (model in eval mode).
 
     labels="true": attacks move away from the true label; an example counts as robust only if it is
     also clean-correct. labels="predicted" (the paper's protocol, for comparison only): attacks move
     away from the model's own prediction and the result is compared with the true label.
-    ``progress`` is called with the number of examples finished after each batch and attack. ``nhwc``: run in
-    the channels-last memory format (see :func:`channels_last`).
-    Non-finite clean logits (NaN or inf weights) are an OtrobustError unless ``allow_non_finite`` (the audit,
-    which reports them); an attacked input with non-finite logits counts as broken. ``attack_seeds``: the seed
-    of the global RNG before each attack on each batch (otherwise the attacks draw on in sequence).
+    ``options`` (:class:`EvalOptions`): ``progress`` is called with the number of examples finished after each
+    batch and attack; ``nhwc`` runs in the channels-last memory format. Non-finite clean logits (NaN or inf
+    weights) are an OtrobustError unless ``allow_non_finite`` (the audit, which reports them); an attacked input
+    with non-finite logits counts as broken. ``attack_seeds``: the seed of the global RNG before each attack on
+    each batch (otherwise the attacks draw on in sequence).
     """
+    options = options or EvalOptions()
+    progress, allow_non_finite = options.progress, options.allow_non_finite
     if labels not in LABEL_SOURCES:
         raise OtrobustError(f"unknown label source {labels!r}; use 'true' or 'predicted'")
     attacks = attacks or {}
@@ -149,7 +207,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     stages: dict[str, dict[str, list[torch.Tensor]]] = {}
     seconds = dict.fromkeys(attacks, 0.0)
     seen = {name: len(getattr(attack, "warnings", ())) for name, attack in attacks.items()}
-    nhwc = nhwc and data.x.ndim == 4
+    nhwc = options.nhwc and data.x.ndim == 4
     with channels_last(model, nhwc):
         try:
             for start in range(0, len(data), batch_size):
@@ -179,12 +237,13 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
         finally:
             model.train(was_training)
     reported = {name: list(getattr(attack, "warnings", ()))[seen[name]:] for name, attack in attacks.items()}
-    return EvalResult(torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
-                      {k: torch.cat(v) for k, v in per_attack.items()}, labels, seconds,
-                      {k: v for k, v in reported.items() if v},
-                      {name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in stages.items()},
-                      torch.cat(clean_pred) if clean_pred else torch.zeros(0, dtype=torch.long),
-                      {k: torch.cat(v) for k, v in adv_pred.items()})
+    return EvalResult(
+        clean=torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
+        per_attack={k: torch.cat(v) for k, v in per_attack.items()}, labels=labels, seconds=seconds,
+        warnings={k: v for k, v in reported.items() if v},
+        stages={name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in stages.items()},
+        clean_pred=torch.cat(clean_pred) if clean_pred else torch.zeros(0, dtype=torch.long),
+        predictions={k: torch.cat(v) for k, v in adv_pred.items()})
 
 
 def build_attacks(names: list[str], budget: Budget | None = None, **fields: Any) -> dict[str, Attack]:
@@ -215,10 +274,10 @@ def attack_budgets(names: list[str], budget: Budget | None = None, **fields: Any
     return {n: attack_spec(n).describe(budget) for n in dict.fromkeys(names)}
 
 
-def eval_record(result: EvalResult, threat: dict) -> dict:
+def eval_record(result: EvalResult, threat: ThreatModel) -> dict:
     """The JSON record of an evaluation: threat model, clean and worst-case accuracy with 95 % intervals,
     the per-attack breakdown and what the attacks reported. ``robust_accuracy`` is in [0, 1]."""
-    record = {"threat_model": threat, "labels": result.labels, "n": result.n,
+    record = {"threat_model": threat.to_json(), "labels": result.labels, "n": result.n,
               "clean_accuracy": result.accuracy("clean"), "clean_accuracy_ci95": list(result.interval("clean")),
               "robust_accuracy": result.accuracy("worst") if result.per_attack else None,
               "robust_accuracy_ci95": list(result.interval("worst")) if result.per_attack else None,

@@ -62,7 +62,7 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         r = records.get(u.id)
         if r is None:
             continue
-        verdict = r.audit["verdict"] if r.audit else None
+        verdict = r.audit.verdict if r.audit else None
         if r.audit:
             audits.append(r.audit)
         rows += [result_row(preset, scale, u.planned, row, u.planned.config.eps, verdict) for row in r.rows]
@@ -71,7 +71,7 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
             if r.features:
                 features[u.planned.run.name] = _features(r.features)
     write_csv(out / "results.csv", rows, RESULT_FIELDS)
-    atomic_write_text(out / "audits.json", json.dumps(audits, indent=1))
+    atomic_write_text(out / "audits.json", json.dumps([a.to_json() for a in audits], indent=1))
     try:
         figures = make_figures(preset, scale, planned, rows, [ev for u in units for ev in u.evaluations],
                                out / "figures", histories, features)

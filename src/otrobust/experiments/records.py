@@ -20,10 +20,94 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError
+from otrobust.store.files import typed_fields
 
 FORMAT = "otrobust-unit-record-1"
 RECORD_SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 << 20  # a record is tens of kilobytes; anything this large is not one
+
+
+_NUMBER = (int, float)
+_MAYBE_NUMBER = (int, float, type(None))
+_MAYBE_INT = (int, type(None))
+_ROW_TYPES: dict[str, type | tuple[type, ...]] = {
+    "evaluation": str, "metric": str, "labels": str, "eps": _MAYBE_NUMBER, "steps": _MAYBE_INT,
+    "step_size": _MAYBE_NUMBER, "n": int, "accuracy": _MAYBE_NUMBER, "ci_low": _MAYBE_NUMBER,
+    "ci_high": _MAYBE_NUMBER, "note": str, "correct": str}
+_RAN_ONLY = ("labels", "step_size", "correct")  # a row of an attack that could not run has none of these
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultRow:
+    """One measured accuracy of one evaluation: ``metric`` (``clean``, an attack, an AutoAttack stage or
+    ``worst-case``) at radius ``eps`` and ``steps``, on ``n`` images, in % with its 95 % interval (``ci_low``,
+    ``ci_high``); ``correct`` each image's correctness packed by :func:`pack_bits`. An attack that could not run is
+    a row with ``n`` 0, no accuracy and the reason in ``note`` (and no ``labels``, ``step_size`` or ``correct``).
+
+    ``to_json()`` is the row as the evaluation cache and a unit record store it; :meth:`from_json` reads it back.
+    """
+
+    evaluation: str
+    metric: str
+    labels: str | None = None
+    eps: float | None = None
+    steps: int | None = None
+    step_size: float | None = None
+    n: int = 0
+    accuracy: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    note: str = ""
+    correct: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.correct is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _ROW_TYPES if self.ran or k not in _RAN_ONLY}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> ResultRow:
+        if isinstance(data, dict) and 0 < sum(k in data for k in _RAN_ONLY) < len(_RAN_ONLY):
+            raise OtrobustError(f"{source} should have all or none of {', '.join(_RAN_ONLY)}")
+        ran = isinstance(data, dict) and "correct" in data
+        required = tuple(k for k in _ROW_TYPES if ran or k not in _RAN_ONLY)
+        return cls(**typed_fields(data, _ROW_TYPES, source, required=required))
+
+
+_AUDIT_KEYS = {"run": "run", "seed": "seed", "verdict": "verdict", "pass": "passed", "warn": "warned",
+               "fail": "failed", "failed_checks": "failed_checks", "report": "report"}  # JSON key -> field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditSummary:
+    """An audit of one run in a line: its verdict (``pass``, ``warn`` or ``fail``), how many checks passed, warned
+    and failed, the failed checks' names and ``report``, the path of its audit.md from the folder above the run
+    folders. ``to_json()`` is an entry of audits.json (keys ``pass``, ``warn``, ``fail`` for the counts)."""
+
+    run: str
+    seed: int
+    verdict: str
+    passed: int
+    warned: int
+    failed: int
+    failed_checks: tuple[str, ...]
+    report: str
+
+    def to_json(self) -> dict[str, Any]:
+        out = {key: getattr(self, name) for key, name in _AUDIT_KEYS.items()}
+        return {**out, "failed_checks": list(self.failed_checks)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> AuditSummary:
+        types = {"run": str, "seed": int, "verdict": str, "pass": int, "warn": int, "fail": int,
+                 "failed_checks": list, "report": str}
+        data = typed_fields(data, types, source, required=tuple(types))
+        if not all(isinstance(c, str) for c in data["failed_checks"]):
+            raise OtrobustError(f"{source}: failed_checks should hold names")
+        data["failed_checks"] = tuple(data["failed_checks"])
+        return cls(**{name: data[key] for key, name in _AUDIT_KEYS.items()})
 
 
 @dataclass(frozen=True)
@@ -45,9 +129,10 @@ class UnitRecord:
     ``run_folder``: the name of the run's folder (``OUT/SCALE/runs/<run_folder>``), where its checkpoints are.
     ``settings``: the run's training settings that decide what it learns (paths left out; a fine-tuning run's
     starting checkpoint is named by the unit it comes from, ``init_unit``). ``evaluations``: the evaluation
-    specifications that applied, as dictionaries. ``rows``: their result rows (accuracies in %), each with
-    ``correct``, the per-image correctness packed by :func:`pack_bits`. ``audit``: the audit's summary (None when
-    the unit has no audit). ``features``: base64 of a compressed ``.npz`` for t-SNE evaluations (else None).
+    specifications that applied, as dictionaries. ``rows``: their :class:`ResultRow` (accuracies in %), each with
+    ``correct``, the per-image correctness packed by :func:`pack_bits`. ``audit``: the :class:`AuditSummary` (None
+    when the unit has no audit). ``metrics``: the run's metrics.jsonl, one dictionary per epoch. ``features``:
+    base64 of a compressed ``.npz`` for t-SNE evaluations (else None).
     """
 
     preset: str
@@ -63,8 +148,8 @@ class UnitRecord:
     evaluations: tuple[dict[str, Any], ...]
     audit_settings: dict[str, Any] | None
     metrics: tuple[dict[str, Any], ...]
-    rows: tuple[dict[str, Any], ...]
-    audit: dict[str, Any] | None
+    rows: tuple[ResultRow, ...]
+    audit: AuditSummary | None
     checkpoint_sha256: str
     init_sha256: str | None
     execution: UnitExecution
@@ -114,7 +199,18 @@ def sha256_file(path: str | Path) -> str:
 
 
 def record_to_json(record: UnitRecord) -> str:
-    return json.dumps({"format": FORMAT, **dataclasses.asdict(record)}, indent=1, sort_keys=False) + "\n"
+    """The record file's text: the fields in order under ``format``, rows and audit as their ``to_json()``."""
+    data: dict[str, Any] = {"format": FORMAT}
+    for f in dataclasses.fields(UnitRecord):
+        value = getattr(record, f.name)
+        if f.name == "rows":
+            value = [row.to_json() for row in value]
+        elif f.name == "audit":
+            value = None if value is None else value.to_json()
+        else:
+            value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        data[f.name] = value
+    return json.dumps(data, indent=1, sort_keys=False) + "\n"
 
 
 def record_from_json(text: str, source: str) -> UnitRecord:
@@ -135,7 +231,13 @@ def record_from_json(text: str, source: str) -> UnitRecord:
         execution = UnitExecution(**data["execution"])
         values = {name: data.get(name, fields[name].default) for name in fields if name != "execution"}
         for name in ("evaluations", "metrics", "rows"):
+            if not isinstance(values[name], list):
+                raise OtrobustError(f"{source}: {name} should be list, found {type(values[name]).__name__}")
             values[name] = tuple(values[name])
+        values["rows"] = tuple(ResultRow.from_json(row, f"{source}: rows[{i}]")
+                               for i, row in enumerate(values["rows"]))
+        if values["audit"] is not None:
+            values["audit"] = AuditSummary.from_json(values["audit"], f"{source}: audit")
         record = UnitRecord(**values, execution=execution)
     except TypeError as exc:
         raise OtrobustError(f"{source}: a field of the record is malformed ({exc})") from None
@@ -149,18 +251,11 @@ def _check_types(r: UnitRecord, source: str) -> None:
               ("seed", r.seed, int), ("seed_index", r.seed_index, int), ("settings", r.settings, dict),
               ("checkpoint_sha256", r.checkpoint_sha256, str), ("versions", r.versions, dict),
               ("wall_seconds", r.wall_seconds, dict), ("execution.threads", r.execution.threads, int)]
-    checks += [(f"rows[{i}]", row, dict) for i, row in enumerate(r.rows)]
     checks += [(f"metrics[{i}]", m, dict) for i, m in enumerate(r.metrics)]
     checks += [(f"evaluations[{i}]", e, dict) for i, e in enumerate(r.evaluations)]
     for name, value, kind in checks:
         if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
             raise OtrobustError(f"{source}: {name} should be {kind.__name__}, found {type(value).__name__}")
-    for i, row in enumerate(r.rows):
-        for key in ("evaluation", "metric"):
-            if not isinstance(row.get(key), str):
-                raise OtrobustError(f"{source}: rows[{i}].{key} should be a string")
-        if row.get("accuracy") is not None and not isinstance(row["accuracy"], int | float):
-            raise OtrobustError(f"{source}: rows[{i}].accuracy should be a number")
 
 
 def _read_text(path: Path) -> str:

@@ -18,7 +18,6 @@ results table carries the audit verdict of each run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from otrobust.experiments.units import (
     unit_status,
 )
 from otrobust.reporting.tables import markdown_table
-from otrobust.settings import setting
+from otrobust.settings import Flag, setting
 
 MAX_SEEDS = 1000
 
@@ -59,7 +58,7 @@ class ReproduceSettings:
     """``otrobust reproduce``: which preset, at which scale, where, and how its units are run; ``preset`` None lists
     the presets."""
 
-    preset: str | None = setting(None, "preset name (omit to list them)", positional=True, nargs="?")
+    preset: str | None = setting(None, "preset name (omit to list them)", flag=Flag(positional=True, nargs="?"))
     scale: str = setting("smoke", "smoke: tiny subsets, one epoch, tiny models, the bundled digits as stand-in "
                          "data without --data-dir; full: the paper's settings", SCALES)
     out: str = setting("runs/reproduce", "output folder, shared by presets so that identical runs are trained once")
@@ -69,22 +68,23 @@ class ReproduceSettings:
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
     seeds: int = setting(1, "train and evaluate every run with seeds 0..N-1; results.md then gives mean ± sd over "
                          "seeds and each GOT run's paired difference from its base method")
-    overrides: list[str] = setting(help="override a training setting in every run, e.g. --set lr=1e-4",
-                                   flag="--set", metavar="FIELD=VALUE", factory=list, repeatable=True)
+    overrides: list[str] = setting(help="override a training setting in every run, e.g. --set lr=1e-4", factory=list,
+                                   flag=Flag(name="--set", metavar="FIELD=VALUE", repeatable=True))
     audit: bool = setting(True, "audit each run's evaluation (its verdict is in every table, and a failed audit "
                           "exits 1)")
     units: bool = setting(False, "list the plan's units (one run's training, evaluations and audit each): id, what "
                           "it waits for, estimated cost, status; run nothing")
     status: bool = setting(False, "how many units are done, running, failed, queued or not started, read from --out")
     unit: str | None = setting(None, "run exactly this unit (an id from --units); again after a kill it resumes, "
-                               "when it is done it does nothing", metavar="ID")
+                               "when it is done it does nothing", flag=Flag(metavar="ID"))
     merge: bool = setting(False, "write results.csv, results.md and the figures from the units' records alone (no "
                           "checkpoint, model or data needed)")
-    records: list[str] = setting(help="with --merge: folders holding records (searched recursively)", nargs="+",
-                                 metavar="DIR", factory=list, default_text="OUT/SCALE/PRESET/records")
+    records: list[str] = setting(help="with --merge: folders holding records (searched recursively)", factory=list,
+                                 default_text="OUT/SCALE/PRESET/records", flag=Flag(nargs="+", metavar="DIR"))
     threads: int | None = setting(None, "torch threads of every unit: it changes a CPU's floating-point results, so "
-                                  "it is fixed per plan and kept in each record", metavar="N",
-                                  default_text="all cores; a core share per worker with --launch local")
+                                  "it is fixed per plan and kept in each record",
+                                  default_text="all cores; a core share per worker with --launch local",
+                                  flag=Flag(metavar="N"))
     launch: str | None = setting(None, "run the units elsewhere: local (--workers at a time, as separate processes) "
                                  "or slurm (job arrays through submitit); then merge", ("local", "slurm"))
     workers: int = setting(1, "with --launch local: units running at the same time, each pinned to one GPU or to "
@@ -95,8 +95,8 @@ class ReproduceSettings:
     cpus_per_unit: int = setting(1, "SLURM: CPU cores per unit (also its --threads unless given)")
     time_limit: int = setting(24 * 60, "SLURM: time limit per unit job in minutes; a unit that reaches it saves, is "
                               "requeued and resumes")
-    sbatch: list[str] = setting(help="SLURM: an extra sbatch option KEY=VALUE (e.g. --sbatch qos=long)",
-                                flag="--sbatch", metavar="KEY=VALUE", factory=list, repeatable=True)
+    sbatch: list[str] = setting(help="SLURM: an extra sbatch option KEY=VALUE (e.g. --sbatch qos=long)", factory=list,
+                                flag=Flag(name="--sbatch", metavar="KEY=VALUE", repeatable=True))
     wait: bool = setting(True, "with --launch slurm: wait for the jobs and merge (--no-wait: submit, print the job "
                          "ids and return; the merge job writes results.md)")
 
@@ -121,9 +121,7 @@ class ReproduceSettings:
         if self.units or self.status:
             list_units(self, log)
             return None
-        return reproduce(self.preset, scale=self.scale, out=self.out, data_dir=self.data_dir, dry_run=self.dry_run,
-                         device=self.device, overrides=parse_overrides(self.overrides), audit=self.audit,
-                         seeds=self.seeds, log=log, settings=self)
+        return run_preset(self, log)
 
 
 
@@ -165,24 +163,25 @@ def list_units(settings: ReproduceSettings, log: Callable[[str], None] = print) 
 
 
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path = "runs/reproduce", data_dir: str | None = None,
-              dry_run: bool = False, device: str = "auto", overrides: dict[str, Any] | None = None,
-              audit: bool = True, seeds: int = 1, log: Callable[[str], None] = print,
-              settings: ReproduceSettings | None = None) -> Path | None:
+              device: str = "auto", audit: bool = True, seeds: int = 1,
+              log: Callable[[str], None] = print) -> Path | None:
     """Run every unit of preset ``name`` (``seeds`` times, with seeds 0, 1, …) — training, evaluations, audit — and
     write results.csv, results.md, audits.json and figures from their records. With several seeds results.md leads
     with each run's mean ± standard deviation over seeds and each run's paired difference from its baseline
-    (:mod:`otrobust.experiments.study`).
-
-    ``settings`` (the command's) may instead ask for one unit (``unit``), a merge of records (``merge``), or a
-    launch of the units elsewhere (``launch``). Returns the results folder (None for ``dry_run`` and ``unit``).
+    (:mod:`otrobust.experiments.study`). Returns the results folder. Every other setting of the command (a dry run,
+    overrides, one unit, a merge, a launch): :func:`run_preset` with a :class:`ReproduceSettings`.
     """
-    if settings is None:
-        settings = ReproduceSettings(preset=name, scale=scale, out=str(out), data_dir=data_dir, dry_run=dry_run,
-                                     device=device, seeds=seeds, audit=audit,
-                                     overrides=[f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()])
+    return run_preset(ReproduceSettings(preset=name, scale=scale, out=str(out), data_dir=data_dir, device=device,
+                                        seeds=seeds, audit=audit), log)
+
+
+def run_preset(settings: ReproduceSettings, log: Callable[[str], None] = print) -> Path | None:
+    """What ``settings`` ask (see :func:`reproduce`): the whole plan, or one unit (``unit``), a merge of records
+    (``merge``), a launch of the units elsewhere (``launch``), the plan alone (``dry_run``). Returns the results
+    folder (None for ``dry_run`` and ``unit``)."""
     preset, planned, evaluations, units, ctx = plan_units(settings, log)
     if settings.dry_run:
-        print_plan(preset, scale, planned, evaluations, log)
+        print_plan(preset, settings.scale, planned, evaluations, log)
         return None
     if settings.merge:
         records = merging.gather(units, ctx, settings.records or [ctx.records_dir])

@@ -10,6 +10,7 @@ from otrobust.data import get_dataset_spec
 from otrobust.experiments import study
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
 from otrobust.experiments.presets import DATASET_LABELS, PAPER_ONLY_LABELS
+from otrobust.experiments.records import AuditSummary, ResultRow
 from otrobust.experiments.spec import SMOKE, SWEEP_ATTACK, Evaluation, Preset
 from otrobust.reporting import plots
 from otrobust.reporting.tables import format_eps, markdown_table
@@ -41,14 +42,14 @@ def display_names(planned: list[PlannedRun]) -> dict[str, str]:
             else f"{p.run.label} [{p.run.name.split('/')[0]}]" for p in planned}
 
 
-def result_row(preset: Preset, scale: str, p: PlannedRun, row: dict[str, Any], source_eps: float,
+def result_row(preset: Preset, scale: str, p: PlannedRun, row: ResultRow, source_eps: float,
                audit: str | None = None) -> dict[str, Any]:
-    """A results.csv row: the evaluation row with the run's identity, the paper's number and the difference,
-    and the run's audit verdict."""
-    paper = paper_value(preset, p.run.name, row["metric"], row["eps"], row["steps"], source_eps)
-    diff = None if paper is None or row["accuracy"] is None else row["accuracy"] - paper
+    """A results.csv row (the CSV's dictionary): the evaluation row with the run's identity, the paper's number and
+    the difference, and the run's audit verdict."""
+    paper = paper_value(preset, p.run.name, row.metric, row.eps, row.steps, source_eps)
+    diff = None if paper is None or row.accuracy is None else row.accuracy - paper
     out = {"preset": preset.name, "scale": scale, "run": p.run.name, "seed": p.config.seed, "label": p.run.label,
-           "dataset": p.config.dataset, "model": p.config.model, "method": p.config.method, **row,
+           "dataset": p.config.dataset, "model": p.config.model, "method": p.config.method, **row.to_json(),
            "paper": paper, "diff": diff, "audit": audit or "not audited"}
     return {k: out.get(k) for k in RESULT_FIELDS}
 
@@ -65,13 +66,13 @@ AUDIT_MARKS = {"pass": "pass", "warn": "warn", "fail": "**FAIL**", "not audited"
 
 
 def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
-                     figures: list[Path], out_dir: Path, audits: list[dict[str, Any]] | None = None) -> str:
+                     figures: list[Path], out_dir: Path, audits: list[AuditSummary] | None = None) -> str:
     names = display_names(planned)
     parts = [f"# {preset.name}: {preset.reference} ({scale} scale)", "", preset.description, ""]
-    failed = [a for a in audits or [] if a["verdict"] == "fail"]
+    failed = [a for a in audits or [] if a.verdict == "fail"]
     if audits:
         parts += [f"**Audit**: {len(audits) - len(failed)} of {len(audits)} runs pass the evaluation audit with no "
-                  "fail" + (f"; **FAILED: {', '.join(names.get(a['run'], a['run']) for a in failed)}** — do not "
+                  "fail" + (f"; **FAILED: {', '.join(names.get(a.run, a.run) for a in failed)}** — do not "
                             "trust their robust accuracy" if failed else "") + " (see *Audit* below).", ""]
     if scale == "smoke":
         parts += ["> **Smoke scale**: tiny subsets, one epoch, few attack steps, a tiny model where the paper's is "
@@ -110,8 +111,8 @@ def results_markdown(preset: Preset, scale: str, planned: list[PlannedRun], rows
     if audits:
         budget = (f"smoke budget: {SMOKE['audit_n']} test images, {SMOKE['audit']}" if scale == "smoke" else
                   f"{FULL_AUDIT_N} test images, PGD-20 x 5 restarts, standard AutoAttack")
-        body = [[names.get(a["run"], a["run"]), AUDIT_MARKS[a["verdict"]], a["pass"], a["warn"], a["fail"],
-                 ", ".join(a["failed_checks"]) or "–", f"`{a['report'].split('/audit-')[0]}/`"]
+        body = [[names.get(a.run, a.run), AUDIT_MARKS[a.verdict], a.passed, a.warned, a.failed,
+                 ", ".join(a.failed_checks) or "–", f"`{a.report.split('/audit-')[0]}/`"]
                 for a in audits]
         parts += ["## Audit", "", f"`otrobust audit` on each run's best checkpoint ({budget}); a fail means an "
                   "evaluation failure mode (e.g. gradient masking) was found.", "",

@@ -18,11 +18,11 @@ from otrobust.attacks.gradient import default_step_size
 from otrobust.attacks.table import ATTACK_SPECS
 from otrobust.errors import OtrobustError
 from otrobust.evaluation.audit import audit_model
-from otrobust.evaluation.audit_types import AuditSettings
+from otrobust.evaluation.audit_types import AuditSettings, Subject
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.evaluation.statistics import binomial_interval
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun, check_same_settings, run_status
-from otrobust.experiments.records import pack_bits
+from otrobust.experiments.records import AuditSummary, ResultRow, pack_bits
 from otrobust.experiments.spec import SMOKE, Evaluation
 from otrobust.reporting.audit_report import write_report
 from otrobust.store.checkpoint import load_model, resolve_checkpoint
@@ -57,11 +57,11 @@ def _eval_key(ev: Evaluation, ckpt: Path, cfg: TrainConfig, options: dict[str, A
 
 
 def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, device="cpu", seed: int = 0,
-                 attack_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 attack_options: dict[str, Any] | None = None) -> list[ResultRow]:
     """The one place a preset's evaluation runs: every (eps, steps) pair of ``ev`` on the run's best checkpoint.
 
-    Returns rows ``{evaluation, metric, labels, eps, steps, step_size, n, accuracy, ci_low, ci_high, note, correct}``
-    (accuracies in %; ``correct``: each image's correctness, :func:`otrobust.experiments.records.pack_bits`);
+    Returns its :class:`~otrobust.experiments.records.ResultRow` (accuracies in %; ``correct``: each image's
+    correctness, :func:`otrobust.experiments.records.pack_bits`);
     for ``kind="features"`` it saves ``evals/<key>.npz`` (clean/adversarial latents, labels) and returns [].
     Results are cached in ``run_dir/evals`` per checkpoint and settings.
     """
@@ -69,7 +69,9 @@ def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, devic
     ckpt = resolve_checkpoint(run_dir)
     cache = Path(run_dir) / "evals" / f"{ev.name}-{_eval_key(ev, ckpt, cfg, options)}"
     if cache.with_suffix(".json").exists():
-        return json.loads(cache.with_suffix(".json").read_text())
+        source = repr(str(cache.with_suffix(".json")))
+        return [ResultRow.from_json(row, f"{source}: rows[{i}]")
+                for i, row in enumerate(json.loads(cache.with_suffix(".json").read_text()))]
     model = load_model(ckpt, device)
     data = test.first(ev.n)
     if ev.kind == "features":
@@ -77,7 +79,7 @@ def evaluate_run(run_dir: Path, ev: Evaluation, cfg: TrainConfig, test, *, devic
         rows = []
     else:
         rows = _accuracy_rows(model, data, ev, cfg, options, device, seed)
-    atomic_write_text(cache.with_suffix(".json"), json.dumps(rows, indent=1))
+    atomic_write_text(cache.with_suffix(".json"), json.dumps([row.to_json() for row in rows], indent=1))
     return rows
 
 
@@ -88,11 +90,11 @@ def _is_suite(name: str) -> bool:
 
 
 def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[str, Any], device,
-                   seed: int) -> list[dict[str, Any]]:
+                   seed: int) -> list[ResultRow]:
     import torch
 
 
-    rows: list[dict[str, Any]] = []
+    rows: list[ResultRow] = []
     for i, (eps, steps) in enumerate(product(ev.eps or (cfg.eps,), ev.steps or (None,))):
         attacks, missing = {}, []
         for name in ev.attacks:  # an attack this build cannot run is reported in the results, not fatal
@@ -112,14 +114,14 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
             k = int(correct.sum())
             lo, hi = binomial_interval(k, len(correct))
             clean = name == "clean"
-            rows.append({"evaluation": ev.name, "metric": name, "labels": ev.labels, "eps": None if clean else eps,
-                         "steps": None if clean else steps,
-                         "step_size": None if clean or steps is None else ev.step_size or default_step_size(eps, steps),
-                         "n": len(correct), "accuracy": 100 * k / max(len(correct), 1), "ci_low": 100 * lo,
-                         "ci_high": 100 * hi, "note": "; ".join(warnings.get(name, [])),
-                         "correct": pack_bits(correct.cpu().numpy())})
-        rows += [{"evaluation": ev.name, "metric": name, "eps": eps, "steps": steps, "n": 0, "accuracy": None,
-                  "ci_low": None, "ci_high": None, "note": f"not run: {why}"} for name, why in missing]
+            rows.append(ResultRow(
+                evaluation=ev.name, metric=name, labels=ev.labels, eps=None if clean else eps,
+                steps=None if clean else steps,
+                step_size=None if clean or steps is None else ev.step_size or default_step_size(eps, steps),
+                n=len(correct), accuracy=100 * k / max(len(correct), 1), ci_low=100 * lo, ci_high=100 * hi,
+                note="; ".join(warnings.get(name, [])), correct=pack_bits(correct.cpu().numpy())))
+        rows += [ResultRow(evaluation=ev.name, metric=name, eps=eps, steps=steps, note=f"not run: {why}")
+                 for name, why in missing]
     return rows
 
 
@@ -162,11 +164,10 @@ def audit_plan(p: PlannedRun, scale: str, n: int | None = None, quick: bool = Fa
 
 
 def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None, device="cpu",
-              log: Callable[[str], None] = print, n: int | None = None, quick: bool = False) -> dict[str, Any]:
+              log: Callable[[str], None] = print, n: int | None = None, quick: bool = False) -> AuditSummary:
     """Audit the run's best checkpoint on ``n`` test images (default: by scale) (otrobust.evaluation.audit; cached in
-    ``run_dir/audit-<key>`` per checkpoint and budget). Returns ``{run, seed, verdict (pass|warn|fail), pass, warn,
-    fail, failed_checks, report}``, ``report`` the path of audit.md from the folder above the run folders. ``quick``
-    audits with the CPU budget at the full scale too."""
+    ``run_dir/audit-<key>`` per checkpoint and budget) and sum it up (:class:`~otrobust.experiments.records.
+    AuditSummary`). ``quick`` audits with the CPU budget at the full scale too."""
     ckpt = resolve_checkpoint(p.run_dir)
     n, settings = audit_plan(p, scale, n, quick)
     out = p.run_dir / f"audit-{checkpoint_key(ckpt, n=n, settings=dataclasses.asdict(settings), surrogate=surrogate)}"
@@ -174,15 +175,15 @@ def audit_run(p: PlannedRun, scale: str, test, *, surrogate: Path | None = None,
         log(f"auditing {p.run.name} on {min(n, len(test))} test images")
         report = audit_model(load_model(ckpt, device), test.first(n), settings, device=device,
                              surrogate=load_model(surrogate, device) if surrogate else None,
-                             threat_extra={"dataset": p.config.dataset, "model": f"{p.config.model} from {ckpt}"})
+                             subject=Subject(p.config.dataset, f"{p.config.model} from {ckpt}"))
         write_report(report, out)
     summary = json.loads((out / "audit.json").read_text())
     counts = summary["counts"]
     verdict = "fail" if summary["failed"] else "warn" if counts.get("warn") else "pass"
-    return {"run": p.run.name, "seed": p.config.seed, "verdict": verdict,
-            **{k: counts.get(k, 0) for k in ("pass", "warn", "fail")},
-            "failed_checks": [c["name"] for c in summary["checks"] if c["status"] == "fail"],
-            "report": f"runs/{p.run_dir.name}/{out.name}/audit.md"}
+    return AuditSummary(run=p.run.name, seed=p.config.seed, verdict=verdict, passed=counts.get("pass", 0),
+                        warned=counts.get("warn", 0), failed=counts.get("fail", 0),
+                        failed_checks=tuple(c["name"] for c in summary["checks"] if c["status"] == "fail"),
+                        report=f"runs/{p.run_dir.name}/{out.name}/audit.md")
 
 
 def surrogate_for(planned: list[PlannedRun], p: PlannedRun) -> Path | None:

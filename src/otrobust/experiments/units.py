@@ -262,7 +262,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
         surrogate = resolve_checkpoint(by_id[unit.surrogate].planned.run_dir) if unit.surrogate else None
         audit = audit_run(p, ctx.scale, test, surrogate=surrogate, device=dev, log=ctx.log, n=ctx.audit_n,
                           quick=ctx.audit_quick)
-        ctx.log(f"{unit.id}: audit {audit['verdict']}")
+        ctx.log(f"{unit.id}: audit {audit.verdict}")
     t2 = time.perf_counter()
     rows, features = [], None
     options = _attack_options(ctx.scale)

@@ -43,11 +43,11 @@ def to_markdown(report: AuditReport) -> str:
     t = report.threat
     marks = {"pass": "pass", "warn": "WARN", "fail": "**FAIL**", "skip": "skip"}
     lines = ["# Robustness evaluation audit", "",
-             f"Threat model: {t['norm']}, ε = {t['eps']:.4g}, n = {t['n']} (first n test images), "
-             f"labels = {t['labels']}, seed = {t['seed']}; PGD {t['steps']} steps, {t['restarts']} restarts"
-             + (", quick budget" if t.get("quick") else "") + ".",
-             f"Model: {t.get('model', 'given in memory')}.",
-             f"Clean accuracy {_pct(t['clean_accuracy'])}. Verdict: "
+             f"Threat model: {t.norm}, ε = {t.eps:.4g}, n = {t.n} (first n test images), "
+             f"labels = {t.labels}, seed = {t.seed}; PGD {t.steps} steps, {t.restarts} restarts"
+             + (", quick budget" if t.quick else "") + ".",
+             f"Model: {t.model or 'given in memory'}.",
+             f"Clean accuracy {_pct(t.clean_accuracy)}. Verdict: "
              + ("**FAIL** — do not trust robust accuracy from this evaluation." if report.failed else
                 "no check failed.") + f" ({report.seconds:.0f} s)", "",
              markdown_table(["check", "status", "finding"],
@@ -78,6 +78,6 @@ def write_report(report: AuditReport, out_dir: str | Path) -> list[Path]:
         c = report.curve
         t = report.threat
         written += plot_accuracy_curves({"PGD-CE + PGD-CW, true labels": (c["eps"], c["accuracy"])},
-                                        out / "accuracy_vs_eps", bound=c["trivial_bound"], norm=t["norm"],
-                                        title=f"accuracy vs ε ({t['norm']}, n = {t['n']}, true labels)")
+                                        out / "accuracy_vs_eps", bound=c["trivial_bound"], norm=t.norm,
+                                        title=f"accuracy vs ε ({t.norm}, n = {t.n}, true labels)")
     return written

@@ -10,6 +10,7 @@ import io
 import math
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,18 @@ def save_figure(fig, stem: Path, formats: Sequence[str] = ("png", "svg")) -> lis
     return paths
 
 
-def _line_panels(panels: Panels, stem: Path, *, x_label: str, y_label: str, title: str, log_x: bool = False,
-                 paper: Panels | None = None, x_ticks: Sequence[float] | None = None,
-                 integer_x: bool = False) -> list[Path]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XAxis:
+    """A line figure's x axis: its label, a log scale, the ticks to mark (None: matplotlib's), whole numbers only."""
+
+    label: str
+    log: bool = False
+    ticks: Sequence[float] | None = None
+    integer: bool = False
+
+
+def _line_panels(panels: Panels, stem: Path, *, x: XAxis, y_label: str, title: str,
+                 paper: Panels | None = None) -> list[Path]:
     """One panel per entry; ours solid with markers, the paper's (same colour) dashed; one legend outside."""
     if not panels:
         raise OtrobustError(f"nothing to plot for {title!r}")
@@ -79,14 +89,14 @@ def _line_panels(panels: Panels, stem: Path, *, x_label: str, y_label: str, titl
             ax.plot(xs, ys, linestyle="--", linewidth=1.2, marker="x", markersize=4, alpha=0.8,
                     color=colours.get(label, "0.5"))
             any_paper = True
-        if log_x:
+        if x.log:
             ax.set_xscale("log")
-        if x_ticks is not None:
-            ax.set_xticks(list(x_ticks), [f"{t:g}" for t in x_ticks])
-        if integer_x:
+        if x.ticks is not None:
+            ax.set_xticks(list(x.ticks), [f"{t:g}" for t in x.ticks])
+        if x.integer:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel, fontsize=12)
-        ax.set_xlabel(x_label, fontsize=11)
+        ax.set_xlabel(x.label, fontsize=11)
         ax.set_ylabel(y_label, fontsize=11)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
@@ -102,22 +112,22 @@ def _line_panels(panels: Panels, stem: Path, *, x_label: str, y_label: str, titl
 def plot_accuracy_vs_eps(panels: Panels, stem: Path, *, title: str = "Robust accuracy vs attack radius",
                          attack: str = "PGD", paper: Panels | None = None) -> list[Path]:
     """Robust accuracy (%) against eps, one line per method (the paper's values dashed, if given)."""
-    return _line_panels(panels, stem, x_label="attack radius ε", y_label=f"robust accuracy under {attack} (%)",
-                        title=title, paper=paper)
+    return _line_panels(panels, stem, x=XAxis(label="attack radius ε"),
+                        y_label=f"robust accuracy under {attack} (%)", title=title, paper=paper)
 
 
 def plot_accuracy_vs_steps(panels: Panels, stem: Path, *, title: str = "Robust accuracy vs PGD steps",
                            paper: Panels | None = None) -> list[Path]:
     """Robust accuracy (%) against the number of PGD steps, one line per method."""
-    return _line_panels(panels, stem, x_label="PGD steps", y_label="robust accuracy (%)", title=title, paper=paper,
-                        integer_x=True)
+    return _line_panels(panels, stem, x=XAxis(label="PGD steps", integer=True), y_label="robust accuracy (%)",
+                        title=title, paper=paper)
 
 
 def plot_accuracy_vs_beta(panels: Panels, stem: Path, *, title: str = "Accuracy vs OT weight β") -> list[Path]:
     """Accuracy (%) against the OT weight β on a log axis; one line per metric (clean, PGD…)."""
     betas = sorted({x for lines in panels.values() for pts in lines.values() for x, _ in pts})
-    return _line_panels(panels, stem, x_label="OT weight β (log scale)", y_label="accuracy (%)", title=title,
-                        log_x=True, x_ticks=betas)
+    return _line_panels(panels, stem, x=XAxis(label="OT weight β (log scale)", log=True, ticks=betas),
+                        y_label="accuracy (%)", title=title)
 
 
 def plot_tsne(panels: dict[str, dict[str, Any]], stem: Path, *, class_names: Sequence[str] | None = None,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otrobust.errors import printable
 from otrobust.store.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from otrobust.evaluation.evaluate import ThreatModel
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -40,7 +43,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] | 
     atomic_write_text(path, buf.getvalue())
 
 
-def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = None,
+def eval_table(summary: dict, threat: ThreatModel, budgets: dict[str, str] | None = None,
                seconds: dict[str, float] | None = None) -> str:
     """The eval command's table: one row per attack (and the worst case), accuracy in % with 95 % CI, each
     attack's budget (``budgets``: steps, step size, restarts...) and time (``seconds``)."""
@@ -51,10 +54,10 @@ def eval_table(summary: dict, threat: dict, budgets: dict[str, str] | None = Non
         secs = "" if seconds.get(name) is None else f"{seconds[name]:.1f}"
         rows.append([name, budgets.get(name, ""), 100 * r["accuracy"], f"[{100 * lo:.1f}, {100 * hi:.1f}]",
                      f"{r['correct']}/{r['n']}", secs])
-    head = (f"threat model: {threat['norm']}, eps = {threat['eps']:.4g}, n = {threat['n']}, "
-            f"labels = {threat['labels']}" + (" (PAPER PROTOCOL, NOT TRUE-LABEL ROBUSTNESS)"
-                                               if threat["labels"] == "predicted" else "")
-            + f", seed = {threat['seed']}")
+    head = (f"threat model: {threat.norm}, eps = {threat.eps:.4g}, n = {threat.n}, "
+            f"labels = {threat.labels}" + (" (PAPER PROTOCOL, NOT TRUE-LABEL ROBUSTNESS)"
+                                           if threat.labels == "predicted" else "")
+            + f", seed = {threat.seed}")
     return head + "\n\n" + markdown_table(["attack", "budget", "accuracy %", "95% CI", "correct", "seconds"], rows)
 
 

@@ -216,3 +216,31 @@ def check_outputs_spare_inputs(outputs: dict[str, str | Path | None], inputs: li
         twin = next((other for other, p in list(named.items())[:i] if _same_file(path, p)), None)
         if twin is not None:
             raise OtrobustError(f"{twin} and {flag} name the same file {str(path)!r}; give each its own")
+
+
+def typed_fields(data: Any, types: dict[str, type | tuple[type, ...]], source: str,
+                 required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``data`` (a JSON object read back from a file) checked against ``types``, key by key: the keys ``required``
+    must be there, none other than those of ``types`` may; a value may be None where its key is not required or its
+    types include ``type(None)``, and a bool is not a number. Anything else is one OtrobustError naming ``source``
+    and the key. Returns a copy of ``data``."""
+    if not isinstance(data, dict):
+        raise OtrobustError(f"{source} should be an object, found {type(data).__name__}")
+    unknown = [k for k in data if k not in types]
+    if unknown:
+        raise OtrobustError(f"{source} has unknown field(s) {', '.join(map(repr, unknown))}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise OtrobustError(f"{source} lacks {', '.join(missing)}")
+    for key, value in data.items():
+        kind = types[key]
+        if value is None and (key not in required or type(None) in _kinds(kind)):
+            continue
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            names = " or ".join(k.__name__ for k in _kinds(kind))
+            raise OtrobustError(f"{source}: {key} should be {names}, found {type(value).__name__}")
+    return dict(data)
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)

@@ -30,7 +30,7 @@ from otrobust.errors import OtrobustError
 from otrobust.models import unwrap
 from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_weights, resolve_checkpoint
 from otrobust.store.events import EventLog, check_tensorboard
-from otrobust.store.files import append_jsonl, atomic_write_text, fault_point
+from otrobust.store.files import append_jsonl, atomic_write_text, fault_point, typed_fields
 from otrobust.store.lock import run_lock
 from otrobust.store.resume import check_nothing_lost
 from otrobust.training.awp import awp_gamma_at, with_awp
@@ -38,6 +38,7 @@ from otrobust.training.config import TrainConfig
 from otrobust.training.ema import WeightAverage
 from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers, zero_step_warning
 from otrobust.training.runfiles import (
+    Optimisers,
     check_config_is_ours,
     checkpoint_score,
     prepare_run_dir,
@@ -126,16 +127,48 @@ class TrainState:
     step: int = 0  # steps finished in the current epoch (non-zero only in a mid-epoch checkpoint)
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics record per finished epoch
     best_score: list[float] | None = None  # the best checkpoint's score (see Trainer.end_epoch)
-    accum: dict[str, Any] | None = None  # the epoch's running totals, in a mid-epoch checkpoint only
+    accum: EpochTotals | None = None  # the epoch's running totals, in a mid-epoch checkpoint only
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> TrainState:
-        return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+        values = {f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta}
+        if values.get("accum") is not None:
+            values["accum"] = EpochTotals.from_json(values["accum"], "the checkpoint's running totals")
+        return cls(**values)
 
 
-def _no_totals() -> dict[str, Any]:
-    """An epoch's running totals before its first step."""
-    return {"loss": 0.0, "correct": 0, "seen": 0, "ot": 0.0, "skipped": 0, "seconds": 0.0}
+_TOTALS_TYPES = {"loss": (int, float), "correct": int, "seen": int, "ot": (int, float), "skipped": int,
+                 "seconds": (int, float)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochTotals:
+    """An epoch's running totals: the loss and the OT term summed over the ``seen`` images, how many of them the
+    model got right, the batches skipped as non-finite and the wall time before the current stretch. Saved (as
+    ``to_json()``) in a mid-epoch checkpoint, so that a resumed epoch reports what an uninterrupted one would."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    ot: float = 0.0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def plus_step(self, loss: float, correct: int, seen: int, ot: float) -> EpochTotals:
+        """The totals after one step of ``seen`` images with mean ``loss`` and ``ot``."""
+        return dataclasses.replace(self, loss=self.loss + loss * seen, correct=self.correct + correct,
+                                   seen=self.seen + seen, ot=self.ot + ot * seen)
+
+    def summed(self, info: distributed.DistInfo, device: torch.device) -> EpochTotals:
+        """Every process's totals summed (the wall time stays this process's)."""
+        return EpochTotals(**distributed.totals(self.to_json(), info, device))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> EpochTotals:
+        return cls(**typed_fields(data, _TOTALS_TYPES, source, required=tuple(_TOTALS_TYPES)))
 
 
 class Trainer:
@@ -199,7 +232,7 @@ class Trainer:
             attack_chunk=cfg.attack_chunk, attack_workers=cfg.attack_workers,
             # compiled models would recompile for each piece size; DDP wants one forward per backward
             forward_chunk=0 if cfg.compile or info.enabled else cfg.forward_chunk)
-        self.totals = _no_totals()
+        self.totals = EpochTotals()
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -222,7 +255,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
         # Each process sums its own shard; the saved totals (global) are carried by rank 0 alone.
-        self.totals = (self.state.accum if self.info.is_main else None) or _no_totals()
+        self.totals = (self.state.accum if self.info.is_main else None) or EpochTotals()
         first = self.state.step  # non-zero when resuming from a mid-epoch checkpoint
         order = epoch_order(self.cfg.seed, epoch, len(self.train_data))
         batches = iterate_batches(self.train_data.take(order.to(self.train_data.x.device)), self.cfg.batch_size,
@@ -237,7 +270,7 @@ class Trainer:
             if bar:
                 t = self.totals
                 bar.update(1)
-                bar.set_postfix(loss=f"{t['loss'] / t['seen']:.3f}", acc=f"{t['correct'] / t['seen']:.3f}")
+                bar.set_postfix(loss=f"{t.loss / t.seen:.3f}", acc=f"{t.correct / t.seen:.3f}")
             self._checkpoint_if_due(epoch, step + 1, t0, bar)
         if bar:
             bar.close()
@@ -306,11 +339,7 @@ class Trainer:
             self.events.scalars({"train/loss": loss_value, "train/ot": ot, "train/ot_weight": ctx.ot_weight,
                                  "train/eps": ctx.eps, "train/lr": self.opt.param_groups[0]["lr"]},
                                 self.global_step(epoch, step))
-        t = self.totals
-        t["loss"] += loss_value * len(y)
-        t["correct"] += int(correct)
-        t["seen"] += len(y)
-        t["ot"] += ot * len(y)
+        self.totals = self.totals.plus_step(loss_value, int(correct), len(y), ot)
         return True
 
     def _skip_or_stop(self, what: str, epoch: int, step: int) -> bool:
@@ -318,7 +347,7 @@ class Trainer:
         or stop with the error."""
         where = f"epoch {epoch + 1}, step {step + 1}"
         if self.cfg.nan_policy == "skip":
-            self.totals["skipped"] += 1
+            self.totals = dataclasses.replace(self.totals, skipped=self.totals.skipped + 1)
             self.log(f"warning: non-finite {what} at {where}; batch skipped")
             return False
         kept = f"the last good checkpoint is {str(self.last)!r}" if self.last.exists() else "no checkpoint yet"
@@ -331,19 +360,19 @@ class Trainer:
         cfg, info, device = self.cfg, self.info, self.device
         if self.sched is not None:
             self.sched.step()
-        totals = distributed.totals(self.totals, info, device)
-        seen = max(totals["seen"], 1)
-        record = {"epoch": epoch + 1, "train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
-                  "ot": totals["ot"] / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
+        totals = self.totals.summed(info, device)
+        seen = max(totals.seen, 1)
+        record = {"epoch": epoch + 1, "train_loss": totals.loss / seen, "train_acc": totals.correct / seen,
+                  "ot": totals.ot / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
                   "train_eps": cfg.eps * eps_scale_at(cfg, epoch + 1),
-                  "lr": self.opt.param_groups[0]["lr"], "skipped_batches": totals["skipped"]}
+                  "lr": self.opt.param_groups[0]["lr"], "skipped_batches": totals.skipped}
         scored = self.eval_model
         if self.ema is not None:  # the average is what is scored and kept; each process has averaged its own
             distributed.broadcast_state(self.ema.model, info)  # BN statistics: rank 0's are the ones saved
             scored = self.ema.model
         with self._autocast():
             record.update(validate_epoch(scored, self.val_data, cfg, device, step_seed(cfg.seed, epoch, -2)))
-        record["seconds"] = round(totals["seconds"] + time.perf_counter() - t0, 3)
+        record["seconds"] = round(totals.seconds + time.perf_counter() - t0, 3)
         if self.events is not None:  # before the checkpoint: a kill after it cannot lose the epoch's points
             self.events.epoch(record, self.global_step(epoch, self.steps_per_epoch - 1))
         score = checkpoint_score(record, cfg.method)
@@ -375,10 +404,10 @@ class Trainer:
         every = self.cfg.checkpoint_every
         if self.stop.signum is None and not (every and done % every == 0 and done < self.steps_per_epoch):
             return
-        totals = dict(distributed.totals(self.totals, info, self.device),
-                      seconds=self.totals["seconds"] + time.perf_counter() - t0)
+        totals = dataclasses.replace(self.totals.summed(info, self.device),
+                                     seconds=self.totals.seconds + time.perf_counter() - t0)
         if info.enabled:  # the totals are now rank 0's to carry
-            self.totals = dict(totals, seconds=self.totals["seconds"]) if info.is_main else _no_totals()
+            self.totals = dataclasses.replace(totals, seconds=self.totals.seconds) if info.is_main else EpochTotals()
         if info.is_main:
             self.save("last", dataclasses.replace(self.state, epoch=epoch, step=done, accum=totals))
         if self.stop.signum is not None:
@@ -389,8 +418,9 @@ class Trainer:
 
     def save(self, which: str, state: TrainState) -> None:
         """Checkpoint ``which`` (``last`` or ``best``) of the model, its optimisers and ``state``."""
-        save_run_state(self.run_dir, which, self.cfg, self.model, self.reg, self.opt, self.phi_opt, self.sched,
-                       {**dataclasses.asdict(state), **self.precision.to_dict()}, self.spec, ema=self.ema)
+        save_run_state(self.run_dir, which, self.cfg, self.model, self.reg,
+                       Optimisers(self.opt, self.phi_opt, self.sched, self.ema),
+                       {**dataclasses.asdict(state), **self.precision.to_dict()}, self.spec)
 
     def restore(self) -> None:
         """Load the ``last`` checkpoint into the model, its optimisers and the state (``--resume``)."""

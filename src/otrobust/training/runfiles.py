@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,26 @@ def architecture(cfg: TrainConfig, spec: DatasetSpec | None = None) -> dict[str,
                         cfg.dataset).to_dict()
 
 
-def save_run_state(run_dir: Path, which: str, cfg, model, reg, opt, phi_opt, sched, state: dict[str, Any],
-                   spec: DatasetSpec | None = None, ema: WeightAverage | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class Optimisers:
+    """What a run's steps update beside the model's weights: the optimiser, the potential φ's optimiser and the
+    learning-rate schedule (None where the run has none), and the weight average ``ema`` (None without one)."""
+
+    opt: Any
+    phi_opt: Any = None
+    sched: Any = None
+    ema: WeightAverage | None = None
+
+
+def save_run_state(run_dir: Path, which: str, cfg, model, reg, optimisers: Optimisers, state: dict[str, Any],
+                   spec: DatasetSpec | None = None) -> None:
     """Write checkpoint ``which`` (``last`` or ``best``): weights, optimiser/φ/scheduler state, and ``state``
     (the loop's counters) with the architecture, settings and versions in its metadata.
 
     With weight averaging (``ema``) the checkpoint's model weights are the average -- what ``load_model``,
     evaluation and ``--init`` read -- and the raw weights that training continues from go with the optimiser
     state (``raw``), beside the number of updates the average has had (``ema_updates``)."""
+    opt, phi_opt, sched, ema = optimisers.opt, optimisers.phi_opt, optimisers.sched, optimisers.ema
     extra = {"optim": opt.state_dict(), "phi": reg.state_dict() if reg is not None else None,
              "phi_optim": phi_opt.state_dict() if phi_opt is not None else None,
              "sched": sched.state_dict() if sched is not None else None}

@@ -17,7 +17,7 @@ from otrobust import distributed
 from otrobust.attacks.gradient import PGD, default_step_size
 from otrobust.data import DatasetSpec, ImageData, get_dataset_spec, load_dataset
 from otrobust.errors import OtrobustError
-from otrobust.evaluation.evaluate import evaluate_model
+from otrobust.evaluation.evaluate import EvalOptions, evaluate_model
 from otrobust.models.architecture import Architecture
 from otrobust.ot import GOTRegularizer
 from otrobust.store.files import fault_point
@@ -223,7 +223,7 @@ def validate_epoch(model: nn.Module, val: ImageData, cfg: TrainConfig, device, s
     while True:
         try:
             res = evaluate_model(model, val, attacks if cfg.val_steps > 0 else {}, batch_size=batch, device=device,
-                                 nhwc=use_channels_last(cfg.channels_last))
+                                 options=EvalOptions(nhwc=use_channels_last(cfg.channels_last)))
             break
         except torch.cuda.OutOfMemoryError:
             if batch <= 16:
