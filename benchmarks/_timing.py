@@ -174,7 +174,10 @@ def otrobust_step(method_name: str, model: torch.nn.Module, *, eps: float, steps
     (``attack_chunk``, ``attack_workers`` and ``forward_chunk`` None)."""
     from otrobust.attacks.gradient import default_step_size
     from otrobust.ot import GOTRegularizer
-    from otrobust.training.method_registry import ot_variant
+    try:
+        from otrobust.training.method_registry import ot_variant
+    except ModuleNotFoundError:  # a source tree from before the rename (pgd_before_after.py times old trees)
+        from otrobust.training.registry import ot_variant
     from otrobust.training.methods import StepContext, get_method, has_mode_dependent_layers
     from otrobust.training.setup import gradients_finite
 
