@@ -9,9 +9,9 @@ import pytest
 from otrobust.errors import OtrobustError
 from otrobust.experiments.records import read_record, record_from_json, record_to_json
 
-# Written by ``reproduce fig6 --scale smoke --unit s0/trades`` (its t-SNE features left out, one "not run" row added,
+# Written by ``reproduce fig6 --scale smoke --unit s0/trades`` on the bundled digits, no dataset files inside (its t-SNE features left out, one "not run" row added,
 # both through the record writer of that time).
-FIXTURE = Path(__file__).parent / "data" / "unit-record-fig6-s0-trades.json"
+FIXTURE = Path(__file__).parent / "fixtures" / "unit-record-fig6-s0-trades.json"
 
 
 def test_a_record_written_earlier_round_trips_to_identical_json():
