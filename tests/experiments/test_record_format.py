@@ -9,8 +9,8 @@ import pytest
 from otrobust.errors import OtrobustError
 from otrobust.experiments.records import read_record, record_from_json, record_to_json
 
-# Written by ``reproduce fig6 --scale smoke --unit s0/trades`` on the bundled digits, no dataset files inside (its t-SNE features left out, one "not run" row added,
-# both through the record writer of that time).
+# Written by ``reproduce fig6 --scale smoke --unit s0/trades`` on the bundled digits, so no dataset file is inside (its
+# t-SNE features left out, one "not run" row added, both through the record writer of that time).
 FIXTURE = Path(__file__).parent / "fixtures" / "unit-record-fig6-s0-trades.json"
 
 
