@@ -148,7 +148,7 @@ def test_a_second_call_retrains_reevaluates_and_reaudits_nothing(smoke_out):
 
 
 def test_an_unfinished_run_is_resumed(tmp_path, monkeypatch):
-    from otrobust.training.loop import Interrupted
+    from otrobust.training.stop_signals import Interrupted
 
     (p,) = plan(PRESETS["fig6"], "smoke", tmp_path, overrides={"epochs": 2})[:1]
     monkeypatch.setenv(FAULT_ENV, "validation:1:SIGINT")  # stopped after its first epoch

@@ -121,7 +121,7 @@ def test_ot_weight_warmup_and_validation_split():
 def test_a_new_learning_rate_on_resume_is_applied(tmp_path, monkeypatch, optimizer, schedule):
     import shutil
 
-    from otrobust.training.loop import Interrupted
+    from otrobust.training.stop_signals import Interrupted
 
     base = dict(method="standard", optimizer=optimizer, schedule=schedule, lr=1e-3, epochs=4)
     monkeypatch.setenv(FAULT_ENV, "validation:1:SIGINT")  # stop after epoch 1, as Ctrl-C would

@@ -18,7 +18,8 @@ from otrobust.errors import OtrobustError, printable
 from otrobust.evaluation.command_settings import AuditCommandSettings, EvalSettings
 from otrobust.experiments.reproduce import ReproduceSettings
 from otrobust.training.config import TrainConfig, config_from_dict, load_config_file
-from otrobust.training.loop import Interrupted, train
+from otrobust.training.loop import train
+from otrobust.training.stop_signals import Interrupted
 
 
 class _Parser(argparse.ArgumentParser):

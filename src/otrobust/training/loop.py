@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from otrobust.errors import OtrobustError
 from otrobust.models import unwrap
 from otrobust.store.checkpoint import checkpoint_path, load_checkpoint, load_weights, resolve_checkpoint
 from otrobust.store.events import EventLog, check_tensorboard
-from otrobust.store.files import append_jsonl, atomic_write_text, fault_point, typed_fields
+from otrobust.store.files import append_jsonl, atomic_write_text, fault_point
 from otrobust.store.lock import run_lock
 from otrobust.store.resume import check_nothing_lost
 from otrobust.training.awp import awp_gamma_at, with_awp
@@ -60,41 +58,8 @@ from otrobust.training.setup import (
     use_channels_last,
     validate_epoch,
 )
-
-
-class Interrupted(Exception):
-    """Raised after SIGINT/SIGTERM once the last checkpoint is safely on disk; ``signum`` is the signal (the CLI
-    exits with 128 + signum: 130 for SIGINT, 143 for SIGTERM)."""
-
-    signum: int = signal.SIGINT
-
-
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so the checkpoint written is consistent."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self.saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in self.saved:
-            try:
-                signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, exc_type, exc, tb):
-        if isinstance(exc, Interrupted) and self.signum is not None:
-            exc.signum = self.signum
-        for s, h in self.saved.items():
-            try:
-                signal.signal(s, h)
-            except ValueError:
-                pass
+from otrobust.training.stop_signals import Interrupted, StopFlag
+from otrobust.training.train_state import EpochTotals, TrainState
 
 
 def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
@@ -117,58 +82,6 @@ def train(cfg: TrainConfig, *, show_progress: bool | None = None, log=print,
         return result
     finally:
         distributed.teardown(joined)
-
-
-@dataclass
-class TrainState:
-    """Where a run is. Saved in every checkpoint's metadata and restored by ``--resume``."""
-
-    epoch: int = 0  # epochs finished
-    step: int = 0  # steps finished in the current epoch (non-zero only in a mid-epoch checkpoint)
-    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics record per finished epoch
-    best_score: list[float] | None = None  # the best checkpoint's score (see Trainer.end_epoch)
-    accum: EpochTotals | None = None  # the epoch's running totals, in a mid-epoch checkpoint only
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> TrainState:
-        values = {f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta}
-        if values.get("accum") is not None:
-            values["accum"] = EpochTotals.from_json(values["accum"], "the checkpoint's running totals")
-        return cls(**values)
-
-
-_TOTALS_TYPES = {"loss": (int, float), "correct": int, "seen": int, "ot": (int, float), "skipped": int,
-                 "seconds": (int, float)}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EpochTotals:
-    """An epoch's running totals: the loss and the OT term summed over the ``seen`` images, how many of them the
-    model got right, the batches skipped as non-finite and the wall time before the current stretch. Saved (as
-    ``to_json()``) in a mid-epoch checkpoint, so that a resumed epoch reports what an uninterrupted one would."""
-
-    loss: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    ot: float = 0.0
-    skipped: int = 0
-    seconds: float = 0.0
-
-    def plus_step(self, loss: float, correct: int, seen: int, ot: float) -> EpochTotals:
-        """The totals after one step of ``seen`` images with mean ``loss`` and ``ot``."""
-        return dataclasses.replace(self, loss=self.loss + loss * seen, correct=self.correct + correct,
-                                   seen=self.seen + seen, ot=self.ot + ot * seen)
-
-    def summed(self, info: distributed.DistInfo, device: torch.device) -> EpochTotals:
-        """Every process's totals summed (the wall time stays this process's)."""
-        return EpochTotals(**distributed.totals(self.to_json(), info, device))
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Any, source: str) -> EpochTotals:
-        return cls(**typed_fields(data, _TOTALS_TYPES, source, required=tuple(_TOTALS_TYPES)))
 
 
 class Trainer:
@@ -240,7 +153,7 @@ class Trainer:
         if self.cfg.tensorboard and self.info.is_main:
             self.events = EventLog(self.run_dir, self.global_step(self.state.epoch, self.state.step))
         try:
-            with _StopFlag() as self.stop:
+            with StopFlag() as self.stop:
                 for epoch in range(self.state.epoch, self.cfg.epochs):
                     self.run_epoch(epoch)
         finally:
