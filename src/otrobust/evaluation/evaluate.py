@@ -202,10 +202,7 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
     attacks = attacks or {}
     was_training = model.training
     model.eval()
-    clean, per_attack = [], {name: [] for name in attacks}
-    clean_pred, adv_pred = [], {name: [] for name in attacks}
-    stages: dict[str, dict[str, list[torch.Tensor]]] = {}
-    seconds = dict.fromkeys(attacks, 0.0)
+    out = _Collected.for_attacks(attacks)
     seen = {name: len(getattr(attack, "warnings", ())) for name, attack in attacks.items()}
     nhwc = options.nhwc and data.x.ndim == 4
     with channels_last(model, nhwc):
@@ -220,30 +217,52 @@ def evaluate_model(model: nn.Module, data: ImageData, attacks: dict[str, Attack]
                     _check_finite(logits, start)
                 pred = logits.argmax(1)
                 target = y if labels == "true" else pred
-                clean.append((pred == y).cpu())
-                clean_pred.append(pred.cpu())
+                clean_ok = (pred == y).cpu()
+                out.clean.append(clean_ok)
+                out.clean_pred.append(pred.cpu())
                 for name, attack in attacks.items():
                     t0 = time.perf_counter()
                     if attack_seeds:
                         torch.manual_seed(attack_seeds[name])
                     correct, predicted = _attacked(model, attack, x, y, target, pred if labels == "true" else None)
-                    per_attack[name].append(correct.cpu())
-                    adv_pred[name].append(predicted.cpu())
+                    out.per_attack[name].append(correct.cpu())
+                    out.adv_pred[name].append(predicted.cpu())
                     for stage, robust in getattr(attack, "last_stages", {}).items():
-                        stages.setdefault(name, {}).setdefault(stage, []).append(robust & (pred == y).cpu())
-                    seconds[name] += time.perf_counter() - t0
+                        out.stages.setdefault(name, {}).setdefault(stage, []).append(robust & clean_ok)
+                    out.seconds[name] += time.perf_counter() - t0
                     if progress:
                         progress(len(y))
         finally:
             model.train(was_training)
     reported = {name: list(getattr(attack, "warnings", ()))[seen[name]:] for name, attack in attacks.items()}
-    return EvalResult(
-        clean=torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool),
-        per_attack={k: torch.cat(v) for k, v in per_attack.items()}, labels=labels, seconds=seconds,
-        warnings={k: v for k, v in reported.items() if v},
-        stages={name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in stages.items()},
-        clean_pred=torch.cat(clean_pred) if clean_pred else torch.zeros(0, dtype=torch.long),
-        predictions={k: torch.cat(v) for k, v in adv_pred.items()})
+    return out.result(labels, {k: v for k, v in reported.items() if v})
+
+
+@dataclass
+class _Collected:
+    """What :func:`evaluate_model` gathers batch by batch (per-example tensors on the CPU), and the
+    :class:`EvalResult` they make once concatenated."""
+
+    per_attack: dict[str, list[torch.Tensor]]
+    adv_pred: dict[str, list[torch.Tensor]]
+    seconds: dict[str, float]
+    clean: list[torch.Tensor] = field(default_factory=list)
+    clean_pred: list[torch.Tensor] = field(default_factory=list)
+    stages: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
+
+    @classmethod
+    def for_attacks(cls, attacks: dict[str, Attack]) -> _Collected:
+        return cls(per_attack={name: [] for name in attacks}, adv_pred={name: [] for name in attacks},
+                   seconds=dict.fromkeys(attacks, 0.0))
+
+    def result(self, labels: str, warnings: dict[str, list[str]]) -> EvalResult:
+        return EvalResult(
+            clean=torch.cat(self.clean) if self.clean else torch.zeros(0, dtype=torch.bool),
+            per_attack={k: torch.cat(v) for k, v in self.per_attack.items()}, labels=labels, seconds=self.seconds,
+            warnings=warnings,
+            stages={name: {stage: torch.cat(v) for stage, v in st.items()} for name, st in self.stages.items()},
+            clean_pred=torch.cat(self.clean_pred) if self.clean_pred else torch.zeros(0, dtype=torch.long),
+            predictions={k: torch.cat(v) for k, v in self.adv_pred.items()})
 
 
 def build_attacks(names: list[str], budget: Budget | None = None, **fields: Any) -> dict[str, Attack]:
