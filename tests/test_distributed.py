@@ -89,12 +89,17 @@ def _objective(full: torch.Tensor) -> torch.Tensor:
     return (full.softmax(0) * torch.arange(1.0, len(full) + 1)[:, None]).sum() + full.pow(2).mean()
 
 
-def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _join(rank: int, world: int, port: int):
+    """This worker process as rank ``rank`` of ``world`` CPU processes (one thread each): (info, device, joined)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     info = distributed.env_info()
-    device, joined = distributed.setup(info, torch.device("cpu"))
+    return (info, *distributed.setup(info, torch.device("cpu")))
+
+
+def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    info, device, joined = _join(rank, world, port)
     try:
         full = torch.randn(sum(SIZES), 4, generator=torch.Generator().manual_seed(0))
         start = sum(SIZES[:rank])
@@ -186,17 +191,13 @@ EMA_RUN = {**TINY_RUN, "model": "wrn-16-1", "method": "pgd-at", "train_size": 64
 
 
 def _ema_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     from safetensors.torch import save_file
 
     from otrobust.models import unwrap
     from otrobust.training.loop import Trainer
     from otrobust.training.setup import resolve
 
-    info = distributed.env_info()
-    device, joined = distributed.setup(info, torch.device("cpu"))
+    info, device, joined = _join(rank, world, port)
     try:
         cfg = resolve(TrainConfig(**EMA_RUN, out=str(Path(out_dir) / "run")))
         trainer = Trainer(cfg, info, device, show_progress=False, log=lambda text: None, argv=None)
