@@ -274,9 +274,9 @@ def _keep_best(model: nn.Module, iterates: Iterator[Iterate], x: torch.Tensor, y
                 logits = model(it.x_adv)
                 fooled = logits.argmax(1) != y
                 history.append(margin_loss(logits, y, loss))
-            best = torch.where((fooled & ~broken).view(shape), it.x_adv, best)
-            # Unbroken examples keep the last iterate (a valid point in the ball), not the clean input.
-            best = torch.where((~broken & ~fooled).view(shape), it.x_adv, best)
+            # Every example not broken before takes this point: the breaking iterate if it fools the model, else
+            # the last iterate (a valid point in the ball), not the clean input.
+            best = torch.where((~broken).view(shape), it.x_adv, best)
             broken |= fooled
             continue
         fooled = it.logits.argmax(1) != y
