@@ -51,6 +51,13 @@ def test_learning_curves(tmp_path):
         plots.plot_learning_curves({"empty": []}, tmp_path / "none")
 
 
+def test_the_same_figure_is_the_same_bytes(tmp_path):
+    history = [{"epoch": e, "val_clean": 0.9, "val_pgd": 0.1 * e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+    first = plots.plot_learning_curves({"a": history}, tmp_path / "one")
+    second = plots.plot_learning_curves({"a": history}, tmp_path / "two")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]  # committed figures do not churn
+
+
 def test_the_plot_command_draws_two_runs_into_one_png(tmp_path, capsys):
     from conftest import tiny_flags
 

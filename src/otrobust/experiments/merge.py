@@ -18,7 +18,15 @@ from typing import Any
 
 from otrobust.errors import OtrobustError
 from otrobust.experiments.records import UnitRecord, check_record, find_records
-from otrobust.experiments.results import RESULT_FIELDS, make_figures, result_row, results_markdown, with_study
+from otrobust.experiments.results import (
+    RESULT_FIELDS,
+    display_names,
+    make_figures,
+    result_row,
+    results_markdown,
+    with_study,
+)
+from otrobust.experiments.study_findings import cost_markdown, findings_markdown
 from otrobust.experiments.units import Unit, UnitContext, expected_fields
 from otrobust.reporting.tables import write_csv
 from otrobust.store.files import atomic_write_text
@@ -57,6 +65,7 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
     if missing:
         log(f"warning: {len(missing)} of {len(units)} units have no record, results.md is INCOMPLETE: "
             + ", ".join(missing[:12]) + (", ..." if len(missing) > 12 else ""))
+    records = {u.id: records[u.id] for u in units if u.id in records}  # in the plan's order
     rows, audits, histories, features = [], [], {}, {}
     for u in units:
         r = records.get(u.id)
@@ -81,6 +90,13 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
     markdown = results_markdown(preset, scale, planned, rows, figures, out, audits)
     if len({u.planned.seed_index for u in units}) > 1 or any(r.baseline for r in preset.runs):
         markdown = with_study(markdown, preset, planned, rows)
+    findings = findings_markdown(preset, records, rows, display_names(planned))
+    if findings:
+        head, sep, rest = markdown.partition("\n## ")
+        markdown = f"{head}\n{findings}\n## {rest}" if sep else f"{markdown}\n{findings}"
+    cost = cost_markdown(records)
+    if cost:
+        markdown = markdown.rstrip("\n") + "\n\n" + cost
     if missing:
         head, sep, rest = markdown.partition("\n\n")
         markdown = (f"{head}\n\n> **INCOMPLETE**: {len(missing)} of {len(units)} units have no record yet: "

@@ -70,6 +70,20 @@ class PaperValue:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """Trials of one method on seed index 0, compared by validation accuracy alone (the checkpoint each keeps).
+
+    ``trials``: run names, the method's default arm among them. ``tuned``: the run that trains the best trial's
+    settings on fresh seeds, once the trials are in (None before): its settings must be the best trial's, which
+    the results page checks from the records.
+    """
+
+    name: str
+    trials: tuple[str, ...]
+    tuned: str | None = None
+
+
+@dataclass(frozen=True)
 class Preset:
     """One experiment of the paper."""
 
@@ -86,6 +100,8 @@ class Preset:
     audit_runs: tuple[str, ...] = ()  # which runs are audited; empty: every run
     audit_n: int | None = None  # test images per audit at the full scale (None: reproduce's default)
     audit_quick: bool = False  # audit with its CPU budget (otrobust.evaluation.audit.QUICK) at the full scale too
+    tunings: tuple[Tuning, ...] = ()  # a study's tuning trials, reported with their winner
+    plateau_points: float | None = None  # a baseline has plateaued when its validation PGD moved less over 3 epochs
 
     def run(self, name: str) -> Run:
         return next(r for r in self.runs if r.name == name)

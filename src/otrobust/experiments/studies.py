@@ -16,7 +16,7 @@ from otrobust.experiments.presets import (
     paper_sweep,
     paper_values,
 )
-from otrobust.experiments.spec import Evaluation, Preset, Run
+from otrobust.experiments.spec import Evaluation, Preset, Run, Tuning
 
 # Table 1's setting on the 20,000 MNIST training images available offline, trained until the baselines plateau:
 # 20 epochs with a 10-step training attack and the step schedule (lr x 0.1 after epochs 10 and 15, every arm
@@ -107,6 +107,9 @@ MNIST_STUDY = Preset(
     audit_seeds=(0,),
     audit_runs=STUDY_ARMS,
     audit_n=STUDY_AUDIT_N,
+    tunings=(Tuning("GOT-TRADES-LM", ("tune/got-trades-lm-beta0.3", "got-trades-lm", "tune/got-trades-lm-beta3")),
+             Tuning("TRADES", ("tune/trades-alpha3", "trades", "tune/trades-alpha9"))),
+    plateau_points=1.0,
 )
 
 STUDIES: dict[str, Preset] = {p.name: p for p in (MNIST_STUDY,)}

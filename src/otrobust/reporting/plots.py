@@ -46,12 +46,17 @@ def _title(fig, title: str) -> None:
 
 def save_figure(fig, stem: Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Write ``fig`` as ``stem``.png (150 dpi) and ``stem``.svg (or the ``formats`` given), each rendered in memory
-    and then written atomically, so that a failed write is one OtrobustError and never half a file."""
+    and then written atomically, so that a failed write is one OtrobustError and never half a file. The same figure
+    gives the same bytes (no date, fixed SVG ids), so a committed figure changes only when its data does."""
+    import matplotlib
+
     stem = Path(stem)
     paths = [stem.with_suffix(f".{ext}") for ext in formats]
     for path in paths:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+        buffer, fmt = io.BytesIO(), path.suffix[1:]
+        with matplotlib.rc_context({"svg.hashsalt": "otrobust"}):
+            fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight",
+                        metadata={"Date": None} if fmt in ("svg", "pdf") else None)
         atomic_write_bytes(path, buffer.getvalue())
     return paths
 

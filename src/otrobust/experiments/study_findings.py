@@ -1,0 +1,297 @@
+"""What a study's records say beyond its tables: the paper's claims judged against the paired intervals, whether the
+runs trained to a plateau, the tuning trials and their winner, and where and how long each unit ran.
+
+Pure functions of a preset, its units' :class:`~otrobust.experiments.records.UnitRecord` and the results rows; the
+Markdown is written by :func:`findings_markdown` and :func:`cost_markdown`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from otrobust.experiments import study
+from otrobust.experiments.records import UnitRecord
+from otrobust.experiments.spec import Preset, Tuning
+from otrobust.reporting.tables import markdown_table
+from otrobust.training.runfiles import checkpoint_score
+
+REPRODUCED, REFUTED, NOT_RESOLVED = "reproduced", "refuted", "not resolved"
+# The robust measurements a claim of the paper can be about: (evaluation, metric, label).
+CLAIMED = tuple(h for h in study.HEADLINE if h[1] != "clean")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The paper's claim that ``run`` beats ``baseline`` on ``metric``, by the difference of its two numbers."""
+
+    run: str
+    baseline: str
+    evaluation: str
+    metric: str
+    label: str
+    paper_run: float
+    paper_baseline: float
+
+    @property
+    def gain(self) -> float:
+        return self.paper_run - self.paper_baseline
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """A claim against our paired difference (run − baseline, seed by seed): its mean, 95 % Student-t interval
+    (None below two seeds), the seeds, and :func:`verdict`'s word."""
+
+    claim: Claim
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    seeds: tuple[int, ...]
+    verdict: str
+
+
+def verdict(claimed: float, ci_low: float | None, ci_high: float | None) -> str:
+    """*refuted* when the interval lies below the claimed gain, *reproduced* when it lies above 0 and reaches the
+    claimed gain, else *not resolved* (an interval holding both 0 and the claim, or no interval: one seed).
+
+    >>> verdict(1.24, -0.3, 0.5), verdict(1.24, 0.2, 2.0), verdict(1.24, -0.5, 1.5), verdict(1.24, None, None)
+    ('refuted', 'reproduced', 'not resolved', 'not resolved')
+    """
+    if ci_low is None or ci_high is None:
+        return NOT_RESOLVED
+    if ci_high < claimed:
+        return REFUTED
+    return REPRODUCED if ci_low > 0 else NOT_RESOLVED
+
+
+def claims(preset: Preset) -> list[Claim]:
+    """The paper's claims a preset can test: each run with a baseline where the paper gives both runs a number for
+    a robust headline measurement (PGD, AutoAttack) at the training radius."""
+    paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
+    return [Claim(r.name, r.baseline, e, m, label, paper[(r.name, m)], paper[(r.baseline, m)])
+            for r in preset.runs if r.baseline for e, m, label in CLAIMED
+            if (r.name, m) in paper and (r.baseline, m) in paper]
+
+
+def judge(claim_list: list[Claim], rows: list[dict[str, Any]]) -> list[ClaimVerdict]:
+    """Each claim against the paired differences of ``rows`` (results.csv rows; true labels)."""
+    diffs = study.paired_differences(rows, {c.run: c.baseline for c in claim_list})
+    out = []
+    for c in claim_list:
+        d = next((d for d in diffs if d["run"] == c.run and d["evaluation"] == c.evaluation
+                  and d["metric"] == c.metric and d["labels"] in (None, "true")), None)
+        if d is None:
+            out.append(ClaimVerdict(c, None, None, None, (), NOT_RESOLVED))
+        else:
+            out.append(ClaimVerdict(c, d["mean"], d["ci_low"], d["ci_high"], tuple(d["seeds"]),
+                                    verdict(c.gain, d["ci_low"], d["ci_high"])))
+    return out
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """A run's validation robust accuracy (%) over its last three epochs, and by how much it moved over them."""
+
+    run: str
+    seed: int
+    epochs: int
+    last: tuple[float, ...]
+
+    @property
+    def moved(self) -> float:
+        return max(self.last) - min(self.last)
+
+
+def plateaus(preset: Preset, records: dict[str, UnitRecord]) -> list[Plateau]:
+    """Every run trained from scratch (no ``init_from``) with at least three epochs of validation PGD."""
+    scratch = {r.name for r in preset.runs if not r.init_from}
+    out = []
+    for rec in records.values():
+        pgd = [100 * m["val_pgd"] for m in rec.metrics if m.get("val_pgd") is not None]
+        if rec.run in scratch and len(pgd) >= 3:
+            out.append(Plateau(rec.run, rec.seed, len(rec.metrics), tuple(round(v, 2) for v in pgd[-3:])))
+    return out
+
+
+def baselines(preset: Preset) -> set[str]:
+    """The runs some other run is compared with, fine-tuning controls excepted (they train a few epochs on purpose)."""
+    return {r.baseline for r in preset.runs if r.baseline and not preset.run(r.baseline).init_from}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One tuning trial: the validation accuracies (%) of the checkpoint it keeps (the epoch of best validation
+    PGD, then clean: what every evaluation reads)."""
+
+    run: str
+    seed: int
+    epoch: int
+    val_pgd: float
+    val_clean: float
+    setting: str = ""  # the settings in which the trials differ, e.g. "ot_weight=0.3"
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """A tuning's trials (those with a record), the best (None until every trial has one), and whether the tuned
+    arm's settings are the best trial's (None without a tuned arm or a best trial)."""
+
+    tuning: Tuning
+    trials: tuple[Trial, ...]
+    best: str | None
+    tuned_is_best: bool | None
+
+
+def _trial(rec: UnitRecord, keys: list[str]) -> Trial:
+    method = rec.settings.get("method", "")
+    kept = max(range(len(rec.metrics)), key=lambda i: (checkpoint_score(rec.metrics[i], method), -i))
+    m = rec.metrics[kept]
+    return Trial(rec.run, rec.seed, int(m.get("epoch", kept + 1)), 100 * m["val_pgd"], 100 * m["val_clean"],
+                 ", ".join(f"{k}={rec.settings.get(k)}" for k in keys))
+
+
+def tunings(preset: Preset, records: dict[str, UnitRecord]) -> list[TuningResult]:
+    """Each of ``preset.tunings`` with its trials' validation scores (seed index 0 only)."""
+    out = []
+    for t in preset.tunings:
+        recs = [rec for rec in records.values() if rec.run in t.trials and rec.seed_index == 0 and rec.metrics]
+        keys = sorted({k for a in recs for b in recs for k in a.settings.keys() | b.settings.keys()
+                       if a.settings.get(k) != b.settings.get(k)})
+        found = {rec.run: _trial(rec, keys) for rec in recs}
+        trials = tuple(found[name] for name in t.trials if name in found)
+        best = (max(trials, key=lambda x: (x.val_pgd, x.val_clean)).run if len(trials) == len(t.trials) else None)
+        same = None
+        if t.tuned and best:
+            same = preset.run(t.tuned).config == preset.run(best).config
+        out.append(TuningResult(t, trials, best, same))
+    return out
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    """Where and how long one unit ran: training seconds are the sum of its epochs' (this unit's epochs only)."""
+
+    unit: str
+    processor: str
+    precision: str
+    threads: int
+    epochs: int
+    median_epoch_s: float
+    train_s: float
+    evaluate_s: float
+    audit_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.evaluate_s + self.audit_s
+
+
+def costs(records: dict[str, UnitRecord]) -> list[UnitCost]:
+    out = []
+    for unit, rec in records.items():
+        seconds = [float(m["seconds"]) for m in rec.metrics if m.get("seconds") is not None]
+        w = rec.wall_seconds
+        out.append(UnitCost(unit, rec.execution.processor, rec.execution.precision, rec.execution.threads,
+                            len(seconds), median(seconds) if seconds else 0.0, sum(seconds),
+                            float(w.get("evaluate", 0.0)), float(w.get("audit", 0.0))))
+    return out
+
+
+def mixed_pairs(preset: Preset, records: dict[str, UnitRecord]) -> list[str]:
+    """Paired comparisons whose two units ran on different processors or precisions (a pair must differ in the
+    method alone), as ``"run vs baseline, seed S: A / B"``."""
+    by = {(r.run, r.seed): r for r in records.values()}
+    base_of = {r.name: r.baseline for r in preset.runs if r.baseline}
+    out = []
+    for (name, seed), rec in sorted(by.items()):
+        base = by.get((base_of.get(name), seed))
+        if base is None:
+            continue
+        a = (rec.execution.processor, rec.execution.precision)
+        b = (base.execution.processor, base.execution.precision)
+        if a != b:
+            out.append(f"{name} vs {base.run}, seed {seed}: {', '.join(a)} / {', '.join(b)}")
+    return out
+
+
+def _pm(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list[dict[str, Any]],
+                      names: dict[str, str]) -> str:
+    """The claims, the plateau and the tuning sections of a study's results.md ("" when it has none of them)."""
+    parts: list[str] = []
+    judged = judge(claims(preset), rows)
+    if judged:
+        body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
+                 f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
+                 f"{v.claim.gain:+.2f}", _pm(v.mean),
+                 "–" if v.ci_low is None else f"[{v.ci_low:+.2f}, {v.ci_high:+.2f}]", len(v.seeds),
+                 f"**{v.verdict}**"] for v in judged]
+        parts += ["## The paper's claims", "",
+                  "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "
+                  "same initial weights and data order) with its 95 % Student-t interval over seeds. *Refuted*: the "
+                  "interval lies below the claimed gain. *Reproduced*: it lies above 0 and reaches the claimed gain. "
+                  "*Not resolved*: anything else, one seed included.", "",
+                  markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
+                                  "95% CI", "seeds", "verdict"], body), ""]
+    mixed = mixed_pairs(preset, records)
+    if mixed:
+        parts += ["> **Pairs that differ in more than the method** (processor or precision): " + "; ".join(mixed)
+                  + ".", ""]
+    if preset.plateau_points is not None:
+        found = sorted(plateaus(preset, records), key=lambda p: ([r.name for r in preset.runs].index(p.run), p.seed))
+        if found:
+            limit, base = preset.plateau_points, baselines(preset)
+            short = [p for p in found if p.run in base and p.moved >= limit]
+            checked = [p for p in found if p.run in base]
+            body = [[names.get(p.run, p.run), p.seed, p.epochs, " → ".join(f"{v:.1f}" for v in p.last),
+                     f"{p.moved:.1f}", ("yes" if p.moved < limit else "**no**") if p.run in base else "–"]
+                    for p in found]
+            state = (f"**{len(short)} of {len(checked)} baseline seeds are still moving**: "
+                     + ", ".join(f"{names.get(p.run, p.run)} seed {p.seed}" for p in short) if short else
+                     f"Every baseline seed recorded ({len(checked)}) has plateaued.")
+            parts += ["## Plateau", "",
+                      "Validation PGD accuracy (%) over each run's last three epochs. A baseline has plateaued when "
+                      f"it moved by less than {limit:g} point over them. {state}", "",
+                      markdown_table(["run", "seed", "epochs", "validation PGD, last three epochs", "moved",
+                                      "baseline plateaued"], body), ""]
+    for t in tunings(preset, records):
+        if not t.trials:
+            continue
+        body = [[names.get(x.run, x.run), x.setting or "–", x.seed, x.epoch, f"{x.val_pgd:.1f}", f"{x.val_clean:.1f}",
+                 "**best**" if x.run == t.best else ""] for x in t.trials]
+        if t.best is None:
+            state = (f"{len(t.tuning.trials) - len(t.trials)} of {len(t.tuning.trials)} trials have no record yet; "
+                     "no setting is chosen.")
+        elif t.tuning.tuned is None:
+            state = f"Best: {names.get(t.best, t.best)}; no tuned arm is trained yet."
+        elif t.tuned_is_best:
+            state = f"Best: {names.get(t.best, t.best)}, trained on fresh seeds as {names.get(t.tuning.tuned)}."
+        else:
+            state = (f"**The tuned arm {names.get(t.tuning.tuned)} does not use the best trial's settings "
+                     f"({names.get(t.best, t.best)})**.")
+        parts += [f"## Tuning {t.tuning.name}", "",
+                  "On seed 0, by validation accuracy only: the checkpoint each trial keeps (best validation PGD, then "
+                  f"clean). {state}", "",
+                  markdown_table(["trial", "setting", "seed", "kept epoch", "validation PGD %", "validation clean %",
+                                  ""], body), ""]
+    return "\n".join(parts)
+
+
+def cost_markdown(records: dict[str, UnitRecord]) -> str:
+    """Where and how long each unit ran, and the total in CPU- (or GPU-) hours."""
+    found = costs(records)
+    if not found:
+        return ""
+    body = [[f"`{c.unit}`", c.processor, c.precision, c.threads, c.epochs, f"{c.median_epoch_s:.0f}",
+             f"{c.train_s / 60:.1f}", f"{c.evaluate_s / 60:.1f}", f"{c.audit_s / 60:.1f}"] for c in found]
+    hours = sum(c.total_s for c in found) / 3600
+    return "\n".join(["## Where and how long each unit ran", "",
+                      f"{len(found)} units, {hours:.1f} hours in all. Wall-clock times as recorded: a unit paused "
+                      "while its machine did other work counts the pause; the median epoch is the steadier figure.",
+                      "", markdown_table(["unit", "processor", "precision", "threads", "epochs", "median epoch (s)",
+                                          "training (min)", "evaluations (min)", "audit (min)"], body), ""])
