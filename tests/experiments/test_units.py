@@ -211,3 +211,19 @@ def test_slurm_launch_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
     assert main([*STUDY, "--out", str(tmp_path), "--launch", "slurm"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no SLURM reachable from here (sbatch is not on PATH)" in err
+
+
+def test_an_arm_on_fresh_seeds_gets_the_first_seed_evaluations_and_audit_on_its_own_first_seed(tmp_path):
+    from otrobust.experiments.planning import plan
+    from otrobust.experiments.spec import Evaluation, Preset, Run
+    from otrobust.experiments.units import build_units
+
+    runs = (Run("base", "Base", {"dataset": "digits", "method": "trades"}, seeds=(0, 1)),
+            Run("tuned", "Tuned", {"dataset": "digits", "method": "trades", "adv_weight": 3.0}, seeds=(1, 2)))
+    once = Evaluation("sweep", seeds=(0,))
+    preset = Preset("p", "", "", runs, (Evaluation("pgd"), once), {}, audit_seeds=(0,))
+    units = {u.id: u for u in build_units(preset, plan(preset, "smoke", tmp_path, seeds=3), list(preset.evaluations),
+                                          audit=True)}
+    assert set(units) == {"s0/base", "s1/base", "s1/tuned", "s2/tuned"}
+    first = {uid for uid, u in units.items() if once in u.evaluations}
+    assert first == {uid for uid, u in units.items() if u.audit} == {"s0/base", "s1/tuned"}

@@ -250,8 +250,10 @@ def run_status(p: PlannedRun) -> str:
 
 
 def applies(p: PlannedRun, runs_: tuple[str, ...], seeds: tuple[int, ...]) -> bool:
-    """Whether an evaluation or audit restricted to ``runs_`` and seed indices ``seeds`` (empty: all) covers ``p``."""
-    return (not runs_ or p.run.name in runs_) and (not seeds or p.seed_index in seeds)
+    """Whether an evaluation or audit restricted to ``runs_`` and ``seeds`` (empty: all) covers ``p``. ``seeds``
+    counts each run's own seeds: 0 is its first, seed index 1 for an arm trained on fresh seeds 1, 2, 3."""
+    position = p.run.seeds.index(p.seed_index) if p.seed_index in p.run.seeds else p.seed_index
+    return (not runs_ or p.run.name in runs_) and (not seeds or position in seeds)
 
 
 def cost_table(preset: Preset, planned: list[PlannedRun], evaluations: list[Evaluation]) -> list[list[Any]]:

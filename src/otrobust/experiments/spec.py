@@ -51,7 +51,7 @@ class Evaluation:
     runs: tuple[str, ...] = ()
     labels: str = "true"  # "predicted": the paper's protocol, reported as such
     step_size: float | None = None  # PGD step; None: 2.5 * eps / steps
-    seeds: tuple[int, ...] = ()  # which seeds of a multi-seed study (0 = the first); empty: every seed
+    seeds: tuple[int, ...] = ()  # which of each run's seeds (0 = its first); empty: every seed
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Preset:
     paper_results: tuple[PaperValue, ...] = ()
     notes: tuple[str, ...] = ()
     plots: tuple[str, ...] = ("curves",)  # of: curves, eps, steps, beta, tsne, label-sweep
-    audit_seeds: tuple[int, ...] = ()  # which seeds of a multi-seed study are audited; empty: every seed
+    audit_seeds: tuple[int, ...] = ()  # which of each run's seeds are audited (0 = its first); empty: every seed
     audit_runs: tuple[str, ...] = ()  # which runs are audited; empty: every run
     audit_n: int | None = None  # test images per audit at the full scale (None: reproduce's default)
     audit_quick: bool = False  # audit with its CPU budget (otrobust.evaluation.audit.QUICK) at the full scale too
