@@ -18,3 +18,15 @@ def test_the_committed_records_regenerate_the_results_page(tmp_path):
     merged = tmp_path / "full" / "mnist-study"
     assert (merged / "results.md").read_text() == (PAGE / "results.md").read_text()
     assert (merged / "results.csv").read_text() == (PAGE / "results.csv").read_text()
+
+
+def test_the_tuned_arms_train_the_best_trials_settings():
+    from otrobust.experiments.records import find_records
+    from otrobust.experiments.studies import MNIST_STUDY
+    from otrobust.experiments.study_findings import tunings
+
+    records = {r.unit: r for _, r in find_records([PAGE / "records"])}
+    for t in tunings(MNIST_STUDY, records):
+        if t.best is not None:  # every trial is in: the preset must name the arm that trains the winner, and it must
+            assert t.tuning.tuned is not None, f"{t.tuning.name}: the trials are in, best {t.best}; add its tuned arm"
+            assert t.tuned_is_best, f"{t.tuning.name}: {t.tuning.tuned} does not train the best trial, {t.best}"
