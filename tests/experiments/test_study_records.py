@@ -30,3 +30,16 @@ def test_the_tuned_arms_train_the_best_trials_settings():
         if t.best is not None:  # every trial is in: the preset must name the arm that trains the winner, and it must
             assert t.tuning.tuned is not None, f"{t.tuning.name}: the trials are in, best {t.best}; add its tuned arm"
             assert t.tuned_is_best, f"{t.tuning.name}: {t.tuning.tuned} does not train the best trial, {t.best}"
+
+
+def _claims_table(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("| claim | paper: run |")), None)
+    assert start is not None, "no claims table"
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_the_study_page_shows_the_claims_table_the_records_give():
+    page, generated = (PAGE.parent / "results-mnist.md").read_text(), (PAGE / "results.md").read_text()
+    assert _claims_table(page) == _claims_table(generated)  # the page's verdicts are the records', not typed in
