@@ -227,3 +227,18 @@ def test_an_arm_on_fresh_seeds_gets_the_first_seed_evaluations_and_audit_on_its_
     assert set(units) == {"s0/base", "s1/base", "s1/tuned", "s2/tuned"}
     first = {uid for uid, u in units.items() if once in u.evaluations}
     assert first == {uid for uid, u in units.items() if u.audit} == {"s0/base", "s1/tuned"}
+
+
+def test_status_says_how_far_a_started_unit_is(tmp_path, capsys):
+    from otrobust.store.checkpoint import checkpoint_path
+
+    settings = ReproduceSettings(preset="mnist-study", seeds=2, out=str(tmp_path))
+    *_, units, _ = plan_units(settings, log=lambda s: None)
+    run_dir = next(u for u in units if u.id == "s1/pgd-at").planned.run_dir
+    checkpoint_path(run_dir, "last").parent.mkdir(parents=True)
+    checkpoint_path(run_dir, "last").write_bytes(b"")  # a checkpoint to resume from: the unit is partial
+    assert main([*STUDY, "--out", str(tmp_path), "--status"]) == 0
+    assert "partial: s1/pgd-at (0 of 1 epochs trained)" in capsys.readouterr().out
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert main([*STUDY, "--out", str(tmp_path), "--status"]) == 0
+    assert "partial: s1/pgd-at (trained, evaluating)" in capsys.readouterr().out

@@ -45,6 +45,7 @@ from otrobust.experiments.units import (
     default_threads,
     find_unit,
     run_unit,
+    unit_progress,
     unit_status,
 )
 from otrobust.reporting.tables import markdown_table
@@ -153,9 +154,10 @@ def list_units(settings: ReproduceSettings, log: Callable[[str], None] = print) 
     log(f"{preset.name}, {settings.scale} scale, under {ctx.results_dir}: "
         + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) + f" (of {len(units)} units)")
     if settings.status:
-        for s in ("running", "failed", "queued"):
+        for s in ("running", "partial", "failed", "queued"):
             if counts[s]:
-                log(f"{s}: " + ", ".join(u.id for u in units if statuses[u.id] == s))
+                log(f"{s}: " + ", ".join(u.id + (f" ({unit_progress(u)})" if s in ("running", "partial") else "")
+                                         for u in units if statuses[u.id] == s))
         for u in units:
             if statuses[u.id] == "failed":
                 log(f"  {u.id}: {(ctx.state_dir(u) / 'failed.txt').read_text(errors='replace').strip()}")

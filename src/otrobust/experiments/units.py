@@ -197,6 +197,12 @@ def unit_status(unit: Unit, ctx: UnitContext) -> str:
     return "partial" if run_status(unit.planned) != "new" else "new"
 
 
+def unit_progress(unit: Unit) -> str:
+    """How far a started unit is, from its run folder: ``"7 of 20 epochs trained"`` or ``"trained, evaluating"``."""
+    done, total = len(read_jsonl(unit.planned.run_dir / "metrics.jsonl")), unit.planned.config.epochs
+    return f"{done} of {total} epochs trained" if done < total else "trained, evaluating"
+
+
 def read_unit_record(unit: Unit, ctx: UnitContext) -> UnitRecord | None:
     """The unit's record if it exists and belongs to this plan; a record made with other settings is one error."""
     path = ctx.record_path(unit)
