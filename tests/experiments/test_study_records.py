@@ -18,6 +18,7 @@ def test_the_committed_records_regenerate_the_results_page(tmp_path):
     merged = tmp_path / "full" / "mnist-study"
     assert (merged / "results.md").read_text() == (PAGE / "results.md").read_text()
     assert (merged / "results.csv").read_text() == (PAGE / "results.csv").read_text()
+    assert (merged / "units.md").read_text() == (PAGE / "units.md").read_text()
 
 
 def test_the_tuned_arms_train_the_best_trials_settings():

@@ -242,3 +242,28 @@ def test_status_says_how_far_a_started_unit_is(tmp_path, capsys):
     (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
     assert main([*STUDY, "--out", str(tmp_path), "--status"]) == 0
     assert "partial: s1/pgd-at (trained, evaluating)" in capsys.readouterr().out
+
+
+def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_machine(tmp_path, capsys):
+    import dataclasses
+
+    from otrobust.experiments.records import UnitExecution, record_to_json
+    from otrobust.experiments.units import check_one_machine_kind, machine_kind
+
+    settings = ReproduceSettings(preset="mnist-study", seeds=2, out=str(tmp_path))
+    *_, units, ctx = plan_units(settings, log=lambda s: None)
+    by_id = {u.id: u for u in units}
+    here = machine_kind(by_id["s1/got-trades-lm"], ctx)
+    fixture = read_record(Path(__file__).parent / "fixtures" / "unit-record-fig6-s0-trades.json")
+    elsewhere = dataclasses.replace(fixture, execution=UnitExecution(1, 1, "cpu", here[1], "Another CPU"))
+    ctx.record_path(by_id["s1/trades"]).parent.mkdir(parents=True)
+    ctx.record_path(by_id["s1/trades"]).write_text(record_to_json(elsewhere))
+    check_one_machine_kind(by_id["s0/got-trades-lm"], units, ctx, here)  # seed 0 has no record: nothing to match
+    with pytest.raises(OtrobustError, match="'s1/trades' of the same seed ran on Another CPU"):
+        check_one_machine_kind(by_id["s1/got-trades-lm"], units, ctx, here)
+    # Through the command: one line, exit 2, nothing trained; --mixed-machines runs it anyway.
+    assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/got-trades-lm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--mixed-machines" in err
+    assert not by_id["s1/got-trades-lm"].planned.run_dir.exists()
+    assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/got-trades-lm", "--mixed-machines"]) == 0

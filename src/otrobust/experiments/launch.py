@@ -32,6 +32,8 @@ def unit_command(settings, unit_id: str, threads: int) -> list[str]:
         cmd += ["--set", item]
     if not settings.audit:
         cmd.append("--no-audit")
+    if settings.mixed_machines:
+        cmd.append("--mixed-machines")
     return cmd
 
 

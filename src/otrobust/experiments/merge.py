@@ -1,4 +1,4 @@
-"""A plan's results page from its units' records alone: results.csv, results.md, audits.json and figures.
+"""A plan's results page from its units' records alone: results.csv, results.md, units.md, audits.json and figures.
 
 No checkpoint, model or data is read: records gathered from several machines (copied, or committed to a repository)
 merge into the page a single sequential run writes. Each record is checked against the unit the plan expects
@@ -56,8 +56,9 @@ def gather(units: list[Unit], ctx: UnitContext, folders: list[str | Path]) -> di
 
 def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRecord],
                   log: Callable[[str], None] = print) -> Path:
-    """Write results.csv, audits.json, figures and results.md into ``ctx.results_dir`` from ``records``; returns
-    the folder. Units without a record are listed in a warning and at the top of results.md."""
+    """Write results.csv, audits.json, figures, results.md and units.md (where and how long each unit ran) into
+    ``ctx.results_dir`` from ``records``; returns the folder. Units without a record are listed in a warning and at
+    the top of results.md."""
     preset, scale, out = ctx.preset, ctx.scale, ctx.results_dir
     units = [_where_recorded(u, records.get(u.id)) for u in units]
     planned = [u.planned for u in units]
@@ -95,8 +96,9 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         head, sep, rest = markdown.partition("\n## ")
         markdown = f"{head}\n{findings}\n## {rest}" if sep else f"{markdown}\n{findings}"
     cost = cost_markdown(records)
-    if cost:
-        markdown = markdown.rstrip("\n") + "\n\n" + cost
+    if cost:  # wall times differ from run to run: a page of their own keeps results.md the same however launched
+        atomic_write_text(out / "units.md", f"# {preset.name}: where and how long each unit ran\n\n{cost}")
+        markdown = (markdown.rstrip("\n") + "\n\nWhere, on what and how long each unit ran: [units.md](units.md).\n")
     if missing:
         head, sep, rest = markdown.partition("\n\n")
         markdown = (f"{head}\n\n> **INCOMPLETE**: {len(missing)} of {len(units)} units have no record yet: "

@@ -98,6 +98,8 @@ class ReproduceSettings:
                               "requeued and resumes")
     sbatch: list[str] = setting(help="SLURM: an extra sbatch option KEY=VALUE (e.g. --sbatch qos=long)", factory=list,
                                 flag=Flag(name="--sbatch", metavar="KEY=VALUE", repeatable=True))
+    mixed_machines: bool = setting(False, "run a unit even where the finished units of its seed ran on another kind "
+                                   "of processor or precision (their pairs then differ in more than the method)")
     wait: bool = setting(True, "with --launch slurm: wait for the jobs and merge (--no-wait: submit, print the job "
                          "ids and return; the merge job writes results.md)")
 
@@ -134,7 +136,8 @@ def plan_units(settings: ReproduceSettings, log: Callable[[str], None] = print):
     evaluations = scaled_evaluations(preset, settings.scale)
     units = build_units(preset, planned, evaluations, settings.audit)
     ctx = UnitContext(preset, settings.scale, Path(settings.out) / settings.scale / preset.name,
-                      settings.threads or default_threads(), settings.device, preset.audit_n, preset.audit_quick, log)
+                      settings.threads or default_threads(), settings.device, preset.audit_n, preset.audit_quick, log,
+                      settings.mixed_machines)
     return preset, planned, evaluations, units, ctx
 
 

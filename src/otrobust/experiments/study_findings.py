@@ -182,6 +182,7 @@ class UnitCost:
     train_s: float
     evaluate_s: float
     audit_s: float
+    commit: str | None = None  # otrobust's git commit, when it ran from a git checkout
 
     @property
     def total_s(self) -> float:
@@ -195,7 +196,7 @@ def costs(records: dict[str, UnitRecord]) -> list[UnitCost]:
         w = rec.wall_seconds
         out.append(UnitCost(unit, rec.execution.processor, rec.execution.precision, rec.execution.threads,
                             len(seconds), median(seconds) if seconds else 0.0, sum(seconds),
-                            float(w.get("evaluate", 0.0)), float(w.get("audit", 0.0))))
+                            float(w.get("evaluate", 0.0)), float(w.get("audit", 0.0)), rec.versions.get("git_commit")))
     return out
 
 
@@ -288,10 +289,11 @@ def cost_markdown(records: dict[str, UnitRecord]) -> str:
     if not found:
         return ""
     body = [[f"`{c.unit}`", c.processor, c.precision, c.threads, c.epochs, f"{c.median_epoch_s:.0f}",
-             f"{c.train_s / 60:.1f}", f"{c.evaluate_s / 60:.1f}", f"{c.audit_s / 60:.1f}"] for c in found]
+             f"{c.train_s / 60:.1f}", f"{c.evaluate_s / 60:.1f}", f"{c.audit_s / 60:.1f}",
+             f"`{c.commit[:10]}`" if c.commit else "–"] for c in found]
     hours = sum(c.total_s for c in found) / 3600
-    return "\n".join(["## Where and how long each unit ran", "",
-                      f"{len(found)} units, {hours:.1f} hours in all. Wall-clock times as recorded: a unit paused "
+    return "\n".join([f"{len(found)} units, {hours:.1f} hours in all. Wall-clock times as recorded: a unit paused "
                       "while its machine did other work counts the pause; the median epoch is the steadier figure.",
                       "", markdown_table(["unit", "processor", "precision", "threads", "epochs", "median epoch (s)",
-                                          "training (min)", "evaluations (min)", "audit (min)"], body), ""])
+                                          "training (min)", "evaluations (min)", "audit (min)", "otrobust commit"],
+                                         body), ""])

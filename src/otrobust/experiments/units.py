@@ -80,6 +80,7 @@ class UnitContext:
     audit_n: int | None = None
     audit_quick: bool = False
     log: Callable[[str], None] = print
+    mixed_machines: bool = False  # run a unit even where its seed's other units ran on another processor/precision
 
     @property
     def records_dir(self) -> Path:
@@ -225,6 +226,8 @@ def run_unit(unit: Unit, units: list[Unit], ctx: UnitContext) -> UnitRecord:
         if not ctx.record_path(by_id[dep]).is_file():
             raise OtrobustError(f"unit {unit.id!r} depends on {dep!r}, which is not done; run it first "
                                 f"(--unit {dep})")
+    if not ctx.mixed_machines:
+        check_one_machine_kind(unit, units, ctx, machine_kind(unit, ctx))
     state = ctx.state_dir(unit)
     with run_lock(state):
         (state / "failed.txt").unlink(missing_ok=True)
@@ -238,6 +241,29 @@ def run_unit(unit: Unit, units: list[Unit], ctx: UnitContext) -> UnitRecord:
         (state / "job.txt").unlink(missing_ok=True)
     ctx.log(f"{unit.id}: done, record {ctx.record_path(unit)}")
     return record
+
+
+def machine_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str]:
+    """(processor or GPU name, precision) that ``unit`` would run with here, as its record will state them."""
+    dev = pick_device(ctx.device)
+    precision = training_precision(unit.planned.config.amp, dev)
+    return (processor_name() if dev.type == "cpu" else _gpu_name(dev)), f"{precision.name} ({precision.reason})"
+
+
+def check_one_machine_kind(unit: Unit, units: list[Unit], ctx: UnitContext, here: tuple[str, str]) -> None:
+    """Refuse to run ``unit`` on ``here`` (processor, precision) when a finished unit of the same seed ran on another:
+    the runs of one seed are compared pair by pair, and a pair must differ in the method alone (a CPU's kind and the
+    precision change floating-point results, so two kinds would make two trainings of one seed differ)."""
+    for other in units:
+        path = ctx.record_path(other)
+        if other.planned.seed_index != unit.planned.seed_index or other.id == unit.id or not path.is_file():
+            continue
+        e = read_record(path).execution
+        if (e.processor, e.precision) != here:
+            raise OtrobustError(
+                f"unit {unit.id!r} would run on {here[0]}, {here[1]}, but {other.id!r} of the same seed ran on "
+                f"{e.processor}, {e.precision}: a paired comparison must differ in the method alone; run it on that "
+                "kind of machine, or pass --mixed-machines (the results page then names the mixed pairs)")
 
 
 def set_threads(threads: int) -> None:
@@ -279,7 +305,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
             features = _features_text(features_path(p.run_dir, ev))
     t3 = time.perf_counter()
     ckpt = resolve_checkpoint(p.run_dir)
-    precision = training_precision(p.config.amp, dev)
+    processor, precision = machine_kind(unit, ctx)
     return UnitRecord(
         preset=ctx.preset.name, scale=ctx.scale, unit=unit.id, run=p.run.name, run_folder=p.run_dir.name,
         seed=p.config.seed,
@@ -289,8 +315,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
         rows=tuple(rows), audit=audit, checkpoint_sha256=sha256_file(ckpt),
         init_sha256=sha256_file(p.config.init) if p.config.init else None,
         execution=UnitExecution(threads=ctx.threads, attack_workers=ctx.threads if dev.type == "cpu" else 1,
-                                device=str(dev), precision=f"{precision.name} ({precision.reason})",
-                                processor=processor_name() if dev.type == "cpu" else _gpu_name(dev)),
+                                device=str(dev), precision=precision, processor=processor),
         versions=versions(),
         wall_seconds={"train": round(sum(float(m.get("seconds", 0.0)) for m in read_jsonl(p.run_dir /
                                                                                            "metrics.jsonl")), 1),
