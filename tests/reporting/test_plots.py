@@ -51,6 +51,13 @@ def test_learning_curves(tmp_path):
         plots.plot_learning_curves({"empty": []}, tmp_path / "none")
 
 
+def test_plateau_panels_a_line_per_seed(tmp_path):
+    seeds = {f"seed {s}": [(e, 80.0 + e + s) for e in range(1, 11)] for s in range(3)}
+    _written(plots.plot_plateau({"TRADES": seeds, "GOT": {"seed 0": [(1, 50.0)]}}, tmp_path / "plateau"))
+    with pytest.raises(OtrobustError, match="no run has a finished epoch"):
+        plots.plot_plateau({"TRADES": {"seed 0": []}}, tmp_path / "none")
+
+
 def test_the_same_figure_is_the_same_bytes(tmp_path):
     history = [{"epoch": e, "val_clean": 0.9, "val_pgd": 0.1 * e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
     first = plots.plot_learning_curves({"a": history}, tmp_path / "one")

@@ -76,8 +76,8 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         if r.audit:
             audits.append(r.audit)
         rows += [result_row(preset, scale, u.planned, row, u.planned.config.eps, verdict) for row in r.rows]
+        histories[(u.planned.run.name, u.planned.seed_index)] = list(r.metrics)
         if u.planned.seed_index == 0:
-            histories[u.planned.run.name] = list(r.metrics)
             if r.features:
                 features[u.planned.run.name] = _features(r.features)
     write_csv(out / "results.csv", rows, RESULT_FIELDS)

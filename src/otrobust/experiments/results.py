@@ -151,16 +151,28 @@ def _paper_panels(preset: Preset, planned, x: str) -> dict[str, dict[str, list[t
 
 
 def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
-                 evaluations: list[Evaluation], fig_dir: Path, histories: dict[str, list[dict[str, Any]]],
+                 evaluations: list[Evaluation], fig_dir: Path, histories: dict[tuple[str, int], list[dict[str, Any]]],
                  features: dict[str, dict[str, Any]]) -> list[Path]:
-    """The preset's figures (``preset.plots``) from its results rows, the first seed's learning curves
-    (``histories``, per run name) and its t-SNE features (``features``, per run name: arrays by key)."""
+    """The preset's figures (``preset.plots``) from its results rows, the per-epoch metrics (``histories``, per run
+    name and seed index) and the first seed's t-SNE features (``features``, per run name: arrays by key)."""
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
     if "curves" in preset.plots:  # the first seed's curves
-        curves = {names[p.run.name]: histories[p.run.name] for p in planned
-                  if p.seed_index == 0 and p.run.name in histories}
+        curves = {names[p.run.name]: histories[(p.run.name, 0)] for p in planned
+                  if p.seed_index == 0 and (p.run.name, 0) in histories}
         files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
+    if "plateau" in preset.plots:  # every seed of the runs trained from scratch that take part in a comparison
+        compared = {r.name for r in preset.runs if r.baseline} | {r.baseline for r in preset.runs if r.baseline}
+        panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        for p in planned:
+            if p.run.name in compared and not p.run.init_from and (p.run.name, p.seed_index) in histories:
+                panels.setdefault(names[p.run.name], {})[f"seed {p.config.seed}"] = [
+                    (m["epoch"], 100 * m["val_pgd"]) for m in histories[(p.run.name, p.seed_index)]
+                    if isinstance(m.get("val_pgd"), (int, float))]
+        if panels:
+            files += plots.plot_plateau(panels, fig_dir / "plateau",
+                                        title=f"Validation PGD accuracy by epoch, every seed (last three shaded), "
+                                              f"{title}")
     if "eps" in preset.plots:
         paper = _paper_panels(preset, planned, "eps") if scale == "full" else None
         files += plots.plot_accuracy_vs_eps(_sweep_panels(planned, rows, "eps-sweep", "eps"),

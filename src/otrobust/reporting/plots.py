@@ -221,3 +221,34 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], stem: Path,
     fig.legend(handles, labels, loc="outside right center", fontsize=9, framealpha=0.9)
     _title(fig, title)
     return save_figure(fig, stem, formats)
+
+
+def plot_plateau(panels: dict[str, dict[str, list[tuple[int, float]]]], stem: Path, *, first_epoch: int = 3,
+                 last: int = 3, title: str = "Validation PGD accuracy by epoch",
+                 formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Whether runs have stopped improving: one panel per run (``{panel: {line label: [(epoch, accuracy %)]}}``,
+    a line per seed), from ``first_epoch`` on so that a warm-up does not squash the scale, with the last ``last``
+    epochs shaded (the window a plateau is judged on)."""
+    panels = {k: {s: pts for s, pts in v.items() if pts} for k, v in panels.items()}
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        raise OtrobustError("no run has a finished epoch to plot")
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = new_figure(len(panels), width=4.4, height=3.4)
+    for ax, (name, lines) in zip(axes, panels.items(), strict=True):
+        end = max(e for pts in lines.values() for e, _ in pts)
+        for i, (label, pts) in enumerate(lines.items()):
+            pts = sorted(p for p in pts if p[0] >= first_epoch) or sorted(pts)
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=3, linewidth=1.3, label=label)
+        ax.axvspan(end - last + 0.5, end + 0.5, color="0.85", alpha=0.5, linewidth=0)
+        ax.set_title(name, fontsize=11)
+        ax.set_xlabel("epoch", fontsize=10)
+        ax.set_ylabel("validation PGD accuracy (%)", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=9)
+        ax.legend(fontsize=8, loc="lower right")
+    _title(fig, title)
+    return save_figure(fig, stem, formats)
