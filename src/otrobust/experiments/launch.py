@@ -9,32 +9,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from otrobust.errors import OtrobustError
 from otrobust.experiments import merge, slurm
-from otrobust.experiments.units import Unit, UnitContext, cpu_share, unit_status
+from otrobust.experiments.units import Unit, UnitContext, cpu_share, unit_command, unit_status
 
 POLL_SECONDS = 0.5
-
-
-def unit_command(settings, unit_id: str, threads: int) -> list[str]:
-    """The command line that runs one unit of ``settings``' plan with ``threads`` torch threads."""
-    cmd = [sys.executable, "-m", "otrobust", "reproduce", settings.preset, "--scale", settings.scale, "--out",
-           str(Path(settings.out).resolve()), "--seeds", str(settings.seeds), "--device", settings.device,
-           "--threads", str(threads), "--unit", unit_id]
-    if settings.data_dir is not None:
-        cmd += ["--data-dir", str(Path(settings.data_dir).resolve())]
-    for item in settings.overrides:
-        cmd += ["--set", item]
-    if not settings.audit:
-        cmd.append("--no-audit")
-    if settings.mixed_machines:
-        cmd.append("--mixed-machines")
-    return cmd
 
 
 def launch(settings, units: list[Unit], ctx: UnitContext, log: Callable[[str], None] = print) -> Path | None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from otrobust.errors import OtrobustError
-from otrobust.experiments.units import Unit, UnitContext, unit_status
+from otrobust.experiments.units import Unit, UnitContext, unit_command, unit_status
 from otrobust.store.files import atomic_write_text
 
 POLL_SECONDS = 2.0
@@ -100,9 +100,6 @@ def _executor(settings, ctx: UnitContext, dependency: str | None = None, name: s
 def submit(settings, units: list[Unit], ctx: UnitContext, log: Callable[[str], None] = print) -> list[str] | None:
     """Submit the units not yet done. With ``settings.wait``, wait for them and return the ids of those that ended
     without a record (the caller merges); else submit the merge job too, print the job ids and return None."""
-    # an import cycle: launch imports this module to submit with slurm
-    from otrobust.experiments.launch import unit_command
-
     check_reachable()
     threads = settings.threads or settings.cpus_per_unit
     todo = [u for u in units if unit_status(u, ctx) != "done"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -264,6 +265,22 @@ def check_one_machine_kind(unit: Unit, units: list[Unit], ctx: UnitContext, here
                 f"unit {unit.id!r} would run on {here[0]}, {here[1]}, but {other.id!r} of the same seed ran on "
                 f"{e.processor}, {e.precision}: a paired comparison must differ in the method alone; run it on that "
                 "kind of machine, or pass --mixed-machines (the results page then names the mixed pairs)")
+
+
+def unit_command(settings, unit_id: str, threads: int) -> list[str]:
+    """The command line that runs one unit of ``settings``' plan with ``threads`` torch threads."""
+    cmd = [sys.executable, "-m", "otrobust", "reproduce", settings.preset, "--scale", settings.scale, "--out",
+           str(Path(settings.out).resolve()), "--seeds", str(settings.seeds), "--device", settings.device,
+           "--threads", str(threads), "--unit", unit_id]
+    if settings.data_dir is not None:
+        cmd += ["--data-dir", str(Path(settings.data_dir).resolve())]
+    for item in settings.overrides:
+        cmd += ["--set", item]
+    if not settings.audit:
+        cmd.append("--no-audit")
+    if settings.mixed_machines:
+        cmd.append("--mixed-machines")
+    return cmd
 
 
 def set_threads(threads: int) -> None:
