@@ -47,6 +47,13 @@ def test_run_directory_holds_config_metrics_and_checkpoints(tmp_path):
     assert {"python", "torch", "otrobust", "argv", "seed"} <= set(prov)
 
 
+def test_an_epochs_record_holds_the_learning_rate_it_trained_with(tmp_path):
+    cfg = _tiny(tmp_path, "run", method="standard", epochs=4, lr=0.01, schedule="step")  # x 0.1 after epochs 2, 3
+    train(cfg, show_progress=False, log=lambda s: None)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in lines] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
+
+
 def test_load_model_returns_a_plain_logits_module(tmp_path):
     train(_tiny(tmp_path, "run", method="standard", epochs=1), show_progress=False, log=lambda s: None)
     model = load_model(tmp_path / "run")

@@ -271,6 +271,7 @@ class Trainer:
     def end_epoch(self, epoch: int, t0: float) -> None:
         """Validate, record the epoch's metrics, save ``last`` (and ``best`` if it improved), log."""
         cfg, info, device = self.cfg, self.info, self.device
+        lr = self.opt.param_groups[0]["lr"]  # the rate this epoch trained with: the scheduler then sets the next one's
         if self.sched is not None:
             self.sched.step()
         totals = self.totals.summed(info, device)
@@ -278,7 +279,7 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": totals.loss / seen, "train_acc": totals.correct / seen,
                   "ot": totals.ot / seen, "ot_weight": ot_weight_at(cfg, epoch + 1),
                   "train_eps": cfg.eps * eps_scale_at(cfg, epoch + 1),
-                  "lr": self.opt.param_groups[0]["lr"], "skipped_batches": totals.skipped}
+                  "lr": lr, "skipped_batches": totals.skipped}
         scored = self.eval_model
         if self.ema is not None:  # the average is what is scored and kept; each process has averaged its own
             distributed.broadcast_state(self.ema.model, info)  # BN statistics: rank 0's are the ones saved
