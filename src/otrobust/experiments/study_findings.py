@@ -266,8 +266,9 @@ def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list
         body = [[names.get(x.run, x.run), x.setting or "–", x.seed, x.epoch, f"{x.val_pgd:.1f}", f"{x.val_clean:.1f}",
                  "**best**" if x.run == t.best else ""] for x in t.trials]
         if t.best is None:
-            state = (f"{len(t.tuning.trials) - len(t.trials)} of {len(t.tuning.trials)} trials have no record yet; "
-                     "no setting is chosen.")
+            left = len(t.tuning.trials) - len(t.trials)
+            state = (f"{left} of {len(t.tuning.trials)} trials {'has' if left == 1 else 'have'} no record yet; no "
+                     "setting is chosen.")
         elif t.tuning.tuned is None:
             state = f"Best: {names.get(t.best, t.best)}; no tuned arm is trained yet."
         elif t.tuned_is_best:
