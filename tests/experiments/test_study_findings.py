@@ -90,3 +90,11 @@ def test_a_pair_on_two_processors_is_flagged_and_costs_add_up():
     assert "differ in more than the method" in sf.findings_markdown(PRESET, records, [], {})
     assert sum(c.total_s for c in sf.costs(records)) == pytest.approx(4 * (3 * 60 + 900))
     assert "4 units, 1.2 hours in all" in sf.cost_markdown(records)
+
+
+def test_a_tie_goes_to_the_default_listed_first_and_is_said():
+    preset = dataclasses.replace(PRESET, tunings=(Tuning("Base", ("base", "tune/base-a3")),))
+    records = {"s0/tune/base-a3": _record("tune/base-a3", 0, [90, 93, 92]), "s0/base": _record("base", 0, [90, 93, 91])}
+    (result,) = sf.tunings(preset, records)
+    assert result.best == "base"
+    assert "**Tied** with Base a3" in sf.findings_markdown(preset, records, [], {"tune/base-a3": "Base a3"})

@@ -73,7 +73,8 @@ class PaperValue:
 class Tuning:
     """Trials of one method on seed index 0, compared by validation accuracy alone (the checkpoint each keeps).
 
-    ``trials``: run names, the method's default arm among them. ``tuned``: the run that trains the best trial's
+    ``trials``: run names, the method's default arm first: a tie (the same validation PGD and clean accuracy)
+    goes to the earlier trial, so an exact tie keeps the default. ``tuned``: the run that trains the best trial's
     settings on fresh seeds, once the trials are in (None before): its settings must be the best trial's, which
     the results page checks from the records.
     """

@@ -105,8 +105,8 @@ MNIST_STUDY = Preset(
     audit_seeds=(0,),
     audit_runs=STUDY_ARMS,
     audit_n=STUDY_AUDIT_N,
-    tunings=(Tuning("GOT-TRADES-LM", ("tune/got-trades-lm-beta0.3", "got-trades-lm", "tune/got-trades-lm-beta3")),
-             Tuning("TRADES", ("tune/trades-alpha3", "trades", "tune/trades-alpha9"))),
+    tunings=(Tuning("GOT-TRADES-LM", ("got-trades-lm", "tune/got-trades-lm-beta0.3", "tune/got-trades-lm-beta3")),
+             Tuning("TRADES", ("trades", "tune/trades-alpha3", "tune/trades-alpha9"))),
     plateau_points=1.0,
 )
 

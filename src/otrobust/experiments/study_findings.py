@@ -161,6 +161,7 @@ def tunings(preset: Preset, records: dict[str, UnitRecord]) -> list[TuningResult
                        if a.settings.get(k) != b.settings.get(k)})
         found = {rec.run: _trial(rec, keys) for rec in recs}
         trials = tuple(found[name] for name in t.trials if name in found)
+        # max() keeps the first of equal scores: a tie goes to the earlier trial, the default listed first
         best = (max(trials, key=lambda x: (x.val_pgd, x.val_clean)).run if len(trials) == len(t.trials) else None)
         same = None
         if t.tuned and best:
@@ -276,6 +277,13 @@ def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list
         else:
             state = (f"**The tuned arm {names.get(t.tuning.tuned)} does not use the best trial's settings "
                      f"({names.get(t.best, t.best)})**.")
+        if t.best is not None:
+            top = next(x for x in t.trials if x.run == t.best)
+            tied = [names.get(x.run, x.run) for x in t.trials
+                    if x.run != t.best and (x.val_pgd, x.val_clean) == (top.val_pgd, top.val_clean)]
+            if tied:
+                state += (f" **Tied** with {', '.join(tied)} on both validation accuracies: a tie goes to the earlier "
+                          "trial (the default is listed first).")
         parts += [f"## Tuning {t.tuning.name}", "",
                   "On seed 0, by validation accuracy only: the checkpoint each trial keeps (best validation PGD, then "
                   f"clean). {state}", "",
