@@ -142,6 +142,7 @@ class TuningResult:
     trials: tuple[Trial, ...]
     best: str | None
     tuned_is_best: bool | None
+    tied: tuple[str, ...] = ()  # the other trials with the best one's validation accuracies exactly
 
 
 def _trial(rec: UnitRecord, keys: list[str]) -> Trial:
@@ -163,10 +164,14 @@ def tunings(preset: Preset, records: dict[str, UnitRecord]) -> list[TuningResult
         trials = tuple(found[name] for name in t.trials if name in found)
         # max() keeps the first of equal scores: a tie goes to the earlier trial, the default listed first
         best = (max(trials, key=lambda x: (x.val_pgd, x.val_clean)).run if len(trials) == len(t.trials) else None)
-        same = None
-        if t.tuned and best:
-            same = preset.run(t.tuned).config == preset.run(best).config
-        out.append(TuningResult(t, trials, best, same))
+        same, tied = None, ()
+        if best:
+            top = found[best]
+            tied = tuple(x.run for x in trials if x.run != best and (x.val_pgd, x.val_clean) == (top.val_pgd,
+                                                                                                  top.val_clean))
+            if t.tuned:
+                same = preset.run(t.tuned).config == preset.run(best).config
+        out.append(TuningResult(t, trials, best, same, tied))
     return out
 
 
@@ -225,71 +230,79 @@ def _pm(v: float | None) -> str:
 def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list[dict[str, Any]],
                       names: dict[str, str]) -> str:
     """The claims, the plateau and the tuning sections of a study's results.md ("" when it has none of them)."""
-    parts: list[str] = []
-    judged = judge(claims(preset), rows)
-    if judged:
-        body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
-                 f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
-                 f"{v.claim.gain:+.2f}", _pm(v.mean),
-                 "–" if v.ci_low is None else f"[{v.ci_low:+.2f}, {v.ci_high:+.2f}]", len(v.seeds),
-                 f"**{v.verdict}**"] for v in judged]
-        parts += ["## The paper's claims", "",
-                  "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "
-                  "same initial weights and data order) with its 95 % Student-t interval over seeds. *Refuted*: the "
-                  "interval lies below the claimed gain. *Reproduced*: it lies above 0 and reaches the claimed gain. "
-                  "*Not resolved*: anything else, one seed included.", "",
-                  markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
-                                  "95% CI", "seeds", "verdict"], body), ""]
+    parts = _claims_section(preset, rows, names)
     mixed = mixed_pairs(preset, records)
     if mixed:
         parts += ["> **Pairs that differ in more than the method** (processor or precision): " + "; ".join(mixed)
                   + ".", ""]
-    if preset.plateau_points is not None:
-        found = sorted(plateaus(preset, records), key=lambda p: ([r.name for r in preset.runs].index(p.run), p.seed))
-        if found:
-            limit, base = preset.plateau_points, baselines(preset)
-            short = [p for p in found if p.run in base and p.moved >= limit]
-            checked = [p for p in found if p.run in base]
-            body = [[names.get(p.run, p.run), p.seed, p.epochs, " → ".join(f"{v:.1f}" for v in p.last),
-                     f"{p.moved:.1f}", ("yes" if p.moved < limit else "**no**") if p.run in base else "–"]
-                    for p in found]
-            state = (f"**{len(short)} of {len(checked)} baseline seeds are still moving**: "
-                     + ", ".join(f"{names.get(p.run, p.run)} seed {p.seed}" for p in short) if short else
-                     f"Every baseline seed recorded ({len(checked)}) has plateaued.")
-            parts += ["## Plateau", "",
-                      "Validation PGD accuracy (%) over each run's last three epochs. A baseline has plateaued when "
-                      f"it moved by less than {limit:g} point over them. {state}", "",
-                      markdown_table(["run", "seed", "epochs", "validation PGD, last three epochs", "moved",
-                                      "baseline plateaued"], body), ""]
+    parts += _plateau_section(preset, records, names)
     for t in tunings(preset, records):
-        if not t.trials:
-            continue
-        body = [[names.get(x.run, x.run), x.setting or "–", x.seed, x.epoch, f"{x.val_pgd:.1f}", f"{x.val_clean:.1f}",
-                 "**best**" if x.run == t.best else ""] for x in t.trials]
-        if t.best is None:
-            left = len(t.tuning.trials) - len(t.trials)
-            state = (f"{left} of {len(t.tuning.trials)} trials {'has' if left == 1 else 'have'} no record yet; no "
-                     "setting is chosen.")
-        elif t.tuning.tuned is None:
-            state = f"Best: {names.get(t.best, t.best)}; no tuned arm is trained yet."
-        elif t.tuned_is_best:
-            state = f"Best: {names.get(t.best, t.best)}, trained on fresh seeds as {names.get(t.tuning.tuned)}."
-        else:
-            state = (f"**The tuned arm {names.get(t.tuning.tuned)} does not use the best trial's settings "
-                     f"({names.get(t.best, t.best)})**.")
-        if t.best is not None:
-            top = next(x for x in t.trials if x.run == t.best)
-            tied = [names.get(x.run, x.run) for x in t.trials
-                    if x.run != t.best and (x.val_pgd, x.val_clean) == (top.val_pgd, top.val_clean)]
-            if tied:
-                state += (f" **Tied** with {', '.join(tied)} on both validation accuracies: a tie goes to the earlier "
-                          "trial (the default is listed first).")
-        parts += [f"## Tuning {t.tuning.name}", "",
-                  "On seed 0, by validation accuracy only: the checkpoint each trial keeps (best validation PGD, then "
-                  f"clean). {state}", "",
-                  markdown_table(["trial", "setting", "seed", "kept epoch", "validation PGD %", "validation clean %",
-                                  ""], body), ""]
+        parts += _tuning_section(t, names)
     return "\n".join(parts)
+
+
+def _claims_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    judged = judge(claims(preset), rows)
+    if not judged:
+        return []
+    body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
+             f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
+             f"{v.claim.gain:+.2f}", _pm(v.mean),
+             "–" if v.ci_low is None else f"[{v.ci_low:+.2f}, {v.ci_high:+.2f}]", len(v.seeds),
+             f"**{v.verdict}**"] for v in judged]
+    return ["## The paper's claims", "",
+            "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "
+            "same initial weights and data order) with its 95 % Student-t interval over seeds. *Refuted*: the "
+            "interval lies below the claimed gain. *Reproduced*: it lies above 0 and reaches the claimed gain. "
+            "*Not resolved*: anything else, one seed included.", "",
+            markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
+                            "95% CI", "seeds", "verdict"], body), ""]
+
+
+def _plateau_section(preset: Preset, records: dict[str, UnitRecord], names: dict[str, str]) -> list[str]:
+    order = [r.name for r in preset.runs]
+    found = sorted(plateaus(preset, records), key=lambda p: (order.index(p.run), p.seed))
+    if preset.plateau_points is None or not found:
+        return []
+    limit, base = preset.plateau_points, baselines(preset)
+    checked = [p for p in found if p.run in base]
+    short = [p for p in checked if p.moved >= limit]
+    body = [[names.get(p.run, p.run), p.seed, p.epochs, " → ".join(f"{v:.1f}" for v in p.last),
+             f"{p.moved:.1f}", ("yes" if p.moved < limit else "**no**") if p.run in base else "–"] for p in found]
+    state = (f"**{len(short)} of {len(checked)} baseline seeds are still moving**: "
+             + ", ".join(f"{names.get(p.run, p.run)} seed {p.seed}" for p in short) if short else
+             f"Every baseline seed recorded ({len(checked)}) has plateaued.")
+    return ["## Plateau", "",
+            "Validation PGD accuracy (%) over each run's last three epochs. A baseline has plateaued when "
+            f"it moved by less than {limit:g} point over them. {state}", "",
+            markdown_table(["run", "seed", "epochs", "validation PGD, last three epochs", "moved",
+                            "baseline plateaued"], body), ""]
+
+
+def _tuning_section(t: TuningResult, names: dict[str, str]) -> list[str]:
+    if not t.trials:
+        return []
+    body = [[names.get(x.run, x.run), x.setting or "–", x.seed, x.epoch, f"{x.val_pgd:.1f}", f"{x.val_clean:.1f}",
+             "**best**" if x.run == t.best else ""] for x in t.trials]
+    if t.best is None:
+        left = len(t.tuning.trials) - len(t.trials)
+        state = (f"{left} of {len(t.tuning.trials)} trials {'has' if left == 1 else 'have'} no record yet; no "
+                 "setting is chosen.")
+    elif t.tuning.tuned is None:
+        state = f"Best: {names.get(t.best, t.best)}; no tuned arm is trained yet."
+    elif t.tuned_is_best:
+        state = f"Best: {names.get(t.best, t.best)}, trained on fresh seeds as {names.get(t.tuning.tuned)}."
+    else:
+        state = (f"**The tuned arm {names.get(t.tuning.tuned)} does not use the best trial's settings "
+                 f"({names.get(t.best, t.best)})**.")
+    if t.tied:
+        state += (f" **Tied** with {', '.join(names.get(r, r) for r in t.tied)} on both validation accuracies: a tie "
+                  "goes to the earlier trial (the default is listed first).")
+    return [f"## Tuning {t.tuning.name}", "",
+            "On seed 0, by validation accuracy only: the checkpoint each trial keeps (best validation PGD, then "
+            f"clean). {state}", "",
+            markdown_table(["trial", "setting", "seed", "kept epoch", "validation PGD %", "validation clean %", ""],
+                           body), ""]
 
 
 def cost_markdown(records: dict[str, UnitRecord]) -> str:
