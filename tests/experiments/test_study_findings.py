@@ -82,6 +82,15 @@ def test_the_best_trial_is_the_kept_checkpoints_and_a_tuned_arm_must_use_it():
     assert partial.best is None
 
 
+def test_an_unset_alpha_reads_as_the_methods_default():
+    trades = {"method": "trades"}
+    records = {"s0/base": _record("base", 0, [90, 93], settings={**trades, "adv_weight": None}),
+               "s0/tune/base-a3": _record("tune/base-a3", 0, [90, 92], settings={**trades, "adv_weight": 3.0})}
+    (result,) = sf.tunings(PRESET, records)
+    assert {t.run: t.setting for t in result.trials} == {"base": "adv_weight=6.0 (default)",
+                                                         "tune/base-a3": "adv_weight=3.0"}
+
+
 def test_a_pair_on_two_processors_is_flagged_and_costs_add_up():
     amd = dataclasses.replace(INTEL, processor="AMD EPYC")
     records = {"s0/base": _record("base", 0, [90, 91, 91]), "s0/got": _record("got", 0, [90, 91, 91]),

@@ -15,6 +15,7 @@ from otrobust.experiments import study
 from otrobust.experiments.records import UnitRecord
 from otrobust.experiments.spec import Preset, Tuning
 from otrobust.reporting.tables import markdown_table
+from otrobust.training.method_registry import DEFAULT_ADV_WEIGHT
 from otrobust.training.runfiles import checkpoint_score
 
 REPRODUCED, REFUTED, NOT_RESOLVED = "reproduced", "refuted", "not resolved"
@@ -150,7 +151,15 @@ def _trial(rec: UnitRecord, keys: list[str]) -> Trial:
     kept = max(range(len(rec.metrics)), key=lambda i: (checkpoint_score(rec.metrics[i], method), -i))
     m = rec.metrics[kept]
     return Trial(rec.run, rec.seed, int(m.get("epoch", kept + 1)), 100 * m["val_pgd"], 100 * m["val_clean"],
-                 ", ".join(f"{k}={rec.settings.get(k)}" for k in keys))
+                 ", ".join(_setting(rec, k) for k in keys))
+
+
+def _setting(rec: UnitRecord, key: str) -> str:
+    """``key=value`` as the run trained it: an unset alpha reads as the method's default, not None."""
+    value = rec.settings.get(key)
+    if key == "adv_weight" and value is None and rec.settings.get("method") in DEFAULT_ADV_WEIGHT:
+        return f"{key}={DEFAULT_ADV_WEIGHT[rec.settings['method']]} (default)"
+    return f"{key}={value}"
 
 
 def tunings(preset: Preset, records: dict[str, UnitRecord]) -> list[TuningResult]:
