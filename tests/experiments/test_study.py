@@ -9,6 +9,7 @@ import torch
 from otrobust.experiments import study
 from otrobust.experiments.planning import plan
 from otrobust.experiments.reproduce import reproduce
+from otrobust.experiments.results import display_names
 from otrobust.experiments.studies import STUDIES
 from otrobust.training.setup import build_model, epoch_order
 
@@ -54,6 +55,19 @@ def test_seeds_vary_initial_weights_and_data_order_and_pair_runs_of_one_seed(tmp
     # Fine-tuning starts from the TRADES run of its own seed.
     for i in (0, 1):
         assert by[("ft/trades", i)].init.startswith(by[("trades", i)].out)
+
+
+def test_the_tuned_arms_reuse_a_main_arms_training_only_where_the_settings_match(tmp_path):
+    planned = plan(STUDIES["mnist-study"], "smoke", tmp_path, seeds=4)
+    out = {(p.run.name, p.seed_index): p.config.out for p in planned}
+    assert {i for name, i in out if name.startswith("tuned/")} == {1, 2, 3}  # never the tuning seed
+    assert out[("tuned/got-trades-lm", 1)] == out[("got-trades-lm", 1)]  # the default won: trained once
+    assert out[("tuned/trades", 1)] != out[("trades", 1)]  # alpha 3, not the default
+
+
+def test_a_run_keeps_its_own_label_however_many_seeds_it_has(tmp_path):
+    names = display_names(plan(STUDIES["mnist-study"], "smoke", tmp_path, seeds=4))
+    assert names["tuned/trades"] == "TRADES, tuned (alpha 3)" and names["trades"] == "TRADES"
 
 
 def test_smoke_study_with_two_seeds_reports_mean_sd_and_paired_differences(tmp_path):

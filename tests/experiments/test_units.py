@@ -42,7 +42,7 @@ def test_units_lists_every_run_and_seed_with_what_it_waits_for(tmp_path, capsys)
     for seed in (0, 1):
         assert f"| s{seed}/ft/trades | s{seed}/trades |" in text and f"| s{seed}/trades | – |" in text
     assert "s1/tune/" not in text  # the tuning trials run on seed 0 alone
-    assert "20 new (of 20 units)" in text
+    assert "22 new (of 22 units)" in text
 
 
 def test_an_unknown_unit_or_a_unit_before_its_parent_is_one_line(tmp_path, capsys):
@@ -71,14 +71,14 @@ def test_records_copied_alone_merge_into_the_same_results(sequential, tmp_path):
     assert _results(tmp_path / "merged") == _results(sequential)
     assert "INCOMPLETE" not in _results(sequential)
     sizes = [p.stat().st_size for p in (tmp_path / "copied").rglob("*.json")]
-    assert len(sizes) == 20 and max(sizes) < 64_000  # small enough to commit
+    assert len(sizes) == 22 and max(sizes) < 64_000  # small enough to commit
 
 
 def test_a_merge_with_missing_units_names_them_and_writes_what_it_can(sequential, tmp_path, capsys):
     shutil.copytree(sequential / "smoke" / "mnist-study" / "records", tmp_path / "some")
     (tmp_path / "some" / "s1" / "got-trades-lm.json").unlink()
     main([*STUDY, "--out", str(tmp_path / "merged"), "--merge", "--records", str(tmp_path / "some")])
-    assert "1 of 20 units have no record, results.md is INCOMPLETE: s1/got-trades-lm" in capsys.readouterr().out
+    assert "1 of 22 units have no record, results.md is INCOMPLETE: s1/got-trades-lm" in capsys.readouterr().out
     text = _results(tmp_path / "merged")
     assert "**INCOMPLETE**" in text and "`s1/got-trades-lm`" in text and "## Across seeds" in text
 
@@ -116,10 +116,10 @@ def test_a_unit_killed_mid_training_resumes_to_the_same_record(sequential, tmp_p
 
 def test_local_workers_give_the_sequential_results(sequential, tmp_path, capsys):
     assert main([*STUDY, "--out", str(tmp_path), "--launch", "local", "--workers", "2"]) == 0
-    assert "20 of 20 units to run, 2 at a time, 1 thread(s) each" in capsys.readouterr().out
+    assert "22 of 22 units to run, 2 at a time, 1 thread(s) each" in capsys.readouterr().out
     assert _results(tmp_path) == _results(sequential)
     assert main([*STUDY, "--out", str(tmp_path), "--status"]) == 0
-    assert "20 done (of 20 units)" in capsys.readouterr().out
+    assert "22 done (of 22 units)" in capsys.readouterr().out
 
 
 def test_flags_that_do_not_go_together_are_one_line():
@@ -146,8 +146,11 @@ def test_units_are_ordered_after_what_they_wait_for():
     for u in units:
         assert set(u.depends_on) <= seen
         seen.add(u.id)
-    # 12 units on seed 0 (the tuning trials among them), 8 on each other seed
-    assert len(units) == len({u.id for u in units}) == 28
+    # 12 units on seed 0 (the tuning trials among them), 10 on each other seed (with the two tuned arms)
+    assert len(units) == len({u.id for u in units}) == 32
+    waits = {u.id: u.depends_on for u in units}
+    # the tuned GOT arm kept the defaults: on seeds 1 and 2 its run is the main arm's, trained once, after it
+    assert waits["s1/tuned/got-trades-lm"] == ("s1/got-trades-lm",) and waits["s1/tuned/trades"] == ()
 
 
 def test_the_data_is_part_of_a_runs_identity(tmp_path):
@@ -173,7 +176,7 @@ def test_slurm_launch_gives_the_sequential_results(sequential, tmp_path, capsys)
     _needs_slurm()
     assert main([*STUDY, "--out", str(tmp_path), "--launch", "slurm"]) == 0
     out = capsys.readouterr().out
-    assert "submitted 20 units to SLURM (14 in array" in out and "6 waiting for others" in out
+    assert "submitted 22 units to SLURM (15 in array" in out and "7 waiting for others" in out
     assert _results(tmp_path) == _results(sequential)
     job_files = list((tmp_path / "smoke" / "mnist-study" / "units").rglob("job.txt"))
     assert job_files == []  # a finished unit forgets its job

@@ -37,7 +37,7 @@ def paper_value(preset: Preset, run: str, metric: str, eps: float | None, steps:
 
 def display_names(planned: list[PlannedRun]) -> dict[str, str]:
     """Run name -> the paper's label, qualified by the name's prefix where labels repeat."""
-    labels = [p.run.label for p in planned]
+    labels = [run.label for run in {p.run.name: p.run for p in planned}.values()]  # one per run, not per seed
     return {p.run.name: p.run.label if labels.count(p.run.label) == 1 or "/" not in p.run.name
             else f"{p.run.label} [{p.run.name.split('/')[0]}]" for p in planned}
 

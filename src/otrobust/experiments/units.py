@@ -2,8 +2,10 @@
 
 A unit that starts from another run's checkpoint (fine-tuning) or audits against another run (the transfer
 surrogate) *waits* for that unit rather than holding the chain: the three fine-tuning arms of a study share one
-parent, so separate units let them run at the same time once it is done, and the parent is trained once. A
-launcher expresses the wait with its own mechanism (SLURM's ``afterok``, the local launcher's queue).
+parent, so separate units let them run at the same time once it is done, and the parent is trained once. A unit
+whose run is an earlier unit's (the same settings and seed, as a tuned arm that kept the defaults) waits for that
+unit too, so the run is trained once and never by two jobs at a time. A launcher expresses the wait with its
+own mechanism (SLURM's ``afterok``, the local launcher's queue).
 
 What a unit computes does not depend on where or how it is launched: its thread count (which changes a CPU's
 floating-point results, and with it the attack workers) is fixed by the plan and kept in its record.
@@ -101,9 +103,13 @@ def unit_id(p: PlannedRun) -> str:
 def build_units(preset: Preset, planned: list[PlannedRun], evaluations: list[Evaluation], audit: bool) -> list[Unit]:
     """The plan's units, ordered so that every unit comes after the units it depends on (plan order otherwise)."""
     by_key = {(p.seed_index, p.run.name): p for p in planned}
+    trains: dict[Path, PlannedRun] = {}  # run folder -> the first unit that trains it
     units = []
     for p in planned:
         deps, init_unit, surrogate = [], None, None
+        first = trains.setdefault(p.run_dir, p)
+        if first is not p:  # the same settings and seed as an earlier run (a tuned arm that kept the defaults):
+            deps.append(unit_id(first))  # its training is that unit's, so it waits rather than train it twice
         if p.run.init_from is not None:
             init_unit = unit_id(by_key[(p.seed_index, p.run.init_from)])
             deps.append(init_unit)
