@@ -24,10 +24,11 @@ PRESET = Preset(
 )
 
 
-def _record(run, seed, val_pgd, *, execution=INTEL, settings=None, seconds=60.0):
+def _record(run, seed, val_pgd, *, execution=INTEL, settings=None, seconds=60.0, folder=None, finished="1"):
     metrics = tuple({"epoch": i + 1, "val_pgd": v / 100, "val_clean": 0.98, "seconds": seconds}
                     for i, v in enumerate(val_pgd))
     return dataclasses.replace(FIXTURE, unit=f"s{seed}/{run}", run=run, seed=seed, seed_index=seed, metrics=metrics,
+                               run_folder=folder or f"{run}-{seed}".replace("/", "-"), finished=finished,
                                execution=execution, settings={**FIXTURE.settings, **(settings or {})},
                                wall_seconds={"evaluate": 600.0, "audit": 300.0})
 
@@ -99,6 +100,15 @@ def test_a_pair_on_two_processors_is_flagged_and_costs_add_up():
     assert "differ in more than the method" in sf.findings_markdown(PRESET, records, [], {})
     assert sum(c.total_s for c in sf.costs(records)) == pytest.approx(4 * (3 * 60 + 900))
     assert "4 units, 1.2 hours in all" in sf.cost_markdown(records)
+
+
+def test_a_run_two_units_share_counts_its_training_once():
+    records = {"s1/tuned/got": _record("tuned/got", 1, [90, 91], folder="got-1", finished="2"),
+               "s1/got": _record("got", 1, [90, 91], folder="got-1", finished="1")}
+    by = {c.unit: c for c in sf.costs(records)}
+    assert by["s1/got"].train_s == 120 and by["s1/got"].trained_by is None  # it finished first: it trained
+    assert by["s1/tuned/got"].train_s == 0 and by["s1/tuned/got"].trained_by == "s1/got"
+    assert "| `s1/got`'s |" in sf.cost_markdown(records)
 
 
 def test_a_tie_goes_to_the_default_listed_first_and_is_said():

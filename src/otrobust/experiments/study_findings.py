@@ -198,6 +198,7 @@ class UnitCost:
     evaluate_s: float
     audit_s: float
     commit: str | None = None  # otrobust's git commit, when it ran from a git checkout
+    trained_by: str | None = None  # the unit that trained this unit's run, when another did (train_s is then 0)
 
     @property
     def total_s(self) -> float:
@@ -205,13 +206,20 @@ class UnitCost:
 
 
 def costs(records: dict[str, UnitRecord]) -> list[UnitCost]:
+    """Each unit's cost. Units that share one run (a tuned arm that kept the defaults) share its training: the first
+    to finish trained it, and the others count none of it."""
+    first: dict[str, str] = {}
+    for unit, rec in sorted(records.items(), key=lambda kv: (kv[1].finished, kv[0])):
+        first.setdefault(rec.run_folder, unit)
     out = []
     for unit, rec in records.items():
         seconds = [float(m["seconds"]) for m in rec.metrics if m.get("seconds") is not None]
+        by = first[rec.run_folder] if first[rec.run_folder] != unit else None
         w = rec.wall_seconds
         out.append(UnitCost(unit, rec.execution.processor, rec.execution.precision, rec.execution.threads,
-                            len(seconds), median(seconds) if seconds else 0.0, sum(seconds),
-                            float(w.get("evaluate", 0.0)), float(w.get("audit", 0.0)), rec.versions.get("git_commit")))
+                            len(seconds), median(seconds) if seconds else 0.0, 0.0 if by else sum(seconds),
+                            float(w.get("evaluate", 0.0)), float(w.get("audit", 0.0)), rec.versions.get("git_commit"),
+                            by))
     return out
 
 
@@ -320,7 +328,8 @@ def cost_markdown(records: dict[str, UnitRecord]) -> str:
     if not found:
         return ""
     body = [[f"`{c.unit}`", c.processor, c.precision, c.threads, c.epochs, f"{c.median_epoch_s:.0f}",
-             f"{c.train_s / 60:.1f}", f"{c.evaluate_s / 60:.1f}", f"{c.audit_s / 60:.1f}",
+             f"`{c.trained_by}`'s" if c.trained_by else f"{c.train_s / 60:.1f}", f"{c.evaluate_s / 60:.1f}",
+             f"{c.audit_s / 60:.1f}",
              f"`{c.commit[:10]}`" if c.commit else "–"] for c in found]
     hours = sum(c.total_s for c in found) / 3600
     return "\n".join([f"{len(found)} units, {hours:.1f} hours in all. Wall-clock times as recorded: a unit paused "
