@@ -117,3 +117,22 @@ def test_a_tie_goes_to_the_default_listed_first_and_is_said():
     (result,) = sf.tunings(preset, records)
     assert result.best == "base"
     assert "**Tied** with Base a3" in sf.findings_markdown(preset, records, [], {"tune/base-a3": "Base a3"})
+
+
+def test_tuned_got_against_the_tuned_base_says_what_the_interval_shows():
+    runs = (*PRESET.runs, Run("tuned/got", "GOT tuned", {"method": "got-trades-lm"}, baseline="tuned/base",
+                              seeds=(1, 2)))
+    preset = dataclasses.replace(PRESET, runs=runs, tunings=(Tuning("Base", ("base",), tuned="tuned/base"),
+                                                             Tuning("GOT", ("got",), tuned="tuned/got")))
+    rows = [_row("tuned/base", 1, 90.0), _row("tuned/base", 2, 91.0), _row("tuned/got", 1, 91.0),
+            _row("tuned/got", 2, 92.2), _row("base", 1, 95.0), _row("got", 1, 80.0),
+            _row("tuned/base", 1, 80.0, "autoattack", "autoattack"), _row("tuned/got", 1, 79.0, "autoattack",
+                                                                          "autoattack")]
+    found = {d["evaluation"]: d for d in sf.tuned_differences(preset, rows)}
+    assert set(found) == {"pgd", "autoattack"} and found["pgd"]["baseline"] == "tuned/base"  # main arms left out
+    assert found["pgd"]["mean"] == pytest.approx(1.1)  # +1.0 and +1.2: two seeds, t(1) makes the interval wide
+    assert sf.shown(found["pgd"]["ci_low"], found["pgd"]["ci_high"]) == "no difference shown"
+    text = sf.findings_markdown(preset, {}, rows, {})
+    assert "## Tuned against tuned" in text and "**no interval (one seed)**" in text
+    assert sf.shown(0.2, 1.0) == "better" and sf.shown(-1.0, -0.2) == "worse"
+    assert sf.shown(-0.2, 1.0) == "no difference shown"

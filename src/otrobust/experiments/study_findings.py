@@ -91,6 +91,27 @@ def judge(claim_list: list[Claim], rows: list[dict[str, Any]]) -> list[ClaimVerd
     return out
 
 
+def shown(ci_low: float | None, ci_high: float | None) -> str:
+    """What a paired interval shows, without a claim to test: *better* (above 0), *worse* (below 0), or neither.
+
+    >>> shown(0.1, 0.9), shown(-0.9, -0.1), shown(-0.5, 0.5), shown(None, None)
+    ('better', 'worse', 'no difference shown', 'no interval (one seed)')
+    """
+    if ci_low is None or ci_high is None:
+        return "no interval (one seed)"
+    return "better" if ci_low > 0 else "worse" if ci_high < 0 else "no difference shown"
+
+
+def tuned_differences(preset: Preset, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paired differences (robust headline measurements, true labels) of each tuned arm whose baseline is
+    another tuning's tuned arm: tuned GOT against the tuned base method, each at its best trial's settings."""
+    tuned = {t.tuned for t in preset.tunings if t.tuned}
+    pairs = {r.name: r.baseline for r in preset.runs if r.name in tuned and r.baseline in tuned}
+    wanted = {(e, m) for e, m, _ in CLAIMED}
+    return [d for d in study.paired_differences(rows, pairs) if (d["evaluation"], d["metric"]) in wanted
+            and d["labels"] in (None, "true")]
+
+
 @dataclass(frozen=True)
 class Plateau:
     """A run's validation robust accuracy (%) over its last three epochs, and by how much it moved over them."""
@@ -255,7 +276,22 @@ def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list
     parts += _plateau_section(preset, records, names)
     for t in tunings(preset, records):
         parts += _tuning_section(t, names)
+    parts += _tuned_section(preset, rows, names)
     return "\n".join(parts)
+
+
+def _tuned_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    found = tuned_differences(preset, rows)
+    if not found:
+        return []
+    body = [[f"{names.get(d['run'], d['run'])} − {names.get(d['baseline'], d['baseline'])}", d["evaluation"],
+             _pm(d["mean"]), "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]",
+             len(d["seeds"]), f"**{shown(d['ci_low'], d['ci_high'])}**"] for d in found]
+    return ["## Tuned against tuned", "",
+            "Each tuning's best trial, trained on fresh seeds: GOT against its base method, both at their best "
+            "validation settings. Paired difference in percentage points with its 95 % Student-t interval over "
+            "seeds: *better* or *worse* when the interval excludes 0.", "",
+            markdown_table(["comparison", "evaluation", "mean difference", "95% CI", "seeds", "shows"], body), ""]
 
 
 def _claims_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
