@@ -82,4 +82,5 @@ def test_smoke_study_with_two_seeds_reports_mean_sd_and_paired_differences(tmp_p
         assert seeds == {str(i) for i in (0, 1) if not run.seeds or i in run.seeds}, (run.name, seeds)
     stages = {r["metric"] for r in rows if r["evaluation"] == "autoattack"}
     assert {"autoattack after apgd-ce", "autoattack after square"} <= stages
-    assert (folder / "figures" / "accuracy_vs_eps_label_protocols.png").is_file()
+    assert all((folder / "figures" / f"{name}.png").is_file() for name in
+               ("accuracy_vs_eps_label_protocols", "plateau", "tuning"))

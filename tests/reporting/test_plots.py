@@ -56,6 +56,7 @@ def test_plateau_panels_a_line_per_seed(tmp_path):
     _written(plots.plot_plateau({"TRADES": seeds, "GOT": {"seed 0": [(1, 50.0)]}}, tmp_path / "plateau"))
     with pytest.raises(OtrobustError, match="no run has a finished epoch"):
         plots.plot_plateau({"TRADES": {"seed 0": []}}, tmp_path / "none")
+    _written(plots.plot_plateau({"Tuning": seeds}, tmp_path / "tuning", last=0))  # no window shaded
 
 
 def test_the_same_figure_is_the_same_bytes(tmp_path):

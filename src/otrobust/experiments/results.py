@@ -150,6 +150,32 @@ def _paper_panels(preset: Preset, planned, x: str) -> dict[str, dict[str, list[t
     return panels
 
 
+Curves = dict[str, dict[str, list[tuple[int, float]]]]  # panel -> line label -> [(epoch, validation PGD %)]
+
+
+def _val_pgd(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(m["epoch"], 100 * m["val_pgd"]) for m in history if isinstance(m.get("val_pgd"), (int, float))]
+
+
+def _plateau_panels(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list]) -> Curves:
+    """A panel per run trained from scratch that takes part in a comparison, a line per seed."""
+    names = display_names(planned)
+    compared = {r.name for r in preset.runs if r.baseline} | {r.baseline for r in preset.runs if r.baseline}
+    panels: Curves = {}
+    for p in planned:
+        if p.run.name in compared and not p.run.init_from and (p.run.name, p.seed_index) in histories:
+            panels.setdefault(names[p.run.name], {})[f"seed {p.config.seed}"] = _val_pgd(
+                histories[(p.run.name, p.seed_index)])
+    return panels
+
+
+def _tuning_panels(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list]) -> Curves:
+    """A panel per tuning (``preset.tunings``), a line per trial with a record (seed index 0)."""
+    names = display_names(planned)
+    return {t.name: {names.get(run, run): _val_pgd(histories[(run, 0)]) for run in t.trials if (run, 0) in histories}
+            for t in preset.tunings}
+
+
 def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
                  evaluations: list[Evaluation], fig_dir: Path, histories: dict[tuple[str, int], list[dict[str, Any]]],
                  features: dict[str, dict[str, Any]]) -> list[Path]:
@@ -161,18 +187,12 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
         curves = {names[p.run.name]: histories[(p.run.name, 0)] for p in planned
                   if p.seed_index == 0 and (p.run.name, 0) in histories}
         files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
-    if "plateau" in preset.plots:  # every seed of the runs trained from scratch that take part in a comparison
-        compared = {r.name for r in preset.runs if r.baseline} | {r.baseline for r in preset.runs if r.baseline}
-        panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
-        for p in planned:
-            if p.run.name in compared and not p.run.init_from and (p.run.name, p.seed_index) in histories:
-                panels.setdefault(names[p.run.name], {})[f"seed {p.config.seed}"] = [
-                    (m["epoch"], 100 * m["val_pgd"]) for m in histories[(p.run.name, p.seed_index)]
-                    if isinstance(m.get("val_pgd"), (int, float))]
-        if panels:
-            files += plots.plot_plateau(panels, fig_dir / "plateau",
-                                        title=f"Validation PGD accuracy by epoch, every seed (last three shaded), "
-                                              f"{title}")
+    if "plateau" in preset.plots and (panels := _plateau_panels(preset, planned, histories)):
+        files += plots.plot_plateau(panels, fig_dir / "plateau",
+                                    title=f"Validation PGD accuracy by epoch, every seed (last three shaded), {title}")
+    if "tuning" in preset.plots and (panels := _tuning_panels(preset, planned, histories)):
+        files += plots.plot_plateau(panels, fig_dir / "tuning", last=0,
+                                    title=f"Tuning trials: validation PGD accuracy by epoch (seed 0), {title}")
     if "eps" in preset.plots:
         paper = _paper_panels(preset, planned, "eps") if scale == "full" else None
         files += plots.plot_accuracy_vs_eps(_sweep_panels(planned, rows, "eps-sweep", "eps"),

@@ -228,7 +228,7 @@ def plot_plateau(panels: dict[str, dict[str, list[tuple[int, float]]]], stem: Pa
                  formats: Sequence[str] = ("png", "svg")) -> list[Path]:
     """Whether runs have stopped improving: one panel per run (``{panel: {line label: [(epoch, accuracy %)]}}``,
     a line per seed), from ``first_epoch`` on so that a warm-up does not squash the scale, with the last ``last``
-    epochs shaded (the window a plateau is judged on)."""
+    epochs shaded (the window a plateau is judged on; 0: none)."""
     panels = {k: {s: pts for s, pts in v.items() if pts} for k, v in panels.items()}
     panels = {k: v for k, v in panels.items() if v}
     if not panels:
@@ -242,7 +242,8 @@ def plot_plateau(panels: dict[str, dict[str, list[tuple[int, float]]]], stem: Pa
             pts = sorted(p for p in pts if p[0] >= first_epoch) or sorted(pts)
             xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=3, linewidth=1.3, label=label)
-        ax.axvspan(end - last + 0.5, end + 0.5, color="0.85", alpha=0.5, linewidth=0)
+        if last:
+            ax.axvspan(end - last + 0.5, end + 0.5, color="0.85", alpha=0.5, linewidth=0)
         ax.set_title(name, fontsize=11)
         ax.set_xlabel("epoch", fontsize=10)
         ax.set_ylabel("validation PGD accuracy (%)", fontsize=10)
