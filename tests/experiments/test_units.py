@@ -270,3 +270,21 @@ def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_ma
     assert err.count("\n") == 1 and "--mixed-machines" in err
     assert not by_id["s1/got-trades-lm"].planned.run_dir.exists()
     assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/got-trades-lm", "--mixed-machines"]) == 0
+
+
+def test_a_unit_started_on_another_kind_of_machine_is_not_resumed_here_unless_said(tmp_path):
+    from otrobust.experiments.units import STARTED_ON, _recorded_kind, check_one_machine_kind, machine_kind
+
+    settings = ReproduceSettings(preset="mnist-study", seeds=1, out=str(tmp_path))
+    *_, units, ctx = plan_units(settings, log=lambda s: None)
+    by_id = {u.id: u for u in units}
+    trades = by_id["s0/trades"]
+    here = machine_kind(trades, ctx)
+    ctx.state_dir(trades).mkdir(parents=True)
+    (ctx.state_dir(trades) / STARTED_ON).write_text(json.dumps({"processor": "Another CPU", "precision": here[1]}))
+    with pytest.raises(OtrobustError, match="but it was started on Another CPU"):
+        check_one_machine_kind(trades, units, ctx, here)
+    with pytest.raises(OtrobustError, match="'s0/trades' of the same seed ran on Another CPU"):
+        check_one_machine_kind(by_id["s0/got-trades-lm"], units, ctx, here)  # a started unit counts as well
+    # With --mixed-machines it resumes, and its record says both, so the page names its pairs as mixed.
+    assert _recorded_kind(trades, ctx) == (f"Another CPU, then {here[0]}", here[1])

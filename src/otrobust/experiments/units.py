@@ -11,8 +11,9 @@ What a unit computes does not depend on where or how it is launched: its thread 
 floating-point results, and with it the attack workers) is fixed by the plan and kept in its record.
 
 Files, under ``OUT/SCALE/PRESET/``: ``records/<unit>.json`` (the unit's record, :mod:`otrobust.experiments.records`)
-and ``units/<unit>/`` (its lock while it runs, ``failed.txt`` when it stopped with an error, ``job.txt`` when a
-launcher queued it). The training run itself lives where the plan puts it (``OUT/SCALE/runs/<run id>``).
+and ``units/<unit>/`` (its lock while it runs, ``machine.json``: the processor and precision it started on,
+``failed.txt`` when it stopped with an error, ``job.txt`` when a launcher queued it). The training run itself
+lives where the plan puts it (``OUT/SCALE/runs/<run id>``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from otrobust.store.provenance import processor_name, versions
 from otrobust.training.setup import training_precision
 
 STATUSES = ("done", "running", "failed", "queued", "partial", "new")
+STARTED_ON = "machine.json"  # in a unit's state folder: the processor and precision it was started on
 # Training settings a record leaves out: where and how a run is executed, and the starting checkpoint's path (the
 # record names the unit it comes from instead).
 NOT_IN_RECORD = (*NOT_IN_RUN_ID, "init")
@@ -233,11 +235,14 @@ def run_unit(unit: Unit, units: list[Unit], ctx: UnitContext) -> UnitRecord:
         if not ctx.record_path(by_id[dep]).is_file():
             raise OtrobustError(f"unit {unit.id!r} depends on {dep!r}, which is not done; run it first "
                                 f"(--unit {dep})")
+    here = machine_kind(unit, ctx)
     if not ctx.mixed_machines:
-        check_one_machine_kind(unit, units, ctx, machine_kind(unit, ctx))
+        check_one_machine_kind(unit, units, ctx, here)
     state = ctx.state_dir(unit)
     with run_lock(state):
         (state / "failed.txt").unlink(missing_ok=True)
+        if not (state / STARTED_ON).is_file():
+            atomic_write_text(state / STARTED_ON, json.dumps({"processor": here[0], "precision": here[1]}) + "\n")
         try:
             record = _compute(unit, by_id, ctx)
         except BaseException as exc:
@@ -257,20 +262,47 @@ def machine_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str]:
     return (processor_name() if dev.type == "cpu" else _gpu_name(dev)), f"{precision.name} ({precision.reason})"
 
 
-def check_one_machine_kind(unit: Unit, units: list[Unit], ctx: UnitContext, here: tuple[str, str]) -> None:
-    """Refuse to run ``unit`` on ``here`` (processor, precision) when a finished unit of the same seed ran on another:
-    the runs of one seed are compared pair by pair, and a pair must differ in the method alone (a CPU's kind and the
-    precision change floating-point results, so two kinds would make two trainings of one seed differ)."""
-    for other in units:
-        path = ctx.record_path(other)
-        if other.planned.seed_index != unit.planned.seed_index or other.id == unit.id or not path.is_file():
-            continue
+def _recorded_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str]:
+    """The machine kind a record states: this one's, or "A, then B" for a unit resumed on another kind (only with
+    --mixed-machines), so that the results page names every pair it touches as mixed."""
+    here = machine_kind(unit, ctx)
+    started = started_kind(unit, ctx) or here
+
+    def both(was: str, now: str) -> str:
+        return now if was == now else f"{was}, then {now}"
+
+    return both(started[0], here[0]), both(started[1], here[1])
+
+
+def started_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str] | None:
+    """(processor, precision) that ``unit`` ran on: its record's when it is done, else the machine it was started
+    on (None for a unit never started, or started before units noted their machine)."""
+    path = ctx.record_path(unit)
+    if path.is_file():
         e = read_record(path).execution
-        if (e.processor, e.precision) != here:
+        return e.processor, e.precision
+    try:
+        started = json.loads((ctx.state_dir(unit) / STARTED_ON).read_text())
+        return str(started["processor"]), str(started["precision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_one_machine_kind(unit: Unit, units: list[Unit], ctx: UnitContext, here: tuple[str, str]) -> None:
+    """Refuse to run ``unit`` on ``here`` (processor, precision) when it, or another unit of the same seed, finished
+    or started on another: the runs of one seed are compared pair by pair, and a pair must differ in the method
+    alone (a CPU's kind and the precision change floating-point results, so two kinds would make two trainings of
+    one seed differ, and a training resumed on another kind would be neither)."""
+    for other in units:
+        if other.planned.seed_index != unit.planned.seed_index:
+            continue
+        kind = started_kind(other, ctx)
+        if kind is not None and kind != here:
+            whose = "it was started" if other.id == unit.id else f"{other.id!r} of the same seed ran"
             raise OtrobustError(
-                f"unit {unit.id!r} would run on {here[0]}, {here[1]}, but {other.id!r} of the same seed ran on "
-                f"{e.processor}, {e.precision}: a paired comparison must differ in the method alone; run it on that "
-                "kind of machine, or pass --mixed-machines (the results page then names the mixed pairs)")
+                f"unit {unit.id!r} would run on {here[0]}, {here[1]}, but {whose} on {kind[0]}, {kind[1]}: a "
+                "paired comparison must differ in the method alone; run it on that kind of machine, or pass "
+                "--mixed-machines (the results page then names the mixed pairs)")
 
 
 def unit_command(settings, unit_id: str, threads: int) -> list[str]:
@@ -328,7 +360,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
             features = _features_text(features_path(p.run_dir, ev))
     t3 = time.perf_counter()
     ckpt = resolve_checkpoint(p.run_dir)
-    processor, precision = machine_kind(unit, ctx)
+    processor, precision = _recorded_kind(unit, ctx)
     return UnitRecord(
         preset=ctx.preset.name, scale=ctx.scale, unit=unit.id, run=p.run.name, run_folder=p.run_dir.name,
         seed=p.config.seed,
