@@ -157,6 +157,22 @@ def _val_pgd(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(m["epoch"], 100 * m["val_pgd"]) for m in history if isinstance(m.get("val_pgd"), (int, float))]
 
 
+def curve_histories(preset: Preset, planned: list[PlannedRun],
+                    histories: dict[tuple[str, int], list]) -> dict[str, list]:
+    """The first seed's epochs of every run but the tuning trials (the tuning figure has them); a fine-tuning run's
+    epochs are numbered on from its parent's last, so that its curve continues the parent's."""
+    names = display_names(planned)
+    trials = {run for t in preset.tunings for run in t.trials[1:]}  # the first is the default: a main arm
+    curves = {}
+    for p in planned:
+        history = histories.get((p.run.name, 0))
+        if p.seed_index != 0 or history is None or p.run.name in trials:
+            continue
+        start = len(histories.get((p.run.init_from, 0), [])) if p.run.init_from else 0
+        curves[names[p.run.name]] = [{**m, "epoch": m.get("epoch", i + 1) + start} for i, m in enumerate(history)]
+    return curves
+
+
 def _plateau_panels(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list]) -> Curves:
     """A panel per run trained from scratch that takes part in a comparison, a line per seed."""
     names = display_names(planned)
@@ -183,9 +199,7 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
     name and seed index) and the first seed's t-SNE features (``features``, per run name: arrays by key)."""
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
-    if "curves" in preset.plots:  # the first seed's curves
-        curves = {names[p.run.name]: histories[(p.run.name, 0)] for p in planned
-                  if p.seed_index == 0 and (p.run.name, 0) in histories}
+    if "curves" in preset.plots and (curves := curve_histories(preset, planned, histories)):
         files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
     if "plateau" in preset.plots and (panels := _plateau_panels(preset, planned, histories)):
         files += plots.plot_plateau(panels, fig_dir / "plateau",
