@@ -250,8 +250,8 @@ def test_status_says_how_far_a_started_unit_is(tmp_path, capsys):
 def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_machine(tmp_path, capsys):
     import dataclasses
 
+    from otrobust.experiments.machine_kinds import check_one_machine_kind, machine_kind
     from otrobust.experiments.records import UnitExecution, record_to_json
-    from otrobust.experiments.units import check_one_machine_kind, machine_kind
 
     settings = ReproduceSettings(preset="mnist-study", seeds=2, out=str(tmp_path))
     *_, units, ctx = plan_units(settings, log=lambda s: None)
@@ -273,7 +273,7 @@ def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_ma
 
 
 def test_a_unit_started_on_another_kind_of_machine_is_not_resumed_here_unless_said(tmp_path):
-    from otrobust.experiments.units import STARTED_ON, _recorded_kind, check_one_machine_kind, machine_kind
+    from otrobust.experiments.machine_kinds import STARTED_ON, check_one_machine_kind, machine_kind, recorded_kind
 
     settings = ReproduceSettings(preset="mnist-study", seeds=1, out=str(tmp_path))
     *_, units, ctx = plan_units(settings, log=lambda s: None)
@@ -287,4 +287,4 @@ def test_a_unit_started_on_another_kind_of_machine_is_not_resumed_here_unless_sa
     with pytest.raises(OtrobustError, match="'s0/trades' of the same seed ran on Another CPU"):
         check_one_machine_kind(by_id["s0/got-trades-lm"], units, ctx, here)  # a started unit counts as well
     # With --mixed-machines it resumes, and its record says both, so the page names its pairs as mixed.
-    assert _recorded_kind(trades, ctx) == (f"Another CPU, then {here[0]}", here[1])
+    assert recorded_kind(trades, ctx) == (f"Another CPU, then {here[0]}", here[1])

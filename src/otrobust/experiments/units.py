@@ -32,6 +32,7 @@ from otrobust.data import load_dataset
 from otrobust.data.base import data_fingerprint
 from otrobust.devices import pick_device
 from otrobust.errors import OtrobustError
+from otrobust.experiments.machine_kinds import check_one_machine_kind, machine_kind, note_started, recorded_kind
 from otrobust.experiments.planning import NOT_IN_RUN_ID, PlannedRun, applies, run_status
 from otrobust.experiments.records import (
     RECORD_SUFFIX,
@@ -48,11 +49,9 @@ from otrobust.store.checkpoint import resolve_checkpoint
 from otrobust.store.files import atomic_write_text, read_jsonl
 from otrobust.store.lock import LOCK_NAME, lock_owner, run_lock
 from otrobust.store.lock import _running as pid_running
-from otrobust.store.provenance import processor_name, versions
-from otrobust.training.setup import training_precision
+from otrobust.store.provenance import versions
 
 STATUSES = ("done", "running", "failed", "queued", "partial", "new")
-STARTED_ON = "machine.json"  # in a unit's state folder: the processor and precision it was started on
 # Training settings a record leaves out: where and how a run is executed, and the starting checkpoint's path (the
 # record names the unit it comes from instead).
 NOT_IN_RECORD = (*NOT_IN_RUN_ID, "init")
@@ -241,8 +240,7 @@ def run_unit(unit: Unit, units: list[Unit], ctx: UnitContext) -> UnitRecord:
     state = ctx.state_dir(unit)
     with run_lock(state):
         (state / "failed.txt").unlink(missing_ok=True)
-        if not (state / STARTED_ON).is_file():
-            atomic_write_text(state / STARTED_ON, json.dumps({"processor": here[0], "precision": here[1]}) + "\n")
+        note_started(unit, ctx, here)
         try:
             record = _compute(unit, by_id, ctx)
         except BaseException as exc:
@@ -253,56 +251,6 @@ def run_unit(unit: Unit, units: list[Unit], ctx: UnitContext) -> UnitRecord:
         (state / "job.txt").unlink(missing_ok=True)
     ctx.log(f"{unit.id}: done, record {ctx.record_path(unit)}")
     return record
-
-
-def machine_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str]:
-    """(processor or GPU name, precision) that ``unit`` would run with here, as its record will state them."""
-    dev = pick_device(ctx.device)
-    precision = training_precision(unit.planned.config.amp, dev)
-    return (processor_name() if dev.type == "cpu" else _gpu_name(dev)), f"{precision.name} ({precision.reason})"
-
-
-def _recorded_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str]:
-    """The machine kind a record states: this one's, or "A, then B" for a unit resumed on another kind (only with
-    --mixed-machines), so that the results page names every pair it touches as mixed."""
-    here = machine_kind(unit, ctx)
-    started = started_kind(unit, ctx) or here
-
-    def both(was: str, now: str) -> str:
-        return now if was == now else f"{was}, then {now}"
-
-    return both(started[0], here[0]), both(started[1], here[1])
-
-
-def started_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str] | None:
-    """(processor, precision) that ``unit`` ran on: its record's when it is done, else the machine it was started
-    on (None for a unit never started, or started before units noted their machine)."""
-    path = ctx.record_path(unit)
-    if path.is_file():
-        e = read_record(path).execution
-        return e.processor, e.precision
-    try:
-        started = json.loads((ctx.state_dir(unit) / STARTED_ON).read_text())
-        return str(started["processor"]), str(started["precision"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def check_one_machine_kind(unit: Unit, units: list[Unit], ctx: UnitContext, here: tuple[str, str]) -> None:
-    """Refuse to run ``unit`` on ``here`` (processor, precision) when it, or another unit of the same seed, finished
-    or started on another: the runs of one seed are compared pair by pair, and a pair must differ in the method
-    alone (a CPU's kind and the precision change floating-point results, so two kinds would make two trainings of
-    one seed differ, and a training resumed on another kind would be neither)."""
-    for other in units:
-        if other.planned.seed_index != unit.planned.seed_index:
-            continue
-        kind = started_kind(other, ctx)
-        if kind is not None and kind != here:
-            whose = "it was started" if other.id == unit.id else f"{other.id!r} of the same seed ran"
-            raise OtrobustError(
-                f"unit {unit.id!r} would run on {here[0]}, {here[1]}, but {whose} on {kind[0]}, {kind[1]}: a "
-                "paired comparison must differ in the method alone; run it on that kind of machine, or pass "
-                "--mixed-machines (the results page then names the mixed pairs)")
 
 
 def unit_command(settings, unit_id: str, threads: int) -> list[str]:
@@ -360,7 +308,7 @@ def _compute(unit: Unit, by_id: dict[str, Unit], ctx: UnitContext) -> UnitRecord
             features = _features_text(features_path(p.run_dir, ev))
     t3 = time.perf_counter()
     ckpt = resolve_checkpoint(p.run_dir)
-    processor, precision = _recorded_kind(unit, ctx)
+    processor, precision = recorded_kind(unit, ctx)
     return UnitRecord(
         preset=ctx.preset.name, scale=ctx.scale, unit=unit.id, run=p.run.name, run_folder=p.run_dir.name,
         seed=p.config.seed,
@@ -385,12 +333,6 @@ def _attack_options(scale: str) -> dict[str, Any] | None:
 
 def _data_fingerprint(p: PlannedRun) -> str | None:
     return data_fingerprint(p.config.data_dir)
-
-
-def _gpu_name(dev) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
 
 
 def _features_text(path: Path | None) -> str | None:
