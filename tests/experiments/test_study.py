@@ -92,7 +92,7 @@ def test_the_learning_curves_leave_the_trials_out_and_continue_a_fine_tuning_fro
     planned = plan(STUDIES["mnist-study"], "smoke", tmp_path, seeds=1)
     histories = {(p.run.name, 0): [{"epoch": e, "val_pgd": 0.5} for e in range(1, (4 if p.run.init_from else 20) + 1)]
                  for p in planned}
-    curves = curve_histories(STUDIES["mnist-study"], planned, histories)
+    curves = curve_histories(STUDIES["mnist-study"], planned, histories, display_names(planned))
     assert "TRADES" in curves and not any("(trial)" in name for name in curves)
     ft = next(v for k, v in curves.items() if k.startswith("TRADES + "))
     assert [m["epoch"] for m in ft] == [21, 22, 23, 24]

@@ -157,11 +157,10 @@ def _val_pgd(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(m["epoch"], 100 * m["val_pgd"]) for m in history if isinstance(m.get("val_pgd"), (int, float))]
 
 
-def curve_histories(preset: Preset, planned: list[PlannedRun],
-                    histories: dict[tuple[str, int], list]) -> dict[str, list]:
+def curve_histories(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list],
+                    names: dict[str, str]) -> dict[str, list]:
     """The first seed's epochs of every run but the tuning trials (the tuning figure has them); a fine-tuning run's
     epochs are numbered on from its parent's last, so that its curve continues the parent's."""
-    names = display_names(planned)
     trials = {run for t in preset.tunings for run in t.trials[1:]}  # the first is the default: a main arm
     curves = {}
     for p in planned:
@@ -173,9 +172,9 @@ def curve_histories(preset: Preset, planned: list[PlannedRun],
     return curves
 
 
-def _plateau_panels(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list]) -> Curves:
+def _plateau_panels(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list],
+                    names: dict[str, str]) -> Curves:
     """A panel per run trained from scratch that takes part in a comparison, a line per seed."""
-    names = display_names(planned)
     compared = {r.name for r in preset.runs if r.baseline} | {r.baseline for r in preset.runs if r.baseline}
     panels: Curves = {}
     for p in planned:
@@ -185,9 +184,8 @@ def _plateau_panels(preset: Preset, planned: list[PlannedRun], histories: dict[t
     return panels
 
 
-def _tuning_panels(preset: Preset, planned: list[PlannedRun], histories: dict[tuple[str, int], list]) -> Curves:
+def _tuning_panels(preset: Preset, histories: dict[tuple[str, int], list], names: dict[str, str]) -> Curves:
     """A panel per tuning (``preset.tunings``), a line per trial with a record (seed index 0)."""
-    names = display_names(planned)
     return {t.name: {names.get(run, run): _val_pgd(histories[(run, 0)]) for run in t.trials if (run, 0) in histories}
             for t in preset.tunings}
 
@@ -199,12 +197,12 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
     name and seed index) and the first seed's t-SNE features (``features``, per run name: arrays by key)."""
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
-    if "curves" in preset.plots and (curves := curve_histories(preset, planned, histories)):
+    if "curves" in preset.plots and (curves := curve_histories(preset, planned, histories, names)):
         files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
-    if "plateau" in preset.plots and (panels := _plateau_panels(preset, planned, histories)):
+    if "plateau" in preset.plots and (panels := _plateau_panels(preset, planned, histories, names)):
         files += plots.plot_plateau(panels, fig_dir / "plateau",
                                     title=f"Validation PGD accuracy by epoch, every seed (last three shaded), {title}")
-    if "tuning" in preset.plots and (panels := _tuning_panels(preset, planned, histories)):
+    if "tuning" in preset.plots and (panels := _tuning_panels(preset, histories, names)):
         files += plots.plot_plateau(panels, fig_dir / "tuning", last=0,
                                     title=f"Tuning trials: validation PGD accuracy by epoch (seed 0), {title}")
     if "eps" in preset.plots:

@@ -15,7 +15,7 @@ from otrobust.experiments import study
 from otrobust.experiments.records import UnitRecord
 from otrobust.experiments.spec import Preset, Tuning
 from otrobust.reporting.tables import markdown_table
-from otrobust.training.method_registry import DEFAULT_ADV_WEIGHT
+from otrobust.training.method_registry import default_adv_weight
 from otrobust.training.runfiles import checkpoint_score
 
 REPRODUCED, REFUTED, NOT_RESOLVED = "reproduced", "refuted", "not resolved"
@@ -178,8 +178,8 @@ def _trial(rec: UnitRecord, keys: list[str]) -> Trial:
 def _setting(rec: UnitRecord, key: str) -> str:
     """``key=value`` as the run trained it: an unset alpha reads as the method's default, not None."""
     value = rec.settings.get(key)
-    if key == "adv_weight" and value is None and rec.settings.get("method") in DEFAULT_ADV_WEIGHT:
-        return f"{key}={DEFAULT_ADV_WEIGHT[rec.settings['method']]} (default)"
+    if key == "adv_weight" and value is None:
+        return f"{key}={default_adv_weight(rec.settings['method'])} (default)"
     return f"{key}={value}"
 
 
@@ -261,6 +261,10 @@ def mixed_pairs(preset: Preset, records: dict[str, UnitRecord]) -> list[str]:
     return out
 
 
+def _ci(low: float | None, high: float | None) -> str:
+    return "–" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
+
+
 def _pm(v: float | None) -> str:
     return "–" if v is None else f"{v:+.2f}"
 
@@ -285,7 +289,7 @@ def _tuned_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, 
     if not found:
         return []
     body = [[f"{names.get(d['run'], d['run'])} − {names.get(d['baseline'], d['baseline'])}", d["evaluation"],
-             _pm(d["mean"]), "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]",
+             _pm(d["mean"]), _ci(d["ci_low"], d["ci_high"]),
              len(d["seeds"]), f"**{shown(d['ci_low'], d['ci_high'])}**"] for d in found]
     return ["## Tuned against tuned", "",
             "Each tuning's best trial, trained on fresh seeds: GOT against its base method, both at their best "
@@ -301,7 +305,7 @@ def _claims_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str,
     body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
              f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
              f"{v.claim.gain:+.2f}", _pm(v.mean),
-             "–" if v.ci_low is None else f"[{v.ci_low:+.2f}, {v.ci_high:+.2f}]", len(v.seeds),
+             _ci(v.ci_low, v.ci_high), len(v.seeds),
              f"**{v.verdict}**"] for v in judged]
     return ["## The paper's claims", "",
             "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "

@@ -71,3 +71,8 @@ def ot_variant(method: str) -> str | None:
 def base_method(method: str) -> str:
     """The objective a method adds the OT term to (``got-trades-lm`` -> ``trades``)."""
     return method_spec(method).base
+
+
+def default_adv_weight(method: str) -> float | None:
+    """The α a method trains with when ``--adv-weight`` is unset: its base objective's (None where it has none)."""
+    return DEFAULT_ADV_WEIGHT.get(base_method(method))
