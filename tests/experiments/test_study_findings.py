@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from otrobust.experiments import study
 from otrobust.experiments import study_findings as sf
 from otrobust.experiments.records import UnitExecution, read_record
 from otrobust.experiments.spec import PaperValue, Preset, Run, Tuning
@@ -39,12 +40,23 @@ def _row(run, seed, acc, evaluation="pgd", metric="pgd"):
 
 
 def test_the_verdict_follows_the_interval():
-    assert sf.verdict(1.24, -0.4, 0.6) == sf.REFUTED  # below the claim, 0 inside: the claimed gain is ruled out
-    assert sf.verdict(1.24, 0.1, 0.9) == sf.REFUTED  # a smaller gain shown is still not the claim
-    assert sf.verdict(1.24, 0.3, 2.5) == sf.REPRODUCED
-    assert sf.verdict(1.24, 1.5, 3.0) == sf.REPRODUCED  # a larger gain than claimed
-    assert sf.verdict(1.24, -0.5, 2.0) == sf.NOT_RESOLVED
-    assert sf.verdict(1.24, None, None) == sf.NOT_RESOLVED
+    assert sf.verdict(1.24, -0.4, 0.6, 3) == sf.REFUTED  # below the claim, 0 inside: the claimed gain is ruled out
+    assert sf.verdict(1.24, 0.1, 0.9, 3) == sf.REFUTED  # a smaller gain shown is still not the claim
+    assert sf.verdict(1.24, 0.3, 2.5, 3) == sf.REPRODUCED
+    assert sf.verdict(1.24, 1.5, 3.0, 3) == sf.REPRODUCED  # a larger gain than claimed
+    assert sf.verdict(1.24, -0.5, 2.0, 3) == sf.NOT_RESOLVED
+    assert sf.verdict(1.24, None, None, 3) == sf.NOT_RESOLVED
+
+
+def test_no_verdict_below_three_seeds_or_from_an_interval_of_no_width():
+    # two seeds whose AutoAttack differences agree exactly (+1.2 and +1.2) give the interval [+1.2, +1.2]: it
+    # measures no noise, so it must not refute a claimed +2.84
+    assert sf.verdict(2.84, 1.2, 1.2, 3) == sf.NOT_RESOLVED
+    assert sf.verdict(2.84, 0.5, 1.5, 2) == sf.NOT_RESOLVED
+    assert sf.verdict(2.84, 0.5, 1.5, 3) == sf.REFUTED
+    assert sf.shown(1.2, 1.2) == "no interval (the seeds agree exactly)"
+    assert sf.verdict(2.84, 1.2 - 1e-12, 1.2 + 1e-12, 3) == sf.NOT_RESOLVED  # rounding error is no spread
+    assert study.interval(1.2, 1.2) == "[+1.20, +1.20] (no spread)" and study.interval(-0.5, 1.2) == "[-0.50, +1.20]"
 
 
 def test_the_mnist_study_tests_the_papers_four_claims():

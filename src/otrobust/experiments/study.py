@@ -76,6 +76,21 @@ def paired_differences(rows: list[dict[str, Any]], baselines: dict[str, str]) ->
     return out
 
 
+def informative(ci_low: float | None, ci_high: float | None) -> bool:
+    """Whether an interval over seeds says anything: it exists (two seeds or more) and has width. Seeds whose
+    differences agree exactly (AutoAttack on 500 images moves in steps of 0.2 points) give a zero-width Student-t
+    interval, which measures no noise at all, not a certain result."""
+    # a tolerance, not 0: equal differences leave a spread of rounding error, not of noise
+    return ci_low is not None and ci_high is not None and ci_high - ci_low > 1e-6
+
+
+def interval(ci_low: float | None, ci_high: float | None) -> str:
+    """``[-0.50, +1.20]``; ``–`` for no interval (one seed); ``(no spread)`` added to one of no width."""
+    if ci_low is None or ci_high is None:
+        return "–"
+    return f"[{ci_low:+.2f}, {ci_high:+.2f}]" + ("" if informative(ci_low, ci_high) else " (no spread)")
+
+
 def mean_sd(mean_: float, sd: float | None) -> str:
     """``97.12 ± 0.34`` (or the mean alone for one seed)."""
     return f"{mean_:.2f}" if sd is None else f"{mean_:.2f} ± {sd:.2f}"
@@ -107,7 +122,7 @@ def study_markdown(summary: list[dict[str, Any]], diffs: list[dict[str, Any]], n
     if diffs:
         body = [[names.get(d["run"], d["run"]), names.get(d["baseline"], d["baseline"]), d["evaluation"], d["metric"],
                  _eps(d["eps"]), f"{d['mean']:+.2f}",
-                 "–" if d["ci_low"] is None else f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]",
+                 interval(d["ci_low"], d["ci_high"]),
                  " ".join(f"{x:+.2f}" for x in d["diffs"]), len(d["seeds"])]
                 for d in diffs if d["labels"] in (None, "true") and (d["evaluation"], d["metric"]) in headline]
         parts += ["## Paired differences (run − baseline, same seed)", "",

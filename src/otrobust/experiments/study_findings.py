@@ -19,6 +19,8 @@ from otrobust.training.method_registry import default_adv_weight
 from otrobust.training.runfiles import checkpoint_score
 
 REPRODUCED, REFUTED, NOT_RESOLVED = "reproduced", "refuted", "not resolved"
+# A claim is judged on no fewer seeds than the study trains each arm on.
+MIN_SEEDS = 3
 # The robust measurements a claim of the paper can be about: (evaluation, metric, label).
 CLAIMED = tuple(h for h in study.HEADLINE if h[1] != "clean")
 
@@ -53,14 +55,15 @@ class ClaimVerdict:
     verdict: str
 
 
-def verdict(claimed: float, ci_low: float | None, ci_high: float | None) -> str:
+def verdict(claimed: float, ci_low: float | None, ci_high: float | None, seeds: int) -> str:
     """*refuted* when the interval lies below the claimed gain, *reproduced* when it lies above 0 and reaches the
-    claimed gain, else *not resolved* (an interval holding both 0 and the claim, or no interval: one seed).
+    claimed gain, else *not resolved*: an interval holding both 0 and the claim, fewer than :data:`MIN_SEEDS`
+    seeds, or an interval that is not :func:`study.informative`.
 
-    >>> verdict(1.24, -0.3, 0.5), verdict(1.24, 0.2, 2.0), verdict(1.24, -0.5, 1.5), verdict(1.24, None, None)
+    >>> verdict(1.24, -0.3, 0.5, 3), verdict(1.24, 0.2, 2.0, 3), verdict(1.24, -0.5, 1.5, 3), verdict(1.24, 1.2, 1.2, 3)
     ('refuted', 'reproduced', 'not resolved', 'not resolved')
     """
-    if ci_low is None or ci_high is None:
+    if seeds < MIN_SEEDS or not study.informative(ci_low, ci_high):
         return NOT_RESOLVED
     if ci_high < claimed:
         return REFUTED
@@ -87,18 +90,20 @@ def judge(claim_list: list[Claim], rows: list[dict[str, Any]]) -> list[ClaimVerd
             out.append(ClaimVerdict(c, None, None, None, (), NOT_RESOLVED))
         else:
             out.append(ClaimVerdict(c, d["mean"], d["ci_low"], d["ci_high"], tuple(d["seeds"]),
-                                    verdict(c.gain, d["ci_low"], d["ci_high"])))
+                                    verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"]))))
     return out
 
 
 def shown(ci_low: float | None, ci_high: float | None) -> str:
     """What a paired interval shows, without a claim to test: *better* (above 0), *worse* (below 0), or neither.
 
-    >>> shown(0.1, 0.9), shown(-0.9, -0.1), shown(-0.5, 0.5), shown(None, None)
-    ('better', 'worse', 'no difference shown', 'no interval (one seed)')
+    >>> shown(0.1, 0.9), shown(-0.9, -0.1), shown(-0.5, 0.5), shown(None, None), shown(1.2, 1.2)
+    ('better', 'worse', 'no difference shown', 'no interval (one seed)', 'no interval (the seeds agree exactly)')
     """
     if ci_low is None or ci_high is None:
         return "no interval (one seed)"
+    if not study.informative(ci_low, ci_high):
+        return "no interval (the seeds agree exactly)"
     return "better" if ci_low > 0 else "worse" if ci_high < 0 else "no difference shown"
 
 
@@ -261,10 +266,6 @@ def mixed_pairs(preset: Preset, records: dict[str, UnitRecord]) -> list[str]:
     return out
 
 
-def _ci(low: float | None, high: float | None) -> str:
-    return "–" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
-
-
 def _pm(v: float | None) -> str:
     return "–" if v is None else f"{v:+.2f}"
 
@@ -289,7 +290,7 @@ def _tuned_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, 
     if not found:
         return []
     body = [[f"{names.get(d['run'], d['run'])} − {names.get(d['baseline'], d['baseline'])}", d["evaluation"],
-             _pm(d["mean"]), _ci(d["ci_low"], d["ci_high"]),
+             _pm(d["mean"]), study.interval(d["ci_low"], d["ci_high"]),
              len(d["seeds"]), f"**{shown(d['ci_low'], d['ci_high'])}**"] for d in found]
     return ["## Tuned against tuned", "",
             "Each tuning's best trial, trained on fresh seeds: GOT against its base method, both at their best "
@@ -305,13 +306,14 @@ def _claims_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str,
     body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
              f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
              f"{v.claim.gain:+.2f}", _pm(v.mean),
-             _ci(v.ci_low, v.ci_high), len(v.seeds),
+             study.interval(v.ci_low, v.ci_high), len(v.seeds),
              f"**{v.verdict}**"] for v in judged]
     return ["## The paper's claims", "",
             "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "
             "same initial weights and data order) with its 95 % Student-t interval over seeds. *Refuted*: the "
             "interval lies below the claimed gain. *Reproduced*: it lies above 0 and reaches the claimed gain. "
-            "*Not resolved*: anything else, one seed included.", "",
+            f"*Not resolved*: anything else, including fewer than {MIN_SEEDS} seeds and an interval of no width "
+            "(seeds whose differences agree exactly measure no noise).", "",
             markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
                             "95% CI", "seeds", "verdict"], body), ""]
 
