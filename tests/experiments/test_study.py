@@ -3,6 +3,7 @@
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,40 @@ def test_paired_differences_are_taken_seed_by_seed():
     assert d["ci_high"] == pytest.approx(2.0 + half)
     # Unpaired, the same numbers would be a mean difference of 61.0 / 4 ... — the pairing is what is tested:
     assert study.paired_differences(rows, {"base": "got"})[0]["diffs"] == [-2.0, -1.0, -3.0]
+
+
+def _bits(n_correct, n=10, start=0):
+    out = np.zeros(n, dtype=bool)
+    out[start:start + n_correct] = True
+    return out
+
+
+def test_the_images_noise_widens_the_interval_and_gives_agreeing_seeds_a_width():
+    # both seeds: the run gets images 0-5 right, the baseline 2-5 and 8: +10 points on each seed, exactly
+    run, base = _bits(6), _bits(4, start=2) | (np.arange(10) == 8)
+    rows = [_row("got", s, 60.0) for s in (0, 1, 2)] + [_row("base", s, 50.0) for s in (0, 1, 2)]
+    key = ("pgd", "pgd", "true", 0.3, 40, 0.01)
+    correct = {(r, s, key): bits for s in (0, 1, 2) for r, bits in (("got", run), ("base", base))}
+    (seeds_only,) = study.paired_differences(rows, {"got": "base"})
+    (d,) = study.paired_differences(rows, {"got": "base"}, correct)
+    assert seeds_only["ci_low"] == pytest.approx(10.0) and not study.informative(seeds_only["ci_low"],
+                                                                                  seeds_only["ci_high"])
+    per_image = 100.0 * (run.astype(float) - base.astype(float))  # +100 on images 0 and 1, -100 on image 8
+    assert d["image_se"] == pytest.approx(math.sqrt(per_image.var(ddof=1) / 10))
+    half = 4.302652729911275 * d["image_se"]
+    assert (d["ci_low"], d["ci_high"]) == (pytest.approx(10.0 - half), pytest.approx(10.0 + half))
+    assert study.informative(d["ci_low"], d["ci_high"])
+
+
+def test_the_images_noise_is_left_out_only_when_it_cannot_be_counted():
+    key = ("pgd", "pgd", "true", 0.3, 40, 0.01)
+    rows = [_row("got", s, a) for s, a in ((0, 52.0), (1, 61.0))] + [_row("base", s, 50.0) for s in (0, 1)]
+    some = {("got", 0, key): _bits(6), ("base", 0, key): _bits(5)}  # seed 1 has no correctness
+    (d,) = study.paired_differences(rows, {"got": "base"}, some)
+    assert d["image_se"] is None and d["ci_high"] - d["ci_low"] == pytest.approx(
+        2 * 12.706204736174707 * (9.0 / math.sqrt(2)) / math.sqrt(2), rel=1e-6)  # sd of +2, +11
+    assert study.image_variance([(_bits(6), _bits(5, n=9))]) is None  # not the same images
+    assert study.image_variance([(_bits(6), _bits(6))]) == 0.0  # the same answers: no noise from the images
 
 
 def test_seed_summary_gives_mean_and_sample_sd():

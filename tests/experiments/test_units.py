@@ -74,6 +74,15 @@ def test_records_copied_alone_merge_into_the_same_results(sequential, tmp_path):
     assert len(sizes) == 22 and max(sizes) < 64_000  # small enough to commit
 
 
+def test_the_claims_intervals_count_the_images_noise_from_the_records(sequential):
+    lines = [line for line in _results(sequential).splitlines() if " beats " in line and line.startswith("|")]
+    header = next(line for line in _results(sequential).splitlines() if line.startswith("| claim |"))
+    column = [c.strip() for c in header.split("|")].index("images' s.e.")
+    assert len(lines) == 4
+    for line in lines:  # each image's correctness is in the records, so each claim has its images' share
+        float([c.strip() for c in line.split("|")][column])
+
+
 def test_a_merge_with_missing_units_names_them_and_writes_what_it_can(sequential, tmp_path, capsys):
     shutil.copytree(sequential / "smoke" / "mnist-study" / "records", tmp_path / "some")
     (tmp_path / "some" / "s1" / "got-trades-lm.json").unlink()

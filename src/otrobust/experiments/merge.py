@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from otrobust.errors import OtrobustError
-from otrobust.experiments.records import UnitRecord, check_record, find_records
+from otrobust.experiments.records import UnitRecord, check_record, find_records, unpack_bits
 from otrobust.experiments.results import (
     RESULT_FIELDS,
     display_names,
@@ -26,6 +26,7 @@ from otrobust.experiments.results import (
     results_markdown,
     with_study,
 )
+from otrobust.experiments.study import KEY, Correctness
 from otrobust.experiments.study_findings import cost_markdown, findings_markdown
 from otrobust.experiments.units import Unit, UnitContext, expected_fields
 from otrobust.reporting.tables import write_csv
@@ -67,7 +68,7 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         log(f"warning: {len(missing)} of {len(units)} units have no record, results.md is INCOMPLETE: "
             + ", ".join(missing[:12]) + (", ..." if len(missing) > 12 else ""))
     records = {u.id: records[u.id] for u in units if u.id in records}  # in the plan's order
-    rows, audits, histories, features = [], [], {}, {}
+    rows, audits, histories, features, correct = [], [], {}, {}, {}
     for u in units:
         r = records.get(u.id)
         if r is None:
@@ -76,6 +77,7 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         if r.audit:
             audits.append(r.audit)
         rows += [result_row(preset, scale, u.planned, row, u.planned.config.eps, verdict) for row in r.rows]
+        correct.update(_correctness(rows[len(rows) - len(r.rows):], r))
         histories[(u.planned.run.name, u.planned.seed_index)] = list(r.metrics)
         if u.planned.seed_index == 0:
             if r.features:
@@ -90,8 +92,8 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         figures = []
     markdown = results_markdown(preset, scale, planned, rows, figures, out, audits)
     if len({u.planned.seed_index for u in units}) > 1 or any(r.baseline for r in preset.runs):
-        markdown = with_study(markdown, preset, planned, rows)
-    findings = findings_markdown(preset, records, rows, display_names(planned))
+        markdown = with_study(markdown, preset, planned, rows, correct)
+    findings = findings_markdown(preset, records, rows, display_names(planned), correct)
     if findings:
         head, sep, rest = markdown.partition("\n## ")
         markdown = f"{head}\n{findings}\n## {rest}" if sep else f"{markdown}\n{findings}"
@@ -107,6 +109,14 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
     log(f"results: {out / 'results.md'}, {out / 'results.csv'}"
         + (f", {len(figures) // 2} figures in {out / 'figures'}" if figures else ""))
     return out
+
+
+def _correctness(rows: list[dict[str, Any]], record: UnitRecord) -> Correctness:
+    """Each image's correctness of a record's rows (``rows``: their results.csv rows, in the same order), keyed as
+    :mod:`otrobust.experiments.study` pairs them."""
+    return {(row["run"], int(row["seed"]), tuple(row.get(k) for k in KEY)): unpack_bits(r.correct)
+            for row, r in zip(rows, record.rows, strict=True)
+            if r.correct is not None and row.get("accuracy") is not None}
 
 
 def _where_recorded(unit: Unit, record: UnitRecord | None) -> Unit:

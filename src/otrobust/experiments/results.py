@@ -241,11 +241,14 @@ LABEL_SWEEPS = {"eps-sweep": "true labels, PGD-40, step 2.5·ε/40",
                 "eps-sweep-predicted": "predicted labels, PGD-40, step 0.01 (paper's protocol)"}
 
 
-def with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]]) -> str:
-    """results.md with the multi-seed summary and paired differences (experiments.study) after its introduction."""
+def with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]],
+               correct: study.Correctness | None = None) -> str:
+    """results.md with the multi-seed summary and paired differences (experiments.study; ``correct`` widens their
+    intervals by the images' noise) after its introduction."""
     paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
     text = study.study_markdown(study.seed_summary(rows),
-                                study.paired_differences(rows, {r.name: r.baseline for r in preset.runs if r.baseline}),
+                                study.paired_differences(rows, {r.name: r.baseline for r in preset.runs if r.baseline},
+                                                         correct),
                                 display_names(planned), paper)
     head, sep, rest = markdown.partition("\n## ")
     return f"{head}\n{text}\n## {rest}" if sep else f"{markdown}\n{text}"

@@ -4,7 +4,9 @@ Rows are ``results.csv`` rows (:func:`otrobust.experiments.reproduce.result_row`
 and metric, accuracies in %. Two rows measure the same thing when they agree on :data:`KEY` apart from the run
 and the seed.
 A paired difference compares a run with its baseline *seed by seed* (same seed: same initial weights and data
-order), so the spread between seeds, which is often larger than the effect, cancels.
+order), so the spread between seeds, which is often larger than the effect, cancels. Its interval counts two
+sources of noise: the seeds (training) and, when each image's correctness is at hand, the test images themselves
+(every seed is evaluated on the same images, so the spread between seeds cannot show how the images were drawn).
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any
 
+import numpy as np
+
 from otrobust.experiments.spec import SWEEP_ATTACK
 from otrobust.reporting.tables import markdown_table
 
 KEY = ("evaluation", "metric", "labels", "eps", "steps", "step_size")
+# Each image's correctness (one boolean per test image) of one row: {(run, seed, KEY's values): vector}.
+Correctness = dict[tuple[str, int, tuple], np.ndarray]
 HEADLINE = (("pgd", "clean", "clean"), ("pgd", "pgd", "PGD-40"), ("autoattack", "autoattack", "AutoAttack"))
 
 
@@ -53,10 +59,16 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def paired_differences(rows: list[dict[str, Any]], baselines: dict[str, str]) -> list[dict[str, Any]]:
+def paired_differences(rows: list[dict[str, Any]], baselines: dict[str, str],
+                       correct: Correctness | None = None) -> list[dict[str, Any]]:
     """For each run with a baseline (``{run: baseline run}``) and each measurement both have: the per-seed
-    differences run − baseline over the seeds both have, their mean and a 95 % Student-t interval (None for a
-    single seed)."""
+    differences run − baseline over the seeds both have, their mean and a 95 % interval (None for a single seed).
+
+    The interval is Student-t with (seeds − 1) degrees of freedom on the variance of the mean difference over
+    seeds plus, where ``correct`` has every seed's images for both runs, :func:`image_variance` (``image_se`` is its
+    root, else None). Adding it can only widen the interval; both terms together estimate the variance of a
+    difference measured on other seeds *and* other test images.
+    """
     table = by_seed(rows)
     out = []
     for (run, key), values in table.items():
@@ -69,17 +81,36 @@ def paired_differences(rows: list[dict[str, Any]], baselines: dict[str, str]) ->
             continue
         diffs = [values[s] - other[s] for s in seeds]
         m = mean(diffs)
-        half = t_quantile(len(diffs) - 1) * stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+        image_var = image_variance([(correct.get((run, s, key)), correct.get((base, s, key))) for s in seeds]
+                                   ) if correct else None
+        half = None
+        if len(diffs) > 1:
+            half = t_quantile(len(diffs) - 1) * math.sqrt(stdev(diffs) ** 2 / len(diffs) + (image_var or 0.0))
         out.append({"run": run, "baseline": base, **dict(zip(KEY, key, strict=True)), "seeds": seeds,
                     "diffs": diffs, "mean": m, "ci_low": None if half is None else m - half,
-                    "ci_high": None if half is None else m + half})
+                    "ci_high": None if half is None else m + half,
+                    "image_se": None if image_var is None else math.sqrt(image_var)})
     return out
 
 
+def image_variance(pairs: list[tuple[np.ndarray | None, np.ndarray | None]]) -> float | None:
+    """The test images' share of the variance (in %²) of a mean paired difference: each image's difference (run
+    − baseline correctness, in %) averaged over the seeds, its variance over the images, divided by their number.
+    ``pairs``: per seed, the run's and the baseline's correctness on the same images. None when a vector is missing
+    or the lengths disagree (then no image noise can be counted), or for fewer than two images."""
+    if not pairs or any(a is None or b is None for a, b in pairs):
+        return None
+    n = len(pairs[0][0])
+    if n < 2 or any(len(a) != n or len(b) != n for a, b in pairs):
+        return None
+    per_image = np.mean([100.0 * (a.astype(float) - b.astype(float)) for a, b in pairs], axis=0)
+    return float(per_image.var(ddof=1) / n)
+
+
 def informative(ci_low: float | None, ci_high: float | None) -> bool:
-    """Whether an interval over seeds says anything: it exists (two seeds or more) and has width. Seeds whose
-    differences agree exactly (AutoAttack on 500 images moves in steps of 0.2 points) give a zero-width Student-t
-    interval, which measures no noise at all, not a certain result."""
+    """Whether an interval says anything: it exists (two seeds or more) and has width. Without the images' noise,
+    seeds whose differences agree exactly (AutoAttack on 500 images moves in steps of 0.2 points) give a zero-width
+    Student-t interval, which measures no noise at all, not a certain result."""
     # a tolerance, not 0: equal differences leave a spread of rounding error, not of noise
     return ci_low is not None and ci_high is not None and ci_high - ci_low > 1e-6
 
@@ -126,7 +157,8 @@ def study_markdown(summary: list[dict[str, Any]], diffs: list[dict[str, Any]], n
                  " ".join(f"{x:+.2f}" for x in d["diffs"]), len(d["seeds"])]
                 for d in diffs if d["labels"] in (None, "true") and (d["evaluation"], d["metric"]) in headline]
         parts += ["## Paired differences (run − baseline, same seed)", "",
-                  "Percentage points; 95 % Student-t interval over seeds. An interval that contains 0 means no "
+                  "Percentage points; 95 % Student-t interval over seeds, widened by the test images' sampling noise "
+                  "where each image's correctness is recorded. An interval that contains 0 means no "
                   "difference was shown. Every other measurement, AutoAttack's stages included, is in the last table.",
                   "",
                   markdown_table(["run", "baseline", "evaluation", "metric", "ε", "mean difference", "95% CI",

@@ -44,8 +44,9 @@ class Claim:
 
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim against our paired difference (run − baseline, seed by seed): its mean, 95 % Student-t interval
-    (None below two seeds), the seeds, and :func:`verdict`'s word."""
+    """A claim against our paired difference (run − baseline, seed by seed): its mean, 95 % interval (None below
+    two seeds; :func:`study.paired_differences`), the seeds, :func:`verdict`'s word, and the standard error the
+    test images alone contribute (None when their correctness is not at hand)."""
 
     claim: Claim
     mean: float | None
@@ -53,6 +54,7 @@ class ClaimVerdict:
     ci_high: float | None
     seeds: tuple[int, ...]
     verdict: str
+    image_se: float | None = None
 
 
 def verdict(claimed: float, ci_low: float | None, ci_high: float | None, seeds: int) -> str:
@@ -79,9 +81,11 @@ def claims(preset: Preset) -> list[Claim]:
             if (r.name, m) in paper and (r.baseline, m) in paper]
 
 
-def judge(claim_list: list[Claim], rows: list[dict[str, Any]]) -> list[ClaimVerdict]:
-    """Each claim against the paired differences of ``rows`` (results.csv rows; true labels)."""
-    diffs = study.paired_differences(rows, {c.run: c.baseline for c in claim_list})
+def judge(claim_list: list[Claim], rows: list[dict[str, Any]],
+          correct: study.Correctness | None = None) -> list[ClaimVerdict]:
+    """Each claim against the paired differences of ``rows`` (results.csv rows; true labels), their intervals
+    widened by the images' noise where ``correct`` has each image's correctness (:func:`study.paired_differences`)."""
+    diffs = study.paired_differences(rows, {c.run: c.baseline for c in claim_list}, correct)
     out = []
     for c in claim_list:
         d = next((d for d in diffs if d["run"] == c.run and d["evaluation"] == c.evaluation
@@ -90,7 +94,7 @@ def judge(claim_list: list[Claim], rows: list[dict[str, Any]]) -> list[ClaimVerd
             out.append(ClaimVerdict(c, None, None, None, (), NOT_RESOLVED))
         else:
             out.append(ClaimVerdict(c, d["mean"], d["ci_low"], d["ci_high"], tuple(d["seeds"]),
-                                    verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"]))))
+                                    verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"])), d["image_se"]))
     return out
 
 
@@ -107,13 +111,14 @@ def shown(ci_low: float | None, ci_high: float | None) -> str:
     return "better" if ci_low > 0 else "worse" if ci_high < 0 else "no difference shown"
 
 
-def tuned_differences(preset: Preset, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def tuned_differences(preset: Preset, rows: list[dict[str, Any]],
+                      correct: study.Correctness | None = None) -> list[dict[str, Any]]:
     """The paired differences (robust headline measurements, true labels) of each tuned arm whose baseline is
     another tuning's tuned arm: tuned GOT against the tuned base method, each at its best trial's settings."""
     tuned = {t.tuned for t in preset.tunings if t.tuned}
     pairs = {r.name: r.baseline for r in preset.runs if r.name in tuned and r.baseline in tuned}
     wanted = {(e, m) for e, m, _ in CLAIMED}
-    return [d for d in study.paired_differences(rows, pairs) if (d["evaluation"], d["metric"]) in wanted
+    return [d for d in study.paired_differences(rows, pairs, correct) if (d["evaluation"], d["metric"]) in wanted
             and d["labels"] in (None, "true")]
 
 
@@ -271,9 +276,10 @@ def _pm(v: float | None) -> str:
 
 
 def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list[dict[str, Any]],
-                      names: dict[str, str]) -> str:
-    """The claims, the plateau and the tuning sections of a study's results.md ("" when it has none of them)."""
-    parts = _claims_section(preset, rows, names)
+                      names: dict[str, str], correct: study.Correctness | None = None) -> str:
+    """The claims, the plateau and the tuning sections of a study's results.md ("" when it has none of them);
+    ``correct`` widens their intervals by the images' noise (:func:`study.paired_differences`)."""
+    parts = _claims_section(preset, rows, names, correct)
     mixed = mixed_pairs(preset, records)
     if mixed:
         parts += ["> **Pairs that differ in more than the method** (processor or precision): " + "; ".join(mixed)
@@ -281,12 +287,13 @@ def findings_markdown(preset: Preset, records: dict[str, UnitRecord], rows: list
     parts += _plateau_section(preset, records, names)
     for t in tunings(preset, records):
         parts += _tuning_section(t, names)
-    parts += _tuned_section(preset, rows, names)
+    parts += _tuned_section(preset, rows, names, correct)
     return "\n".join(parts)
 
 
-def _tuned_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
-    found = tuned_differences(preset, rows)
+def _tuned_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str],
+                   correct: study.Correctness | None) -> list[str]:
+    found = tuned_differences(preset, rows, correct)
     if not found:
         return []
     body = [[f"{names.get(d['run'], d['run'])} − {names.get(d['baseline'], d['baseline'])}", d["evaluation"],
@@ -294,28 +301,31 @@ def _tuned_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, 
              len(d["seeds"]), f"**{shown(d['ci_low'], d['ci_high'])}**"] for d in found]
     return ["## Tuned against tuned", "",
             "Each tuning's best trial, trained on fresh seeds: GOT against its base method, both at their best "
-            "validation settings. Paired difference in percentage points with its 95 % Student-t interval over "
-            "seeds: *better* or *worse* when the interval excludes 0.", "",
+            "validation settings. Paired difference in percentage points with its 95 % interval (as for the "
+            "claims): *better* or *worse* when the interval excludes 0.", "",
             markdown_table(["comparison", "evaluation", "mean difference", "95% CI", "seeds", "shows"], body), ""]
 
 
-def _claims_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
-    judged = judge(claims(preset), rows)
+def _claims_section(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str],
+                    correct: study.Correctness | None) -> list[str]:
+    judged = judge(claims(preset), rows, correct)
     if not judged:
         return []
     body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
              f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
              f"{v.claim.gain:+.2f}", _pm(v.mean),
-             study.interval(v.ci_low, v.ci_high), len(v.seeds),
-             f"**{v.verdict}**"] for v in judged]
+             study.interval(v.ci_low, v.ci_high), "–" if v.image_se is None else f"{v.image_se:.2f}",
+             len(v.seeds), f"**{v.verdict}**"] for v in judged]
     return ["## The paper's claims", "",
             "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "
-            "same initial weights and data order) with its 95 % Student-t interval over seeds. *Refuted*: the "
-            "interval lies below the claimed gain. *Reproduced*: it lies above 0 and reaches the claimed gain. "
-            f"*Not resolved*: anything else, including fewer than {MIN_SEEDS} seeds and an interval of no width "
-            "(seeds whose differences agree exactly measure no noise).", "",
+            "same initial weights and data order) with its 95 % interval: Student-t with seeds − 1 degrees of "
+            "freedom on two sources of noise, the seeds and the test images (every seed sees the same images, so "
+            "the seeds' spread cannot show how those were drawn; *images' s.e.* is their share, from each image's "
+            "recorded correctness). *Refuted*: the interval lies below the claimed gain. *Reproduced*: it lies "
+            f"above 0 and reaches the claimed gain. *Not resolved*: anything else, including fewer than {MIN_SEEDS} "
+            "seeds and an interval of no width.", "",
             markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
-                            "95% CI", "seeds", "verdict"], body), ""]
+                            "95% CI", "images' s.e.", "seeds", "verdict"], body), ""]
 
 
 def _plateau_section(preset: Preset, records: dict[str, UnitRecord], names: dict[str, str]) -> list[str]:
