@@ -81,6 +81,7 @@ def test_the_claims_intervals_count_the_images_noise_from_the_records(sequential
     assert len(lines) == 4
     for line in lines:  # each image's correctness is in the records, so each claim has its images' share
         float([c.strip() for c in line.split("|")][column])
+    assert (sequential / "smoke" / "mnist-study" / "figures" / "claims.png").stat().st_size > 5_000
 
 
 def test_a_merge_with_missing_units_names_them_and_writes_what_it_can(sequential, tmp_path, capsys):

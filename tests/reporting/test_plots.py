@@ -59,6 +59,18 @@ def test_plateau_panels_a_line_per_seed(tmp_path):
     _written(plots.plot_plateau({"Tuning": seeds}, tmp_path / "tuning", last=0))  # no window shaded
 
 
+def test_estimates_against_their_claims_with_and_without_an_interval(tmp_path):
+    found = [plots.Estimate(label="GOT − TRADES\nPGD-40", mean=0.25, low=-2.9, high=3.4, points=(0.02, 0.49),
+                            target=1.24, note="not resolved"),
+             plots.Estimate(label="GOT − PGD-AT\nAutoAttack", mean=1.2, low=None, high=None, points=(1.2,),
+                            target=2.84, note="one seed")]
+    svg = _written(plots.plot_estimates(found, tmp_path / "claims", x_label="points", target_label="claimed",
+                                        title="Claims"))[1].read_text()
+    assert "not resolved" in svg and "one seed" in svg and "claimed" in svg
+    with pytest.raises(OtrobustError, match="no estimate to plot"):
+        plots.plot_estimates([], tmp_path / "none", x_label="x", target_label="t", title="t")
+
+
 def test_the_same_figure_is_the_same_bytes(tmp_path):
     history = [{"epoch": e, "val_clean": 0.9, "val_pgd": 0.1 * e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
     first = plots.plot_learning_curves({"a": history}, tmp_path / "one")

@@ -86,7 +86,7 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
     atomic_write_text(out / "audits.json", json.dumps([a.to_json() for a in audits], indent=1))
     try:
         figures = make_figures(preset, scale, planned, rows, [ev for u in units for ev in u.evaluations],
-                               out / "figures", histories, features)
+                               out / "figures", histories, features, correct)
     except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
         log(f"warning: figures not drawn: {exc}")
         figures = []

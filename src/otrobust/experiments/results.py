@@ -8,6 +8,7 @@ from typing import Any
 
 from otrobust.data import get_dataset_spec
 from otrobust.experiments import study
+from otrobust.experiments import study_findings as sf
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
 from otrobust.experiments.presets import DATASET_LABELS, PAPER_ONLY_LABELS
 from otrobust.experiments.records import AuditSummary, ResultRow
@@ -192,11 +193,16 @@ def _tuning_panels(preset: Preset, histories: dict[tuple[str, int], list], names
 
 def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
                  evaluations: list[Evaluation], fig_dir: Path, histories: dict[tuple[str, int], list[dict[str, Any]]],
-                 features: dict[str, dict[str, Any]]) -> list[Path]:
+                 features: dict[str, dict[str, Any]], correct: study.Correctness | None = None) -> list[Path]:
     """The preset's figures (``preset.plots``) from its results rows, the per-epoch metrics (``histories``, per run
-    name and seed index) and the first seed's t-SNE features (``features``, per run name: arrays by key)."""
+    name and seed index), the first seed's t-SNE features (``features``, per run name: arrays by key) and each
+    image's correctness (``correct``, for the claims' intervals)."""
     names, files = display_names(planned), []
     title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
+    if "claims" in preset.plots and (found := _claim_estimates(preset, rows, correct, names)):
+        files += plots.plot_estimates(found, fig_dir / "claims", x_label="run − baseline (percentage points)",
+                                      target_label="the paper's claimed gain",
+                                      title=f"The paper's claims against our paired differences, {title}")
     if "curves" in preset.plots and (curves := curve_histories(preset, planned, histories, names)):
         files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
     if "plateau" in preset.plots and (panels := _plateau_panels(preset, planned, histories, names)):
@@ -239,6 +245,15 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
 LABEL_SWEEPS = {"eps-sweep": "true labels, PGD-40, step 2.5·ε/40",
                 "eps-sweep-fixed-step": "true labels, PGD-40, step 0.01 (paper's step)",
                 "eps-sweep-predicted": "predicted labels, PGD-40, step 0.01 (paper's protocol)"}
+
+
+def _claim_estimates(preset: Preset, rows: list[dict[str, Any]], correct: study.Correctness | None,
+                     names: dict[str, str]) -> list[plots.Estimate]:
+    return [plots.Estimate(label=f"{names.get(v.claim.run, v.claim.run)} − "
+                           f"{names.get(v.claim.baseline, v.claim.baseline)}\n{v.claim.label}", mean=v.mean,
+                           low=v.ci_low, high=v.ci_high, points=v.diffs, target=v.claim.gain,
+                           note=f"{v.verdict}\n({len(v.seeds)} seeds)")
+            for v in sf.judge(sf.claims(preset), rows, correct) if v.mean is not None]
 
 
 def with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]],

@@ -96,7 +96,7 @@ class Preset:
     paper_settings: dict[str, Any]
     paper_results: tuple[PaperValue, ...] = ()
     notes: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ("curves",)  # of: curves, plateau, tuning, eps, steps, beta, tsne, label-sweep
+    plots: tuple[str, ...] = ("curves",)  # of: curves, plateau, tuning, eps, steps, beta, tsne, label-sweep, claims
     audit_seeds: tuple[int, ...] = ()  # which of each run's seeds are audited (0 = its first); empty: every seed
     audit_runs: tuple[str, ...] = ()  # which runs are audited; empty: every run
     audit_n: int | None = None  # test images per audit at the full scale (None: reproduce's default)

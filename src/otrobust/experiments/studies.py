@@ -108,7 +108,7 @@ MNIST_STUDY = Preset(
            "2.5 * eps / 40, and the paper's fixed 0.01) and with the paper's predicted labels and step 0.01; the "
            f"full audit on the first {STUDY_AUDIT_N} for seed 0 of every arm",
            "Table 1's paper numbers are for 60,000 images and 100 epochs"),
-    plots=("curves", "plateau", "tuning", "label-sweep"),
+    plots=("curves", "plateau", "tuning", "label-sweep", "claims"),
     audit_seeds=(0,),
     audit_runs=STUDY_ARMS,
     audit_n=STUDY_AUDIT_N,

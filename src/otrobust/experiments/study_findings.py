@@ -45,8 +45,8 @@ class Claim:
 @dataclass(frozen=True)
 class ClaimVerdict:
     """A claim against our paired difference (run − baseline, seed by seed): its mean, 95 % interval (None below
-    two seeds; :func:`study.paired_differences`), the seeds, :func:`verdict`'s word, and the standard error the
-    test images alone contribute (None when their correctness is not at hand)."""
+    two seeds; :func:`study.paired_differences`), the seeds, :func:`verdict`'s word, the standard error the test
+    images alone contribute (None when their correctness is not at hand), and the per-seed differences."""
 
     claim: Claim
     mean: float | None
@@ -55,6 +55,7 @@ class ClaimVerdict:
     seeds: tuple[int, ...]
     verdict: str
     image_se: float | None = None
+    diffs: tuple[float, ...] = ()
 
 
 def verdict(claimed: float, ci_low: float | None, ci_high: float | None, seeds: int) -> str:
@@ -94,7 +95,8 @@ def judge(claim_list: list[Claim], rows: list[dict[str, Any]],
             out.append(ClaimVerdict(c, None, None, None, (), NOT_RESOLVED))
         else:
             out.append(ClaimVerdict(c, d["mean"], d["ci_low"], d["ci_high"], tuple(d["seeds"]),
-                                    verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"])), d["image_se"]))
+                                    verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"])), d["image_se"],
+                                    tuple(d["diffs"])))
     return out
 
 

@@ -253,3 +253,45 @@ def plot_plateau(panels: dict[str, dict[str, list[tuple[int, float]]]], stem: Pa
         ax.legend(fontsize=8, loc="lower right")
     _title(fig, title)
     return save_figure(fig, stem, formats)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate:
+    """One line of :func:`plot_estimates`: a measured difference (``mean``, its interval ``low``–``high``, None when
+    there is none, and the ``points`` it averages), the ``target`` it is tested against, and a ``note`` (a verdict)."""
+
+    label: str
+    mean: float
+    low: float | None
+    high: float | None
+    points: Sequence[float]
+    target: float
+    note: str
+
+
+def plot_estimates(estimates: Sequence[Estimate], stem: Path, *, x_label: str, target_label: str,
+                   title: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Measured differences against the values claimed for them, one line each: the mean with its interval, the
+    individual points (e.g. seeds) behind it, the claimed ``target`` and the ``note`` beside it; 0 marked."""
+    if not estimates:
+        raise OtrobustError("no estimate to plot")
+    fig, (ax,) = new_figure(1, width=8.0, height=0.9 + 0.75 * len(estimates))
+    ys = range(len(estimates))[::-1]
+    for y, e in zip(ys, estimates, strict=True):
+        if e.low is not None and e.high is not None:
+            ax.plot([e.low, e.high], [y, y], color="C0", linewidth=2.2, solid_capstyle="butt",
+                    label="ours: 95 % interval" if y == ys[0] else None)
+        ax.scatter(list(e.points), [y + 0.18] * len(e.points), s=14, color="0.45", zorder=3,
+                   label="ours: each seed" if y == ys[0] else None)
+        ax.scatter([e.mean], [y], s=40, color="C0", zorder=4, label="ours: mean" if y == ys[0] else None)
+        ax.scatter([e.target], [y], s=60, marker="D", color="C3", zorder=4, label=target_label if y == ys[0] else None)
+        ax.annotate(e.note, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=9)
+    ax.axvline(0.0, color="0.3", linewidth=0.8)
+    ax.set_yticks(list(ys), [e.label for e in estimates], fontsize=9)
+    ax.set_ylim(-0.7, len(estimates) - 0.3)
+    ax.set_xlabel(x_label, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2 - 0.3 / len(estimates)), ncol=4)
+    _title(fig, title)
+    return save_figure(fig, stem, formats)
