@@ -27,3 +27,16 @@ def test_a_record_of_the_wrong_types_is_one_line(tmp_path):
     with pytest.raises(OtrobustError, match=r"rows\[0\]") as err:
         record_from_json(json.dumps(data), "bad.json")
     assert "\n" not in str(err.value) and "bad.json" in str(err.value)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda row: row.update(accuracy=row["accuracy"] + 1.0), "but its images' correctness gives"),
+    (lambda row: row.update(n=row["n"] + 1), "but the correctness of"),
+])
+def test_a_row_whose_numbers_disagree_with_its_images_is_refused(edit, named):
+    # the merge prints a row's accuracy and draws its intervals from the images' correctness: never two stories
+    data = json.loads(FIXTURE.read_text())
+    edit(next(row for row in data["rows"] if "correct" in row))
+    with pytest.raises(OtrobustError, match=named) as err:
+        record_from_json(json.dumps(data), "edited.json")
+    assert "\n" not in str(err.value) and "edited.json" in str(err.value)

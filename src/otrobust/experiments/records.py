@@ -73,7 +73,21 @@ class ResultRow:
             raise OtrobustError(f"{source} should have all or none of {', '.join(_RAN_ONLY)}")
         ran = isinstance(data, dict) and "correct" in data
         required = tuple(k for k in _ROW_TYPES if ran or k not in _RAN_ONLY)
-        return cls(**typed_fields(data, _ROW_TYPES, source, required=required))
+        row = cls(**typed_fields(data, _ROW_TYPES, source, required=required))
+        if ran:
+            row.check_correct(source)
+        return row
+
+    def check_correct(self, source: str) -> None:
+        """Refuse a row whose ``n`` or ``accuracy`` is not what its per-image correctness gives: the merge prints
+        the one and draws intervals from the other, so they must not disagree."""
+        bits = unpack_bits(self.correct)
+        if len(bits) != self.n:
+            raise OtrobustError(f"{source}: {self.metric!r} of {self.evaluation!r} has n = {self.n} but the "
+                                f"correctness of {len(bits)} images")
+        if self.accuracy is None or abs(self.accuracy - 100 * int(bits.sum()) / max(self.n, 1)) > 1e-9:
+            raise OtrobustError(f"{source}: {self.metric!r} of {self.evaluation!r} has accuracy {self.accuracy!r}, "
+                                f"but its images' correctness gives {100 * int(bits.sum()) / max(self.n, 1):g}")
 
 
 _AUDIT_KEYS = {"run": "run", "seed": "seed", "verdict": "verdict", "pass": "passed", "warn": "warned",
