@@ -34,14 +34,16 @@ def test_the_tuned_arms_train_the_best_trials_settings():
             assert t.tuned_is_best, f"{t.tuning.name}: {t.tuning.tuned} does not train the best trial, {t.best}"
 
 
-def _claims_table(text: str) -> list[str]:
+def _table(text: str, header: str) -> list[str]:
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("| claim | paper: run |")), None)
-    assert start is not None, "no claims table"
+    start = next((i for i, line in enumerate(lines) if line.startswith(header)), None)
+    assert start is not None, f"no table headed {header!r}"
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     return lines[start:end]
 
 
-def test_the_study_page_shows_the_claims_table_the_records_give():
+@pytest.mark.parametrize("header", ["| claim | paper: run |", "| run | clean | PGD-40 | AutoAttack |",
+                                    "| run | seed | epochs | validation PGD"])
+def test_the_study_page_shows_the_tables_the_records_give(header):
     page, generated = (PAGE.parent / "results-mnist.md").read_text(), (PAGE / "results.md").read_text()
-    assert _claims_table(page) == _claims_table(generated)  # the page's verdicts are the records', not typed in
+    assert _table(page, header) == _table(generated, header)  # the page's numbers are the records', not typed in
