@@ -20,6 +20,7 @@ from otrobust.errors import OtrobustError
 from otrobust.experiments.records import UnitRecord, check_record, find_records, unpack_bits
 from otrobust.experiments.results import (
     RESULT_FIELDS,
+    claims_figure,
     display_names,
     make_figures,
     result_row,
@@ -85,8 +86,9 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
     write_csv(out / "results.csv", rows, RESULT_FIELDS)
     atomic_write_text(out / "audits.json", json.dumps([a.to_json() for a in audits], indent=1))
     try:
-        figures = make_figures(preset, scale, planned, rows, [ev for u in units for ev in u.evaluations],
-                               out / "figures", histories, features, correct)
+        figures = claims_figure(preset, scale, planned, rows, correct, out / "figures")
+        figures += make_figures(preset, scale, planned, rows, [ev for u in units for ev in u.evaluations],
+                                out / "figures", histories, features)
     except OtrobustError as exc:  # e.g. matplotlib missing: the tables still stand
         log(f"warning: figures not drawn: {exc}")
         figures = []

@@ -193,16 +193,12 @@ def _tuning_panels(preset: Preset, histories: dict[tuple[str, int], list], names
 
 def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
                  evaluations: list[Evaluation], fig_dir: Path, histories: dict[tuple[str, int], list[dict[str, Any]]],
-                 features: dict[str, dict[str, Any]], correct: study.Correctness | None = None) -> list[Path]:
+                 features: dict[str, dict[str, Any]]) -> list[Path]:
     """The preset's figures (``preset.plots``) from its results rows, the per-epoch metrics (``histories``, per run
-    name and seed index), the first seed's t-SNE features (``features``, per run name: arrays by key) and each
-    image's correctness (``correct``, for the claims' intervals)."""
+    name and seed index) and the first seed's t-SNE features (``features``, per run name: arrays by key); the
+    claims' figure is :func:`claims_figure`."""
     names, files = display_names(planned), []
-    title = f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
-    if "claims" in preset.plots and (found := _claim_estimates(preset, rows, correct, names)):
-        files += plots.plot_estimates(found, fig_dir / "claims", x_label="run − baseline (percentage points)",
-                                      target_label="the paper's claimed gain",
-                                      title=f"The paper's claims against our paired differences, {title}")
+    title = _figure_title(preset, scale)
     if "curves" in preset.plots and (curves := curve_histories(preset, planned, histories, names)):
         files += plots.plot_learning_curves(curves, fig_dir / "learning_curves", title=f"Learning curves, {title}")
     if "plateau" in preset.plots and (panels := _plateau_panels(preset, planned, histories, names)):
@@ -245,6 +241,23 @@ def make_figures(preset: Preset, scale: str, planned: list[PlannedRun], rows: li
 LABEL_SWEEPS = {"eps-sweep": "true labels, PGD-40, step 2.5·ε/40",
                 "eps-sweep-fixed-step": "true labels, PGD-40, step 0.01 (paper's step)",
                 "eps-sweep-predicted": "predicted labels, PGD-40, step 0.01 (paper's protocol)"}
+
+
+def _figure_title(preset: Preset, scale: str) -> str:
+    return f"{preset.reference}" + (" — smoke scale, not comparable" if scale == "smoke" else "")
+
+
+def claims_figure(preset: Preset, scale: str, planned: list[PlannedRun], rows: list[dict[str, Any]],
+                  correct: study.Correctness | None, fig_dir: Path) -> list[Path]:
+    """The preset's ``claims`` figure: each of the paper's claims against our paired difference (intervals widened
+    by the images' noise where ``correct`` has each image's correctness). No files when the preset does not draw it
+    or no claim has a measurement yet."""
+    found = _claim_estimates(preset, rows, correct, display_names(planned)) if "claims" in preset.plots else []
+    if not found:
+        return []
+    title = f"The paper's claims against our paired differences, {_figure_title(preset, scale)}"
+    return plots.plot_estimates(found, fig_dir / "claims", x_label="run − baseline (percentage points)",
+                                target_label="the paper's claimed gain", title=title)
 
 
 def _claim_estimates(preset: Preset, rows: list[dict[str, Any]], correct: study.Correctness | None,
