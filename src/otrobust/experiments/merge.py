@@ -77,8 +77,9 @@ def write_results(units: list[Unit], ctx: UnitContext, records: dict[str, UnitRe
         verdict = r.audit.verdict if r.audit else None
         if r.audit:
             audits.append(r.audit)
-        rows += [result_row(preset, scale, u.planned, row, u.planned.config.eps, verdict) for row in r.rows]
-        correct.update(_correctness(rows[len(rows) - len(r.rows):], r))
+        unit_rows = [result_row(preset, scale, u.planned, row, u.planned.config.eps, verdict) for row in r.rows]
+        rows += unit_rows
+        correct.update(_correctness(unit_rows, r))
         histories[(u.planned.run.name, u.planned.seed_index)] = list(r.metrics)
         if u.planned.seed_index == 0:
             if r.features:

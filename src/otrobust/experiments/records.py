@@ -85,9 +85,15 @@ class ResultRow:
         if len(bits) != self.n:
             raise OtrobustError(f"{source}: {self.metric!r} of {self.evaluation!r} has n = {self.n} but the "
                                 f"correctness of {len(bits)} images")
-        if self.accuracy is None or abs(self.accuracy - 100 * int(bits.sum()) / max(self.n, 1)) > 1e-9:
+        given = percent_correct(int(bits.sum()), self.n)
+        if self.accuracy is None or abs(self.accuracy - given) > 1e-9:
             raise OtrobustError(f"{source}: {self.metric!r} of {self.evaluation!r} has accuracy {self.accuracy!r}, "
-                                f"but its images' correctness gives {100 * int(bits.sum()) / max(self.n, 1):g}")
+                                f"but its images' correctness gives {given:g}")
+
+
+def percent_correct(k: int, n: int) -> float:
+    """The accuracy (%) a row records for ``k`` of ``n`` images correct (0 for no image)."""
+    return 100 * k / max(n, 1)
 
 
 _AUDIT_KEYS = {"run": "run", "seed": "seed", "verdict": "verdict", "pass": "passed", "warn": "warned",

@@ -22,7 +22,7 @@ from otrobust.evaluation.audit_types import AuditSettings, Subject
 from otrobust.evaluation.evaluate import build_attacks, evaluate_model
 from otrobust.evaluation.statistics import binomial_interval
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun, check_same_settings, run_status
-from otrobust.experiments.records import AuditSummary, ResultRow, pack_bits
+from otrobust.experiments.records import AuditSummary, ResultRow, pack_bits, percent_correct
 from otrobust.experiments.spec import SMOKE, Evaluation
 from otrobust.reporting.audit_report import write_report
 from otrobust.store.checkpoint import load_model, resolve_checkpoint
@@ -118,7 +118,7 @@ def _accuracy_rows(model, data, ev: Evaluation, cfg: TrainConfig, options: dict[
                 evaluation=ev.name, metric=name, labels=ev.labels, eps=None if clean else eps,
                 steps=None if clean else steps,
                 step_size=None if clean or steps is None else ev.step_size or default_step_size(eps, steps),
-                n=len(correct), accuracy=100 * k / max(len(correct), 1), ci_low=100 * lo, ci_high=100 * hi,
+                n=len(correct), accuracy=percent_correct(k, len(correct)), ci_low=100 * lo, ci_high=100 * hi,
                 note="; ".join(warnings.get(name, [])), correct=pack_bits(correct.cpu().numpy())))
         rows += [ResultRow(evaluation=ev.name, metric=name, eps=eps, steps=steps, note=f"not run: {why}")
                  for name, why in missing]
