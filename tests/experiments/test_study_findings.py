@@ -1,15 +1,13 @@
-"""A study's findings from its records: claims judged by the paired interval, plateaus, tuning winners, mixed pairs."""
+"""A study's findings from its records: plateaus, tuning winners, mixed pairs, costs."""
 
 import dataclasses
 from pathlib import Path
 
 import pytest
 
-from otrobust.experiments import study
 from otrobust.experiments import study_findings as sf
 from otrobust.experiments.records import UnitExecution, read_record
 from otrobust.experiments.spec import PaperValue, Preset, Run, Tuning
-from otrobust.experiments.studies import MNIST_STUDY
 
 FIXTURE = read_record(Path(__file__).parent / "fixtures" / "unit-record-fig6-s0-trades.json")
 INTEL = UnitExecution(2, 2, "cpu", "float32", "Intel Xeon (AMX)")
@@ -37,41 +35,6 @@ def _record(run, seed, val_pgd, *, execution=INTEL, settings=None, seconds=60.0,
 def _row(run, seed, acc, evaluation="pgd", metric="pgd"):
     return {"run": run, "seed": seed, "evaluation": evaluation, "metric": metric, "labels": "true", "eps": 0.3,
             "steps": 40, "step_size": 0.01, "accuracy": acc}
-
-
-def test_the_verdict_follows_the_interval():
-    assert sf.verdict(1.24, -0.4, 0.6, 3) == sf.REFUTED  # below the claim, 0 inside: the claimed gain is ruled out
-    assert sf.verdict(1.24, 0.1, 0.9, 3) == sf.REFUTED  # a smaller gain shown is still not the claim
-    assert sf.verdict(1.24, 0.3, 2.5, 3) == sf.REPRODUCED
-    assert sf.verdict(1.24, 1.5, 3.0, 3) == sf.REPRODUCED  # a larger gain than claimed
-    assert sf.verdict(1.24, -0.5, 2.0, 3) == sf.NOT_RESOLVED
-    assert sf.verdict(1.24, None, None, 3) == sf.NOT_RESOLVED
-
-
-def test_no_verdict_below_three_seeds_or_from_an_interval_of_no_width():
-    # two seeds whose AutoAttack differences agree exactly (+1.2 and +1.2) give the interval [+1.2, +1.2]: it
-    # measures no noise, so it must not refute a claimed +2.84
-    assert sf.verdict(2.84, 1.2, 1.2, 3) == sf.NOT_RESOLVED
-    assert sf.verdict(2.84, 0.5, 1.5, 2) == sf.NOT_RESOLVED
-    assert sf.verdict(2.84, 0.5, 1.5, 3) == sf.REFUTED
-    assert sf.shown(1.2, 1.2) == "no interval (the seeds agree exactly)"
-    assert sf.verdict(2.84, 1.2 - 1e-12, 1.2 + 1e-12, 3) == sf.NOT_RESOLVED  # rounding error is no spread
-    assert study.interval(1.2, 1.2) == "[+1.20, +1.20] (no spread)" and study.interval(-0.5, 1.2) == "[-0.50, +1.20]"
-
-
-def test_the_mnist_study_tests_the_papers_four_claims():
-    gains = {(c.run, c.metric): round(c.gain, 2) for c in sf.claims(MNIST_STUDY)}
-    assert gains == {("got-trades-lm", "pgd"): 1.24, ("got-trades-lm", "autoattack"): 4.75,
-                     ("got-pgd-lm", "pgd"): 1.57, ("got-pgd-lm", "autoattack"): 2.84}
-
-
-def test_claims_are_judged_on_paired_seeds():
-    rows = [_row("base", s, a) for s, a in ((0, 90.0), (1, 95.0), (2, 85.0))]
-    rows += [_row("got", s, a) for s, a in ((0, 90.1), (1, 95.2), (2, 84.9))]  # ~0 gain, tight when paired
-    rows += [_row("base", 0, 80.0, "autoattack", "autoattack"), _row("got", 0, 90.0, "autoattack", "autoattack")]
-    pgd, aa = sf.judge(sf.claims(PRESET), rows)
-    assert pgd.seeds == (0, 1, 2) and pgd.mean == pytest.approx(0.0667, abs=1e-3) and pgd.verdict == sf.REFUTED
-    assert aa.seeds == (0,) and aa.verdict == sf.NOT_RESOLVED  # one seed: no interval, whatever its size
 
 
 def test_a_baseline_still_climbing_is_named():
@@ -129,22 +92,3 @@ def test_a_tie_goes_to_the_default_listed_first_and_is_said():
     (result,) = sf.tunings(preset, records)
     assert result.best == "base"
     assert "**Tied** with Base a3" in sf.findings_markdown(preset, records, [], {"tune/base-a3": "Base a3"})
-
-
-def test_tuned_got_against_the_tuned_base_says_what_the_interval_shows():
-    runs = (*PRESET.runs, Run("tuned/got", "GOT tuned", {"method": "got-trades-lm"}, baseline="tuned/base",
-                              seeds=(1, 2)))
-    preset = dataclasses.replace(PRESET, runs=runs, tunings=(Tuning("Base", ("base",), tuned="tuned/base"),
-                                                             Tuning("GOT", ("got",), tuned="tuned/got")))
-    rows = [_row("tuned/base", 1, 90.0), _row("tuned/base", 2, 91.0), _row("tuned/got", 1, 91.0),
-            _row("tuned/got", 2, 92.2), _row("base", 1, 95.0), _row("got", 1, 80.0),
-            _row("tuned/base", 1, 80.0, "autoattack", "autoattack"), _row("tuned/got", 1, 79.0, "autoattack",
-                                                                          "autoattack")]
-    found = {d["evaluation"]: d for d in sf.tuned_differences(preset, rows)}
-    assert set(found) == {"pgd", "autoattack"} and found["pgd"]["baseline"] == "tuned/base"  # main arms left out
-    assert found["pgd"]["mean"] == pytest.approx(1.1)  # +1.0 and +1.2: two seeds, t(1) makes the interval wide
-    assert sf.shown(found["pgd"]["ci_low"], found["pgd"]["ci_high"]) == "no difference shown"
-    text = sf.findings_markdown(preset, {}, rows, {})
-    assert "## Tuned against tuned" in text and "**no interval (one seed)**" in text
-    assert sf.shown(0.2, 1.0) == "better" and sf.shown(-1.0, -0.2) == "worse"
-    assert sf.shown(-0.2, 1.0) == "no difference shown"

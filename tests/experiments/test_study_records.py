@@ -47,3 +47,10 @@ def _table(text: str, header: str) -> list[str]:
 def test_the_study_page_shows_the_tables_the_records_give(header):
     page, generated = (PAGE.parent / "results-mnist.md").read_text(), (PAGE / "results.md").read_text()
     assert _table(page, header) == _table(generated, header)  # the page's numbers are the records', not typed in
+
+
+def test_the_study_page_opens_with_the_verdict_the_records_give():
+    page, generated = (PAGE.parent / "results-mnist.md").read_text(), (PAGE / "results.md").read_text()
+    verdict = generated.split("## The paper's claims\n\n", 1)[1].split("\n\n", 1)[0]
+    assert verdict.startswith(("**No verdict yet", "**The paper's")), verdict[:80]
+    assert page.split("\n\n")[1] == verdict  # the paragraph under the title, word for word

@@ -8,7 +8,7 @@ from typing import Any
 
 from otrobust.data import get_dataset_spec
 from otrobust.experiments import study
-from otrobust.experiments import study_findings as sf
+from otrobust.experiments.claims import claims, judge
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
 from otrobust.experiments.presets import DATASET_LABELS, PAPER_ONLY_LABELS
 from otrobust.experiments.records import AuditSummary, ResultRow
@@ -266,7 +266,7 @@ def _claim_estimates(preset: Preset, rows: list[dict[str, Any]], correct: study.
                            f"{names.get(v.claim.baseline, v.claim.baseline)}\n{v.claim.label}", mean=v.mean,
                            low=v.ci_low, high=v.ci_high, points=v.diffs, target=v.claim.gain,
                            note=f"{v.verdict}\n({len(v.seeds)} seeds)")
-            for v in sf.judge(sf.claims(preset), rows, correct) if v.mean is not None]
+            for v in judge(claims(preset), rows, correct) if v.mean is not None]
 
 
 def with_study(markdown: str, preset: Preset, planned: list[PlannedRun], rows: list[dict[str, Any]],
