@@ -143,9 +143,14 @@ def verdict_paragraph(judged: list[ClaimVerdict], names: dict[str, str]) -> str:
     return f"**The paper's {len(judged)} claims: {tally}.** {each[0].upper()}{each[1:]}."
 
 
+def pair_name(claim: Claim, names: dict[str, str]) -> str:
+    """``run − baseline`` by their display names (``names``; a run without one keeps its own)."""
+    return f"{names.get(claim.run, claim.run)} − {names.get(claim.baseline, claim.baseline)}"
+
+
 def _claim_clause(v: ClaimVerdict, names: dict[str, str]) -> str:
     c = v.claim
-    what = f"{names.get(c.run, c.run)} − {names.get(c.baseline, c.baseline)} under {c.label}"
+    what = f"{pair_name(c, names)} under {c.label}"
     if v.mean is None:
         return f"{what}: not measured yet (claimed {c.gain:+.2f})"
     spread = f" {study.interval(v.ci_low, v.ci_high)}" if v.ci_low is not None else ""
@@ -190,5 +195,3 @@ def tuned_markdown(preset: Preset, rows: list[dict[str, Any]], names: dict[str, 
             "validation settings. Paired difference in percentage points with its 95 % interval (as for the "
             "claims): *better* or *worse* when the interval excludes 0.", "",
             markdown_table(["comparison", "evaluation", "mean difference", "95% CI", "seeds", "shows"], body), ""]
-
-

@@ -8,7 +8,7 @@ from typing import Any
 
 from otrobust.data import get_dataset_spec
 from otrobust.experiments import study
-from otrobust.experiments.claims import claims, judge
+from otrobust.experiments.claims import claims, judge, pair_name
 from otrobust.experiments.planning import FULL_AUDIT_N, PlannedRun
 from otrobust.experiments.presets import DATASET_LABELS, PAPER_ONLY_LABELS
 from otrobust.experiments.records import AuditSummary, ResultRow
@@ -262,8 +262,7 @@ def claims_figure(preset: Preset, scale: str, planned: list[PlannedRun], rows: l
 
 def _claim_estimates(preset: Preset, rows: list[dict[str, Any]], correct: study.Correctness | None,
                      names: dict[str, str]) -> list[plots.Estimate]:
-    return [plots.Estimate(label=f"{names.get(v.claim.run, v.claim.run)} − "
-                           f"{names.get(v.claim.baseline, v.claim.baseline)}\n{v.claim.label}", mean=v.mean,
+    return [plots.Estimate(label=f"{pair_name(v.claim, names)}\n{v.claim.label}", mean=v.mean,
                            low=v.ci_low, high=v.ci_high, points=v.diffs, target=v.claim.gain,
                            note=f"{v.verdict}\n({len(v.seeds)} seeds)")
             for v in judge(claims(preset), rows, correct) if v.mean is not None]
