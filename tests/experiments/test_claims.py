@@ -101,3 +101,15 @@ def test_the_claims_section_opens_with_the_verdict():
     rows = [_row(r, s, 90.0 + s) for r in ("base", "got") for s in (0, 1, 2)]
     section = sf.claims_markdown(PRESET, rows, NAMES, None)
     assert section[0] == "## The paper's claims" and section[2].startswith("**The paper's 2 claims: ")
+
+
+def test_the_seed_table_gives_both_accuracies_and_their_difference_on_each_seed_a_claim_has():
+    rows = [_row("base", s, a) for s, a in ((0, 90.0), (1, 95.0), (3, 85.0))]
+    rows += [_row("got", s, a) for s, a in ((0, 90.5), (1, 94.0), (2, 99.0), (3, 85.25))]  # seed 2: no baseline
+    rows += [_row("base", 0, 80.0, "autoattack", "autoattack"), _row("got", 0, 81.2, "autoattack", "autoattack")]
+    table = sf.seed_table(sf.judge(sf.claims(PRESET), rows), NAMES).splitlines()
+    assert table[0] == "| run − baseline | measurement | seed 0 | seed 1 | seed 3 |"
+    assert table[2] == "| GOT − Base | PGD-40 | 90.50 − 90.00 = +0.50 | 94.00 − 95.00 = -1.00 | 85.25 − 85.00 = +0.25 |"
+    assert table[3] == "| GOT − Base | AutoAttack | 81.20 − 80.00 = +1.20 | – | – |"
+    assert "Seed by seed" in "\n".join(sf.claims_markdown(PRESET, rows, NAMES, None))
+    assert sf.seed_table(sf.judge(sf.claims(PRESET), []), NAMES) == ""

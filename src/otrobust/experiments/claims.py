@@ -43,7 +43,8 @@ class Claim:
 class ClaimVerdict:
     """A claim against our paired difference (run − baseline, seed by seed): its mean, 95 % interval (None below
     two seeds; :func:`study.paired_differences`), the seeds, :func:`verdict`'s word, the standard error the test
-    images alone contribute (None when their correctness is not at hand), and the per-seed differences."""
+    images alone contribute (None when their correctness is not at hand), and seed by seed the difference and the
+    two accuracies it is taken between."""
 
     claim: Claim
     mean: float | None
@@ -53,6 +54,8 @@ class ClaimVerdict:
     verdict: str
     image_se: float | None = None
     diffs: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()
+    baseline_values: tuple[float, ...] = ()
 
 
 def verdict(claimed: float, ci_low: float | None, ci_high: float | None, seeds: int) -> str:
@@ -93,7 +96,7 @@ def judge(claim_list: list[Claim], rows: list[dict[str, Any]],
         else:
             out.append(ClaimVerdict(c, d["mean"], d["ci_low"], d["ci_high"], tuple(d["seeds"]),
                                     verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"])), d["image_se"],
-                                    tuple(d["diffs"])))
+                                    tuple(d["diffs"]), tuple(d["values"]), tuple(d["baseline_values"])))
     return out
 
 
@@ -178,7 +181,22 @@ def claims_markdown(preset: Preset, rows: list[dict[str, Any]], names: dict[str,
             f"above 0 and reaches the claimed gain. *Not resolved*: anything else, including fewer than {MIN_SEEDS} "
             "seeds and an interval of no width.", "",
             markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
-                            "95% CI", "images' s.e.", "seeds", "verdict"], body), ""]
+                            "95% CI", "images' s.e.", "seeds", "verdict"], body), "",
+            "Seed by seed (accuracy in %, run − baseline = difference):", "", seed_table(judged, names), ""]
+
+
+def seed_table(judged: list[ClaimVerdict], names: dict[str, str]) -> str:
+    """Each claim's two accuracies and their difference, seed by seed (``run − baseline = difference`` in %), one
+    row per claim and a column per seed any claim has; "–" where a claim lacks that seed. Empty without a seed."""
+    seeds = sorted({s for v in judged for s in v.seeds})
+    if not seeds:
+        return ""
+    body = []
+    for v in judged:
+        cells = {s: f"{a:.2f} − {b:.2f} = {d:+.2f}"
+                 for s, a, b, d in zip(v.seeds, v.values, v.baseline_values, v.diffs, strict=True)}
+        body.append([pair_name(v.claim, names), v.claim.label, *(cells.get(s, "–") for s in seeds)])
+    return markdown_table(["run − baseline", "measurement", *(f"seed {s}" for s in seeds)], body)
 
 
 def tuned_markdown(preset: Preset, rows: list[dict[str, Any]], names: dict[str, str],
