@@ -113,3 +113,18 @@ def test_the_seed_table_gives_both_accuracies_and_their_difference_on_each_seed_
     assert table[3] == "| GOT − Base | AutoAttack | 81.20 − 80.00 = +1.20 | – | – |"
     assert "Seed by seed" in "\n".join(sf.claims_markdown(PRESET, rows, NAMES, None))
     assert sf.seed_table(sf.judge(sf.claims(PRESET), []), NAMES) == ""
+
+
+def test_a_claim_judged_again_after_adding_seeds_is_judged_at_the_error_rate_split_over_its_looks():
+    rows = [_row("base", s, 90.0) for s in (0, 1, 2)] + [_row("got", s, 90.0 + d) for s, d in ((0, 0.25), (1, 0.7),
+                                                                                              (2, 1.15))]
+    once = sf.judge(sf.claims(PRESET), rows)[0]
+    runs = tuple(dataclasses.replace(r, looks=2) if r.name == "got" else r for r in PRESET.runs)
+    twice = sf.judge(sf.claims(dataclasses.replace(PRESET, runs=runs)), rows)[0]
+    assert (once.claim.level, twice.claim.level) == (0.95, 0.975)
+    assert once.mean == twice.mean == pytest.approx(0.7)
+    # 95 %: [-0.42, +1.82] lies below the claimed +2.00; at 97.5 % it reaches +2.31 and the claim stands open
+    assert once.ci_high == pytest.approx(1.818, abs=1e-3) and once.verdict == sf.REFUTED
+    assert twice.ci_high == pytest.approx(2.312, abs=1e-3) and twice.verdict == sf.NOT_RESOLVED
+    assert "at 97.5 % (2 looks)" in sf.verdict_paragraph([twice], NAMES)
+    assert "looks" not in sf.verdict_paragraph([once], NAMES)

@@ -1,5 +1,5 @@
 """The paper's claims judged against our paired differences: each claim's verdict (*reproduced*, *refuted* or *not
-resolved*) from the 95 % interval of :func:`otrobust.experiments.study.paired_differences`, the one-paragraph verdict
+resolved*) from the interval of :func:`otrobust.experiments.study.paired_differences`, the one-paragraph verdict
 a results page opens with, and tuned GOT against the tuned base method.
 
 Pure functions of a preset and the results rows (and, where at hand, each image's correctness).
@@ -20,11 +20,14 @@ REPRODUCED, REFUTED, NOT_RESOLVED = "reproduced", "refuted", "not resolved"
 MIN_SEEDS = 3
 # The robust measurements a claim of the paper can be about: (evaluation, metric, label).
 CLAIMED = tuple(h for h in study.HEADLINE if h[1] != "clean")
+# The chance of refuting or reproducing a claim that is in fact right or wrong, split over a claim's looks.
+ERROR_RATE = 0.05
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The paper's claim that ``run`` beats ``baseline`` on ``metric``, by the difference of its two numbers."""
+    """The paper's claim that ``run`` beats ``baseline`` on ``metric``, by the difference of its two numbers;
+    ``looks``: how many times the comparison was judged on the way to its seeds (Run.looks)."""
 
     run: str
     baseline: str
@@ -33,18 +36,25 @@ class Claim:
     label: str
     paper_run: float
     paper_baseline: float
+    looks: int = 1
 
     @property
     def gain(self) -> float:
         return self.paper_run - self.paper_baseline
 
+    @property
+    def level(self) -> float:
+        """The interval's level: :data:`ERROR_RATE` split evenly over the looks (Bonferroni), 0.95 for one look,
+        0.975 for two, so that judging again after adding seeds is no likelier to be wrong by chance."""
+        return 1.0 - ERROR_RATE / self.looks
+
 
 @dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim against our paired difference (run − baseline, seed by seed): its mean, 95 % interval (None below
-    two seeds; :func:`study.paired_differences`), the seeds, :func:`verdict`'s word, the standard error the test
-    images alone contribute (None when their correctness is not at hand), and seed by seed the difference and the
-    two accuracies it is taken between."""
+    """A claim against our paired difference (run − baseline, seed by seed): its mean, interval at the claim's
+    level (None below two seeds; :func:`study.paired_differences`), the seeds, :func:`verdict`'s word, the standard
+    error the test images alone contribute (None when their correctness is not at hand), and seed by seed the
+    difference and the two accuracies it is taken between."""
 
     claim: Claim
     mean: float | None
@@ -77,15 +87,16 @@ def claims(preset: Preset) -> list[Claim]:
     """The paper's claims a preset can test: each run with a baseline where the paper gives both runs a number for
     a robust headline measurement (PGD, AutoAttack) at the training radius."""
     paper = {(v.run, v.metric): v.value for v in preset.paper_results if v.eps is None and v.steps is None}
-    return [Claim(r.name, r.baseline, e, m, label, paper[(r.name, m)], paper[(r.baseline, m)])
+    return [Claim(r.name, r.baseline, e, m, label, paper[(r.name, m)], paper[(r.baseline, m)], r.looks)
             for r in preset.runs if r.baseline for e, m, label in CLAIMED
             if (r.name, m) in paper and (r.baseline, m) in paper]
 
 
 def judge(claim_list: list[Claim], rows: list[dict[str, Any]],
           correct: study.Correctness | None = None) -> list[ClaimVerdict]:
-    """Each claim against the paired differences of ``rows`` (results.csv rows; true labels), their intervals
-    widened by the images' noise where ``correct`` has each image's correctness (:func:`study.paired_differences`)."""
+    """Each claim against the paired differences of ``rows`` (results.csv rows; true labels), the interval at the
+    claim's level and widened by the images' noise where ``correct`` has each image's correctness
+    (:func:`study.paired_differences`)."""
     diffs = study.paired_differences(rows, {c.run: c.baseline for c in claim_list}, correct)
     out = []
     for c in claim_list:
@@ -94,8 +105,10 @@ def judge(claim_list: list[Claim], rows: list[dict[str, Any]],
         if d is None:
             out.append(ClaimVerdict(c, None, None, None, (), NOT_RESOLVED))
         else:
-            out.append(ClaimVerdict(c, d["mean"], d["ci_low"], d["ci_high"], tuple(d["seeds"]),
-                                    verdict(c.gain, d["ci_low"], d["ci_high"], len(d["seeds"])), d["image_se"],
+            half = None if d["se"] is None else study.t_quantile(len(d["seeds"]) - 1, c.level) * d["se"]
+            low, high = (None, None) if half is None else (d["mean"] - half, d["mean"] + half)
+            out.append(ClaimVerdict(c, d["mean"], low, high, tuple(d["seeds"]),
+                                    verdict(c.gain, low, high, len(d["seeds"])), d["image_se"],
                                     tuple(d["diffs"]), tuple(d["values"]), tuple(d["baseline_values"])))
     return out
 
@@ -122,6 +135,12 @@ def tuned_differences(preset: Preset, rows: list[dict[str, Any]],
     wanted = {(e, m) for e, m, _ in CLAIMED}
     return [d for d in study.paired_differences(rows, pairs, correct) if (d["evaluation"], d["metric"]) in wanted
             and d["labels"] in (None, "true")]
+
+
+def _interval(v: ClaimVerdict) -> str:
+    """The verdict's interval, its level marked where it is not 95 % (a claim judged more than once)."""
+    text = study.interval(v.ci_low, v.ci_high)
+    return text if v.claim.looks == 1 else f"{text} at {100 * v.claim.level:g} % ({v.claim.looks} looks)"
 
 
 def _pm(v: float | None) -> str:
@@ -156,7 +175,7 @@ def _claim_clause(v: ClaimVerdict, names: dict[str, str]) -> str:
     what = f"{pair_name(c, names)} under {c.label}"
     if v.mean is None:
         return f"{what}: not measured yet (claimed {c.gain:+.2f})"
-    spread = f" {study.interval(v.ci_low, v.ci_high)}" if v.ci_low is not None else ""
+    spread = f" {_interval(v)}" if v.ci_low is not None else ""
     seeds = f"{len(v.seeds)} seed{'s' if len(v.seeds) != 1 else ''}"
     return f"{what}: {v.mean:+.2f} points{spread} on {seeds} against the claimed {c.gain:+.2f}, *{v.verdict}*"
 
@@ -170,18 +189,20 @@ def claims_markdown(preset: Preset, rows: list[dict[str, Any]], names: dict[str,
     body = [[f"{names.get(v.claim.run, v.claim.run)} beats {names.get(v.claim.baseline, v.claim.baseline)} "
              f"under {v.claim.label}", f"{v.claim.paper_run:g}", f"{v.claim.paper_baseline:g}",
              f"{v.claim.gain:+.2f}", _pm(v.mean),
-             study.interval(v.ci_low, v.ci_high), "–" if v.image_se is None else f"{v.image_se:.2f}",
+             _interval(v), "–" if v.image_se is None else f"{v.image_se:.2f}",
              len(v.seeds), f"**{v.verdict}**"] for v in judged]
     return ["## The paper's claims", "", verdict_paragraph(judged, names), "",
             "Each claim is the difference of the paper's two numbers; ours is the paired difference (same seed: "
-            "same initial weights and data order) with its 95 % interval: Student-t with seeds − 1 degrees of "
+            "same initial weights and data order) with its 95 % interval (97.5 % for a claim judged a second time "
+            "after seeds were added, and so on: the 5 % chance of a wrong verdict split over the looks): Student-t "
+            "with seeds − 1 degrees of "
             "freedom on two sources of noise, the seeds and the test images (every seed sees the same images, so "
             "the seeds' spread cannot show how those were drawn; *images' s.e.* is their share, from each image's "
             "recorded correctness). *Refuted*: the interval lies below the claimed gain. *Reproduced*: it lies "
             f"above 0 and reaches the claimed gain. *Not resolved*: anything else, including fewer than {MIN_SEEDS} "
             "seeds and an interval of no width.", "",
             markdown_table(["claim", "paper: run", "paper: baseline", "claimed gain", "ours: mean difference",
-                            "95% CI", "images' s.e.", "seeds", "verdict"], body), "",
+                            "interval (95 % unless marked)", "images' s.e.", "seeds", "verdict"], body), "",
             "Seed by seed (accuracy in %, run − baseline = difference):", "", seed_table(judged, names), ""]
 
 

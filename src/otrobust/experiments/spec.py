@@ -19,6 +19,8 @@ class Run:
     earlier in the preset, so it is trained first.
     ``seeds``: the seed indices (0 = the first) this run is trained with; empty: every seed of the study (a tuning
     trial on seed 0 alone, an arm on fresh seeds).
+    ``looks``: how many times its comparison with ``baseline`` has been judged on the way to its seeds (2 when seeds
+    were added because a first verdict was open): a claim on it is judged at 95 % split over the looks.
     """
 
     name: str
@@ -27,6 +29,7 @@ class Run:
     baseline: str | None = None
     init_from: str | None = None
     seeds: tuple[int, ...] = ()  # which seed indices of a multi-seed study train this run; empty: every one
+    looks: int = 1
 
 
 # The attack whose result rows the accuracy-against-eps figures plot.

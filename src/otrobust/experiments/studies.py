@@ -48,9 +48,11 @@ STUDY_RUNS = (
     Run("trades", "TRADES", {**STUDY, "method": "trades"}, seeds=(0, 1, 2)),
     Run("got-trades-lm", "GOT-TRADES-LM", {**STUDY, "method": "got-trades-lm"}, baseline="trades", seeds=(0, 1, 2)),
     # The PGD pair has a fourth seed: on three, GOT-PGD-LM led on every seed but neither of its claims was resolved,
-    # with the seeds' spread keeping the PGD-40 interval open. A look after seeing three seeds (stated on the page).
+    # with the seeds' spread keeping the PGD-40 interval open. The fourth seed is a second look at the comparison,
+    # so its claims are judged at 97.5 % (looks=2), not 95 %.
     Run("pgd-at", "PGD-AT", {**STUDY, "method": "pgd-at"}, seeds=(0, 1, 2, 3)),
-    Run("got-pgd-lm", "GOT-PGD-LM", {**STUDY, "method": "got-pgd-lm"}, baseline="pgd-at", seeds=(0, 1, 2, 3)),
+    Run("got-pgd-lm", "GOT-PGD-LM", {**STUDY, "method": "got-pgd-lm"}, baseline="pgd-at", seeds=(0, 1, 2, 3),
+        looks=2),
     *STUDY_TRIALS,
     Run("paper/got-trades-lm", "GOT-TRADES-LM, beta = 10 (paper)",
         {**STUDY, "method": "got-trades-lm", "ot_weight": 10.0, "ot_warmup_epochs": PAPER_WARMUP_EPOCHS},

@@ -62,8 +62,8 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def paired_differences(rows: list[dict[str, Any]], baselines: dict[str, str],
                        correct: Correctness | None = None) -> list[dict[str, Any]]:
     """For each run with a baseline (``{run: baseline run}``) and each measurement both have: the per-seed
-    differences run − baseline over the seeds both have (with both accuracies), their mean and a 95 % interval
-    (None for a single seed).
+    differences run − baseline over the seeds both have (with both accuracies), their mean, its standard error
+    ``se`` and a 95 % interval (both None for a single seed).
 
     The interval is Student-t with (seeds − 1) degrees of freedom on the variance of the mean difference over
     seeds plus, where ``correct`` has every seed's images for both runs, :func:`image_variance` (``image_se`` is its
@@ -84,13 +84,12 @@ def paired_differences(rows: list[dict[str, Any]], baselines: dict[str, str],
         m = mean(diffs)
         image_var = image_variance([(correct.get((run, s, key)), correct.get((base, s, key))) for s in seeds]
                                    ) if correct else None
-        half = None
-        if len(diffs) > 1:
-            half = t_quantile(len(diffs) - 1) * math.sqrt(stdev(diffs) ** 2 / len(diffs) + (image_var or 0.0))
+        se = math.sqrt(stdev(diffs) ** 2 / len(diffs) + (image_var or 0.0)) if len(diffs) > 1 else None
+        half = None if se is None else t_quantile(len(diffs) - 1) * se
         out.append({"run": run, "baseline": base, **dict(zip(KEY, key, strict=True)), "seeds": seeds,
                     "values": [values[s] for s in seeds], "baseline_values": [other[s] for s in seeds],
                     "diffs": diffs, "mean": m, "ci_low": None if half is None else m - half,
-                    "ci_high": None if half is None else m + half,
+                    "ci_high": None if half is None else m + half, "se": se,
                     "image_se": None if image_var is None else math.sqrt(image_var)})
     return out
 
