@@ -264,8 +264,7 @@ def _claim_estimates(preset: Preset, rows: list[dict[str, Any]], correct: study.
                      names: dict[str, str]) -> list[plots.Estimate]:
     return [plots.Estimate(label=f"{pair_name(v.claim, names)}\n{v.claim.label}", mean=v.mean,
                            low=v.ci_low, high=v.ci_high, points=v.diffs, target=v.claim.gain,
-                           note=f"{v.verdict}\n({len(v.seeds)} seeds"
-                                f"{'' if v.claim.looks == 1 else f', {100 * v.claim.level:g} %'})")
+                           note=f"{v.verdict}\n({len(v.seeds)} seeds, {100 * v.claim.level:g} %)")
             for v in judge(claims(preset), rows, correct) if v.mean is not None]
 
 

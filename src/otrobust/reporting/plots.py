@@ -280,7 +280,7 @@ def plot_estimates(estimates: Sequence[Estimate], stem: Path, *, x_label: str, t
     for y, e in zip(ys, estimates, strict=True):
         if e.low is not None and e.high is not None:
             ax.plot([e.low, e.high], [y, y], color="C0", linewidth=2.2, solid_capstyle="butt",
-                    label="ours: 95 % interval" if y == ys[0] else None)
+                    label="ours: interval (its level on the right)" if y == ys[0] else None)
         ax.scatter(list(e.points), [y + 0.18] * len(e.points), s=14, color="0.45", zorder=3,
                    label="ours: each seed" if y == ys[0] else None)
         ax.scatter([e.mean], [y], s=40, color="C0", zorder=4, label="ours: mean" if y == ys[0] else None)
