@@ -21,6 +21,7 @@ def test_preset_is_well_formed(name):
     names = [r.name for r in preset.runs]
     assert len(names) == len(set(names)) and preset.runs
     assert all(r.config["method"] in METHOD_NAMES for r in preset.runs)
+    assert all(r.looks >= 1 and (r.looks == 1 or r.baseline) for r in preset.runs)  # looks: judged against a baseline
     assert preset.evaluations and set(preset.plots) <= PLOTS
     for ev in preset.evaluations:
         assert ev.kind in ("accuracy", "features") and set(ev.runs) <= set(names)
