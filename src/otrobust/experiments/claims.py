@@ -20,7 +20,7 @@ REPRODUCED, REFUTED, NOT_RESOLVED = "reproduced", "refuted", "not resolved"
 MIN_SEEDS = 3
 # The robust measurements a claim of the paper can be about: (evaluation, metric, label).
 CLAIMED = tuple(h for h in study.HEADLINE if h[1] != "clean")
-# The chance of refuting or reproducing a claim that is in fact right or wrong, split over a claim's looks.
+# The accepted chance of a wrong verdict (refuting a true claim, reproducing a false one), split over a claim's looks.
 ERROR_RATE = 0.05
 
 

@@ -20,7 +20,8 @@ class Run:
     ``seeds``: the seed indices (0 = the first) this run is trained with; empty: every seed of the study (a tuning
     trial on seed 0 alone, an arm on fresh seeds).
     ``looks``: how many times its comparison with ``baseline`` has been judged on the way to its seeds (2 when seeds
-    were added because a first verdict was open): a claim on it is judged at 95 % split over the looks.
+    were added because a first verdict was open): a claim on it is judged with the 5 % chance of a wrong verdict
+    split over the looks (claims.Claim.level).
     """
 
     name: str
