@@ -257,7 +257,7 @@ def test_status_says_how_far_a_started_unit_is(tmp_path, capsys):
     assert "partial: s1/pgd-at (trained, evaluating)" in capsys.readouterr().out
 
 
-def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_machine(tmp_path, capsys):
+def test_a_unit_is_refused_where_a_unit_it_is_compared_with_ran_on_another_kind_of_machine(tmp_path, capsys):
     import dataclasses
 
     from otrobust.experiments.machine_kinds import check_one_machine_kind, machine_kind
@@ -272,7 +272,7 @@ def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_ma
     ctx.record_path(by_id["s1/trades"]).parent.mkdir(parents=True)
     ctx.record_path(by_id["s1/trades"]).write_text(record_to_json(elsewhere))
     check_one_machine_kind(by_id["s0/got-trades-lm"], units, ctx, here)  # seed 0 has no record: nothing to match
-    with pytest.raises(OtrobustError, match="'s1/trades' of the same seed ran on Another CPU"):
+    with pytest.raises(OtrobustError, match="'s1/trades', which it is compared with, ran on Another CPU"):
         check_one_machine_kind(by_id["s1/got-trades-lm"], units, ctx, here)
     # Through the command: one line, exit 2, nothing trained; --mixed-machines runs it anyway.
     assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/got-trades-lm"]) == 2
@@ -280,6 +280,33 @@ def test_a_unit_is_refused_where_its_seeds_other_units_ran_on_another_kind_of_ma
     assert err.count("\n") == 1 and "--mixed-machines" in err
     assert not by_id["s1/got-trades-lm"].planned.run_dir.exists()
     assert main([*STUDY, "--out", str(tmp_path), "--unit", "s1/got-trades-lm", "--mixed-machines"]) == 0
+
+
+def test_a_seeds_second_pair_of_arms_may_run_on_another_kind_of_machine_than_its_first(tmp_path):
+    import dataclasses
+
+    from otrobust.experiments.machine_kinds import check_one_machine_kind, compared_with, machine_kind
+    from otrobust.experiments.records import UnitExecution, record_to_json
+
+    settings = ReproduceSettings(preset="mnist-study", seeds=4, out=str(tmp_path))
+    *_, units, ctx = plan_units(settings, log=lambda s: None)
+    by_id = {u.id: u for u in units}
+    tuned = by_id["s3/tuned/got-trades-lm"]
+    assert {u.id for u in compared_with(tuned, units, ctx.preset.tunings)} == {"s3/tuned/trades", tuned.id}
+    s1 = {u.id for u in compared_with(by_id["s1/ft/got-trades-lm"], units, ctx.preset.tunings)}
+    assert {"s1/trades", "s1/ft/trades", "s1/tuned/got-trades-lm"} <= s1 and "s1/pgd-at" not in s1
+    here = machine_kind(tuned, ctx)
+    fixture = read_record(Path(__file__).parent / "fixtures" / "unit-record-fig6-s0-trades.json")
+    execution = UnitExecution(1, 1, "cpu", here[1], "Another CPU")
+    elsewhere = record_to_json(dataclasses.replace(fixture, execution=execution))
+    for other in ("s3/pgd-at", "s3/got-pgd-lm"):  # the PGD pair is not compared with the tuned pair
+        ctx.record_path(by_id[other]).parent.mkdir(parents=True, exist_ok=True)
+        ctx.record_path(by_id[other]).write_text(elsewhere)
+    check_one_machine_kind(tuned, units, ctx, here)
+    ctx.record_path(by_id["s3/tuned/trades"]).parent.mkdir(parents=True, exist_ok=True)
+    ctx.record_path(by_id["s3/tuned/trades"]).write_text(elsewhere)
+    with pytest.raises(OtrobustError, match="'s3/tuned/trades', which it is compared with, ran on Another CPU"):
+        check_one_machine_kind(tuned, units, ctx, here)
 
 
 def test_a_unit_started_on_another_kind_of_machine_is_not_resumed_here_unless_said(tmp_path):
@@ -294,7 +321,7 @@ def test_a_unit_started_on_another_kind_of_machine_is_not_resumed_here_unless_sa
     (ctx.state_dir(trades) / STARTED_ON).write_text(json.dumps({"processor": "Another CPU", "precision": here[1]}))
     with pytest.raises(OtrobustError, match="but it was started on Another CPU"):
         check_one_machine_kind(trades, units, ctx, here)
-    with pytest.raises(OtrobustError, match="'s0/trades' of the same seed ran on Another CPU"):
+    with pytest.raises(OtrobustError, match="'s0/trades', which it is compared with, ran on Another CPU"):
         check_one_machine_kind(by_id["s0/got-trades-lm"], units, ctx, here)  # a started unit counts as well
     # With --mixed-machines it resumes, and its record says both, so the page names its pairs as mixed.
     assert recorded_kind(trades, ctx) == (f"Another CPU, then {here[0]}", here[1])

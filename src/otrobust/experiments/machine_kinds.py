@@ -1,6 +1,6 @@
-"""One kind of machine per seed: the processor (or GPU) and precision a unit runs on, the one it was started on,
-and the guard that keeps a seed's paired units on one kind (a CPU's kind and the precision change floating-point
-results, so a pair must differ in the method alone)."""
+"""One kind of machine per comparison: the processor (or GPU) and precision a unit runs on, the one it was started
+on, and the guard that keeps the units compared with one another on one kind (a CPU's kind and the precision change
+floating-point results, so a pair must differ in the method alone)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from otrobust.store.provenance import processor_name
 from otrobust.training.setup import training_precision
 
 if TYPE_CHECKING:
+    from otrobust.experiments.spec import Tuning
     from otrobust.experiments.units import Unit, UnitContext
 
 STARTED_ON = "machine.json"  # in a unit's state folder: the processor and precision it was started on
@@ -60,17 +61,44 @@ def started_kind(unit: Unit, ctx: UnitContext) -> tuple[str, str] | None:
         return None
 
 
+def compared_with(unit: Unit, units: list[Unit], tunings: tuple[Tuning, ...]) -> list[Unit]:
+    """The units of ``unit``'s seed that it is compared with, directly or through others (``unit`` among them):
+    its baseline and the runs whose baseline it is, the units it depends on or starts from, and the other trials
+    of its tuning. Units of one seed outside that group (a seed's second pair of arms) are not compared with it."""
+    seed = [u for u in units if u.planned.seed_index == unit.planned.seed_index]
+    by_run = {u.planned.run.name: u.id for u in seed}
+    group = {u.id: u.id for u in seed}
+
+    def root(i: str) -> str:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    def join(a: str | None, b: str | None) -> None:
+        if a in group and b in group:
+            group[root(a)] = root(b)
+
+    for u in seed:
+        join(u.id, by_run.get(u.planned.run.baseline or ""))
+        join(u.id, u.init_unit)
+        for dep in u.depends_on:
+            join(u.id, dep)
+    for t in tunings:
+        trials = [by_run[name] for name in t.trials if name in by_run]
+        for other in trials[1:]:
+            join(trials[0], other)
+    return [u for u in seed if root(u.id) == root(unit.id)]
+
+
 def check_one_machine_kind(unit: Unit, units: list[Unit], ctx: UnitContext, here: tuple[str, str]) -> None:
-    """Refuse to run ``unit`` on ``here`` (processor, precision) when it, or another unit of the same seed, finished
-    or started on another: the runs of one seed are compared pair by pair, and a pair must differ in the method
-    alone (a CPU's kind and the precision change floating-point results, so two kinds would make two trainings of
-    one seed differ, and a training resumed on another kind would be neither)."""
-    for other in units:
-        if other.planned.seed_index != unit.planned.seed_index:
-            continue
+    """Refuse to run ``unit`` on ``here`` (processor, precision) when it, or a unit it is compared with
+    (:func:`compared_with`), finished or started on another: a pair must differ in the method alone (a CPU's kind
+    and the precision change floating-point results, so two kinds would make two trainings of one seed differ, and
+    a training resumed on another kind would be neither)."""
+    for other in compared_with(unit, units, ctx.preset.tunings):
         kind = started_kind(other, ctx)
         if kind is not None and kind != here:
-            whose = "it was started" if other.id == unit.id else f"{other.id!r} of the same seed ran"
+            whose = "it was started" if other.id == unit.id else f"{other.id!r}, which it is compared with, ran"
             raise OtrobustError(
                 f"unit {unit.id!r} would run on {here[0]}, {here[1]}, but {whose} on {kind[0]}, {kind[1]}: a "
                 "paired comparison must differ in the method alone; run it on that kind of machine, or pass "

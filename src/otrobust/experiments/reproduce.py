@@ -98,8 +98,8 @@ class ReproduceSettings:
                               "requeued and resumes")
     sbatch: list[str] = setting(help="SLURM: an extra sbatch option KEY=VALUE (e.g. --sbatch qos=long)", factory=list,
                                 flag=Flag(name="--sbatch", metavar="KEY=VALUE", repeatable=True))
-    mixed_machines: bool = setting(False, "run a unit even where the finished units of its seed ran on another kind "
-                                   "of processor or precision (their pairs then differ in more than the method)")
+    mixed_machines: bool = setting(False, "run a unit even where a unit it is compared with ran on another kind of "
+                                   "processor or precision (their pairs then differ in more than the method)")
     wait: bool = setting(True, "with --launch slurm: wait for the jobs and merge (--no-wait: submit, print the job "
                          "ids and return; the merge job writes results.md)")
 

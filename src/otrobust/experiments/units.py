@@ -84,7 +84,7 @@ class UnitContext:
     audit_n: int | None = None
     audit_quick: bool = False
     log: Callable[[str], None] = print
-    mixed_machines: bool = False  # run a unit even where its seed's other units ran on another processor/precision
+    mixed_machines: bool = False  # run a unit even where a unit it is compared with ran on another processor/precision
 
     @property
     def records_dir(self) -> Path:
