@@ -74,14 +74,13 @@ def compared_with(unit: Unit, units: list[Unit], tunings: tuple[Tuning, ...]) ->
             i = group[i]
         return i
 
-    def join(a: str | None, b: str | None) -> None:
+    def join(a: str, b: str | None) -> None:
         if a in group and b in group:
             group[root(a)] = root(b)
 
     for u in seed:
         join(u.id, by_run.get(u.planned.run.baseline or ""))
-        join(u.id, u.init_unit)
-        for dep in u.depends_on:
+        for dep in u.depends_on:  # among them the run it starts from (init_unit) and the one whose training it shares
             join(u.id, dep)
     for t in tunings:
         trials = [by_run[name] for name in t.trials if name in by_run]
